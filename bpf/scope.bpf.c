@@ -1,0 +1,491 @@
+/* scope-ebpf: CPython USDT probes and scheduler tracepoints.
+ *
+ * Compiled at run time by bcc (scope_ebpf/bpf.py passes the -D sizes). The
+ * function probes are attached by the controller through the uprobe PMU with
+ * a BPF cookie that indexes `specs`; the tracepoints attach themselves.
+ * Only processes in `targets` are recorded: everything else costs one lookup.
+ * No kernel struct is read: the headers may belong to another kernel.
+ */
+#include <uapi/linux/ptrace.h>
+#include "scope.h"
+
+#ifndef CALLS_RB_PAGES
+#define CALLS_RB_PAGES 2048
+#endif
+#ifndef SCHED_RB_PAGES
+#define SCHED_RB_PAGES 256
+#endif
+#ifndef MAX_THREADS
+#define MAX_THREADS 4096
+#endif
+#ifndef MAX_FUNCS
+#define MAX_FUNCS 65536
+#endif
+#ifndef MAX_TARGETS
+#define MAX_TARGETS 1024
+#endif
+#ifndef MAX_SPECS
+#define MAX_SPECS 256
+#endif
+
+struct frame {
+    __u64 start_ns;
+    __u32 func_id;
+    __u32 pad;
+};
+
+struct thread_stack {
+    __u32 pid;
+    __u32 depth;
+    struct frame frames[SCOPE_MAX_DEPTH];
+};
+
+struct func_key {
+    __u64 name;   /* pointers into the target: stable while the code object lives */
+    __u64 file;
+    __u32 pid;
+    __s32 line;
+};
+
+struct gc_state {
+    __u64 start_ns;
+    __s64 generation;
+};
+
+struct offcpu_state {
+    __u64 off_ns;
+    __u64 wake_ns;
+    __s64 prev_state;
+    __u32 pid;
+    __u32 func_id;
+};
+
+BPF_RINGBUF_OUTPUT(calls_rb, CALLS_RB_PAGES);
+BPF_RINGBUF_OUTPUT(funcs_rb, 256);
+BPF_RINGBUF_OUTPUT(gc_rb, 16);
+BPF_RINGBUF_OUTPUT(sched_rb, SCHED_RB_PAGES);
+BPF_RINGBUF_OUTPUT(proc_rb, 64);
+
+BPF_HASH(targets, __u32, __u32, MAX_TARGETS);         /* tgid -> 1 */
+BPF_ARRAY(specs, struct probe_spec, MAX_SPECS);       /* cookie -> argument locations */
+BPF_HASH(funcs, struct func_key, __u32, MAX_FUNCS);   /* interned functions */
+BPF_PERCPU_ARRAY(func_seq, __u32, 1);                 /* per-CPU id sequence: no atomics needed */
+BPF_HASH(stacks, __u32, struct thread_stack, MAX_THREADS); /* tid -> shadow stack */
+BPF_PERCPU_ARRAY(zero_stack, struct thread_stack, 1); /* never written: template for new stacks */
+BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
+BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
+BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
+
+static __always_inline void stat_add(__u32 idx)
+{
+    __u64 *v = stats.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+/* The empty asm pins each load in its own case: otherwise clang merges the
+ * cases into one load from a computed ctx offset, which the verifier rejects. */
+#define READ_REG(ctx, r) ({ __u64 _v = (ctx)->r; asm volatile("" : "+r"(_v)); _v; })
+
+static __always_inline __u64 reg_value(struct pt_regs *ctx, __u8 reg)
+{
+    /* Order of scope_ebpf.usdt.REGS. */
+    switch (reg) {
+    case 0: return READ_REG(ctx, r15);
+    case 1: return READ_REG(ctx, r14);
+    case 2: return READ_REG(ctx, r13);
+    case 3: return READ_REG(ctx, r12);
+    case 4: return READ_REG(ctx, bp);
+    case 5: return READ_REG(ctx, bx);
+    case 6: return READ_REG(ctx, r11);
+    case 7: return READ_REG(ctx, r10);
+    case 8: return READ_REG(ctx, r9);
+    case 9: return READ_REG(ctx, r8);
+    case 10: return READ_REG(ctx, ax);
+    case 11: return READ_REG(ctx, cx);
+    case 12: return READ_REG(ctx, dx);
+    case 13: return READ_REG(ctx, si);
+    case 14: return READ_REG(ctx, di);
+    case 15: return READ_REG(ctx, ip);
+    case 16: return READ_REG(ctx, sp);
+    }
+    return 0;
+}
+
+static __always_inline __s64 read_arg(struct pt_regs *ctx, __u8 kind, __u8 reg,
+                                      __u8 size, __u8 is_signed, __s64 disp)
+{
+    __u64 v;
+
+    if (kind == ARG_CONST)
+        return disp;
+    if (kind != ARG_REG && kind != ARG_MEM)
+        return 0;
+    v = reg_value(ctx, reg);
+    if (kind == ARG_MEM) {
+        __u64 addr = v + disp;
+        v = 0;
+        bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+    }
+    switch (size) {
+    case 1: return is_signed ? (__s64)(__s8)v : (__s64)(__u8)v;
+    case 2: return is_signed ? (__s64)(__s16)v : (__s64)(__u16)v;
+    case 4: return is_signed ? (__s64)(__s32)v : (__s64)(__u32)v;
+    }
+    return (__s64)v;
+}
+
+#define ARG(ctx, sp, i) read_arg(ctx, (sp)->kind##i, (sp)->reg##i, (sp)->size##i, \
+                                 (sp)->signed##i, (sp)->disp##i)
+
+static __always_inline struct probe_spec *spec_of(struct pt_regs *ctx)
+{
+    __u32 idx = bpf_get_attach_cookie(ctx);
+    return specs.lookup(&idx);
+}
+
+static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 line)
+{
+    struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
+    __u32 *found = funcs.lookup(&key);
+    __u32 zero = 0, id;
+    __u32 *seq;
+    struct func_event *e;
+
+    if (found)
+        return *found;
+    seq = func_seq.lookup(&zero);
+    if (!seq)
+        return SCOPE_NO_FUNC;
+    /* Unique without atomics: a per-CPU sequence tagged with the CPU. */
+    id = (++*seq << 8) | (bpf_get_smp_processor_id() & 0xff);
+    if (funcs.insert(&key, &id)) {
+        /* Another CPU interned it first, or the map is full. */
+        found = funcs.lookup(&key);
+        if (found)
+            return *found;
+        stat_add(STAT_FUNC_FULL);
+        return SCOPE_NO_FUNC;
+    }
+    e = funcs_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_FUNCS_LOST);
+        return id;
+    }
+    e->func_id = id;
+    e->pid = pid;
+    e->line = line;
+    e->flags = 0;
+    e->name[0] = 0;
+    e->file[0] = 0;
+    if (name)
+        bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
+    else
+        e->flags |= FUNC_NAME_NULL;
+    if (file)
+        bpf_probe_read_user_str(e->file, sizeof(e->file), (void *)file);
+    else
+        e->flags |= FUNC_FILE_NULL;
+    funcs_rb.ringbuf_submit(e, 0);
+    return id;
+}
+
+static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid)
+{
+    struct thread_stack *st = stacks.lookup(&tid);
+    __u32 zero = 0;
+
+    if (st && st->pid == pid)
+        return st;
+    if (!targets.lookup(&pid))
+        return 0;
+    /* New target thread (or a recycled tid): start from an empty stack. */
+    st = zero_stack.lookup(&zero);
+    if (!st)
+        return 0;
+    st->pid = pid;
+    if (stacks.update(&tid, st)) {
+        stat_add(STAT_STACK_FULL);
+        st->pid = 0;
+        return 0;
+    }
+    st->pid = 0;
+    return stacks.lookup(&tid);
+}
+
+int on_entry(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct thread_stack *st = stack_of(tid, pid);
+    struct probe_spec *sp;
+    __u32 depth;
+
+    if (!st)
+        return 0;
+    sp = spec_of(ctx);
+    if (!sp)
+        return 0;
+    stat_add(STAT_ENTRIES);
+    __u64 file = ARG(ctx, sp, 0);
+    __u64 name = ARG(ctx, sp, 1);
+    __s32 line = ARG(ctx, sp, 2);
+    __u32 func_id = intern(pid, file, name, line);
+
+    depth = st->depth;
+    if (depth < SCOPE_MAX_DEPTH) {
+        /* The mask keeps the verifier's bound through register spills. */
+        struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
+        f->start_ns = bpf_ktime_get_ns();
+        f->func_id = func_id;
+    } else {
+        stat_add(STAT_DEEP);
+    }
+    st->depth = depth + 1;
+    return 0;
+}
+
+int on_return(struct pt_regs *ctx)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct thread_stack *st = stacks.lookup(&tid);
+    struct probe_spec *sp;
+    struct call_event *e;
+    __u32 depth;
+
+    if (!st || st->pid != pid)
+        return 0;
+    stat_add(STAT_RETURNS);
+    depth = st->depth;
+    if (depth == 0) {
+        stat_add(STAT_UNMATCHED);
+        return 0;
+    }
+    depth--;
+    st->depth = depth;
+    if (depth >= SCOPE_MAX_DEPTH)
+        return 0;
+    struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
+    __u64 start_ns = f->start_ns;
+    __u32 func_id = f->func_id;
+    sp = spec_of(ctx);
+    e = calls_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_CALLS_LOST);
+        return 0;
+    }
+    e->start_ns = start_ns;
+    e->duration_ns = now - start_ns;
+    e->pid = pid;
+    e->tid = tid;
+    e->func_id = func_id;
+    e->return_line = sp ? ARG(ctx, sp, 2) : 0;
+    e->depth = depth;
+    e->flags = 0;
+    calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+int on_gc_start(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp;
+    struct gc_state s = {};
+
+    if (!targets.lookup(&pid))
+        return 0;
+    sp = spec_of(ctx);
+    if (!sp)
+        return 0;
+    s.start_ns = bpf_ktime_get_ns();
+    s.generation = ARG(ctx, sp, 0);
+    gc_states.update(&tid, &s);
+    return 0;
+}
+
+int on_gc_done(struct pt_regs *ctx)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct gc_state *s = gc_states.lookup(&tid);
+    struct probe_spec *sp;
+    struct gc_event *e;
+
+    if (!s)
+        return 0;
+    sp = spec_of(ctx);
+    stat_add(STAT_GC);
+    e = gc_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_GC_LOST);
+        gc_states.delete(&tid);
+        return 0;
+    }
+    e->start_ns = s->start_ns;
+    e->duration_ns = now - s->start_ns;
+    e->generation = s->generation;
+    e->collected = sp ? ARG(ctx, sp, 0) : -1;
+    e->pid = pid;
+    e->tid = tid;
+    e->pad = 0;
+    gc_rb.ringbuf_submit(e, 0);
+    gc_states.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_switch)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    __u32 prev = args->prev_pid, next = args->next_pid;
+    struct offcpu_state *o;
+    struct sched_event *e;
+
+    if (prev && targets.lookup(&pid)) {
+        struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
+        struct thread_stack *st = stacks.lookup(&prev);
+        if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
+            s.func_id = st->frames[(st->depth - 1) & (SCOPE_MAX_DEPTH - 1)].func_id;
+        offcpu.update(&prev, &s);
+    }
+    o = offcpu.lookup(&next);
+    if (!o)
+        return 0;
+    stat_add(STAT_SCHED);
+    e = sched_rb.ringbuf_reserve(sizeof(*e));
+    if (e) {
+        e->start_ns = o->off_ns;
+        e->duration_ns = now - o->off_ns;
+        e->runq_ns = now - (o->wake_ns ? o->wake_ns : o->off_ns);
+        e->prev_state = o->prev_state;
+        e->pid = o->pid;
+        e->tid = next;
+        e->func_id = o->func_id;
+        e->woken = o->wake_ns != 0;
+        sched_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    } else {
+        stat_add(STAT_SCHED_LOST);
+    }
+    offcpu.delete(&next);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_wakeup)
+{
+    __u32 tid = args->pid;
+    struct offcpu_state *o = offcpu.lookup(&tid);
+
+    if (o && !o->wake_ns)
+        o->wake_ns = bpf_ktime_get_ns();
+    return 0;
+}
+
+static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 other)
+{
+    struct proc_event *e = proc_rb.ringbuf_reserve(sizeof(*e));
+
+    stat_add(STAT_PROC);
+    if (!e) {
+        stat_add(STAT_PROC_LOST);
+        return;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->kind = kind;
+    e->pid = pid;
+    e->tid = tid;
+    e->other_pid = other;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    e->filename[0] = 0;
+    proc_rb.ringbuf_submit(e, 0);
+}
+
+/* task_newtask tells a new process from a new thread (clone flags), which
+ * sched_process_fork does not. Children of targets become targets. */
+TRACEPOINT_PROBE(task, task_newtask)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32, child = args->pid, one = 1;
+
+    if (!targets.lookup(&pid))
+        return 0;
+    if (args->clone_flags & 0x00010000 /* CLONE_THREAD */) {
+        proc_event(PROC_THREAD, pid, tid, child);
+        return 0;
+    }
+    targets.update(&child, &one);
+    proc_event(PROC_FORK, pid, tid, child);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_event *e;
+
+    if (!targets.lookup(&pid))
+        return 0;
+    stat_add(STAT_PROC);
+    e = proc_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_PROC_LOST);
+        return 0;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->kind = PROC_EXEC;
+    e->pid = pid;
+    e->tid = args->pid;
+    e->other_pid = args->old_pid;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
+                              (void *)args + (args->data_loc_filename & 0xFFFF));
+    proc_rb.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct thread_stack *st;
+
+    if (!targets.lookup(&pid))
+        return 0;
+    st = stacks.lookup(&tid);
+    if (st && st->pid == pid) {
+        /* Calls still open when the thread dies (os._exit, a signal): write
+         * them with the CALL_OPEN flag rather than lose them. */
+        __u32 depth = st->depth;
+        for (__u32 i = 0; i < SCOPE_MAX_DEPTH; i++) {
+            struct call_event *e;
+            if (i >= depth)
+                break;
+            stat_add(STAT_OPEN_AT_EXIT);
+            e = calls_rb.ringbuf_reserve(sizeof(*e));
+            if (!e) {
+                stat_add(STAT_CALLS_LOST);
+                continue;
+            }
+            struct frame *f = &st->frames[i & (SCOPE_MAX_DEPTH - 1)];
+            e->start_ns = f->start_ns;
+            e->duration_ns = now - f->start_ns;
+            e->pid = pid;
+            e->tid = tid;
+            e->func_id = f->func_id;
+            e->return_line = 0;
+            e->depth = i;
+            e->flags = CALL_OPEN;
+            calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        }
+        stacks.delete(&tid);
+    }
+    offcpu.delete(&tid);
+    gc_states.delete(&tid);
+    if (tid == pid)
+        proc_event(PROC_EXIT, pid, tid, 0);
+    return 0;
+}

@@ -1,0 +1,132 @@
+/* Event layouts and shared constants of scope-ebpf.
+ *
+ * This header is the one definition of every record the kernel hands to user
+ * space: the BPF programs include it, and scope_ebpf/events.py parses it to
+ * build the numpy dtypes that decode the ring buffers. Keep to the subset
+ * that parser understands: `#define NAME NUMBER`, and structs whose members
+ * are `__u8/__u16/__u32/__u64/__s32/__s64 name;` or `char name[N];`.
+ * Members are ordered so that no padding is ever inserted.
+ */
+#ifndef SCOPE_H
+#define SCOPE_H
+
+#define SCOPE_NAME_LEN 128   /* function name bytes kept, NUL included */
+#define SCOPE_FILE_LEN 256   /* file name bytes kept, NUL included */
+#define SCOPE_COMM_LEN 16
+#define SCOPE_MAX_DEPTH 256  /* frames kept per thread; deeper calls are counted, not recorded */
+#define SCOPE_NO_FUNC 0      /* function id meaning "no Python frame" */
+
+/* call_event.flags */
+#define CALL_OPEN 1          /* the call had not returned when its thread exited */
+
+/* func_event.flags */
+#define FUNC_NAME_NULL 1     /* the probe passed a NULL name (not encodable as UTF-8) */
+#define FUNC_FILE_NULL 2
+
+/* proc_event.kind */
+#define PROC_FORK 1
+#define PROC_EXEC 2
+#define PROC_EXIT 3
+#define PROC_THREAD 4
+
+/* Indexes into the per-CPU `stats` array; names in events.py STAT_NAMES. */
+#define STAT_ENTRIES 0          /* function__entry hits of target threads */
+#define STAT_RETURNS 1          /* function__return hits of target threads */
+#define STAT_CALLS_LOST 2       /* completed calls dropped: calls ring buffer full */
+#define STAT_FUNCS_LOST 3       /* function names dropped: funcs ring buffer full */
+#define STAT_UNMATCHED 4        /* returns of frames entered before tracing began */
+#define STAT_DEEP 5             /* calls deeper than SCOPE_MAX_DEPTH, not recorded */
+#define STAT_GC 6               /* gc__done hits of target threads */
+#define STAT_GC_LOST 7
+#define STAT_SCHED 8            /* off-CPU intervals of target threads */
+#define STAT_SCHED_LOST 9
+#define STAT_PROC 10            /* fork/exec/exit/thread events of targets */
+#define STAT_PROC_LOST 11
+#define STAT_STACK_FULL 12      /* new threads not traced: thread map full */
+#define STAT_FUNC_FULL 13       /* calls not interned: function map full */
+#define STAT_OPEN_AT_EXIT 14    /* calls still open when their thread exited */
+#define STAT_COUNT 15
+
+/* One completed Python call (one record per call, built from the per-thread
+ * shadow stack at function__return). */
+struct call_event {
+    __u64 start_ns;      /* bpf_ktime_get_ns() at entry */
+    __u64 duration_ns;
+    __u32 pid;
+    __u32 tid;
+    __u32 func_id;
+    __s32 return_line;
+    __u32 depth;
+    __u32 flags;
+};
+
+/* Sent once per interned function: later events carry only func_id. */
+struct func_event {
+    __u32 func_id;
+    __u32 pid;
+    __s32 line;          /* the line function__entry gives: the def line */
+    __u32 flags;
+    char name[SCOPE_NAME_LEN];
+    char file[SCOPE_FILE_LEN];
+};
+
+struct gc_event {
+    __u64 start_ns;
+    __u64 duration_ns;
+    __s64 collected;
+    __u32 pid;
+    __u32 tid;
+    __s32 generation;
+    __u32 pad;
+};
+
+/* One off-CPU interval of a target thread. */
+struct sched_event {
+    __u64 start_ns;      /* left the CPU */
+    __u64 duration_ns;
+    __u64 runq_ns;       /* wakeup (or preemption) to back on CPU */
+    __s64 prev_state;
+    __u32 pid;
+    __u32 tid;
+    __u32 func_id;       /* top of the thread's Python stack when it left */
+    __u32 woken;         /* 1 if a sched_wakeup was seen for the interval */
+};
+
+struct proc_event {
+    __u64 ts_ns;
+    __u32 kind;
+    __u32 pid;
+    __u32 tid;
+    __u32 other_pid;     /* fork: the child; thread: the new tid */
+    char comm[SCOPE_COMM_LEN];
+    char filename[SCOPE_FILE_LEN];
+};
+
+/* Where a probe's three arguments live, written by the controller for every
+ * attach point (indexed by the BPF cookie) so one program serves every
+ * interpreter build: registers and stack slots differ between builds. */
+#define ARG_NONE 0
+#define ARG_REG 1     /* value of register `reg` */
+#define ARG_MEM 2     /* `size` bytes at register `reg` + disp */
+#define ARG_CONST 3   /* disp itself */
+
+struct probe_spec {
+    __s64 disp0;
+    __s64 disp1;
+    __s64 disp2;
+    __u8 kind0;
+    __u8 reg0;
+    __u8 size0;
+    __u8 signed0;
+    __u8 kind1;
+    __u8 reg1;
+    __u8 size1;
+    __u8 signed1;
+    __u8 kind2;
+    __u8 reg2;
+    __u8 size2;
+    __u8 signed2;
+    __u32 pad;
+};
+
+#endif

@@ -1,0 +1,165 @@
+"""Attach a loaded BPF program to a uprobe via the uprobe PMU and a BPF link.
+
+Why not bcc's attach helpers: they cannot set a BPF cookie, and bcc's USDT
+support raises semaphores by writing into the target's memory, which leaks a
+raised semaphore forever if the tracer is SIGKILLed.  Opening the uprobe with
+``ref_ctr_offset`` makes the kernel own the semaphore: it is raised in every
+process mapping the file (including ones started later) and lowered when our
+fds close, however we die.  Only ctypes + raw syscalls are used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from types import TracebackType
+
+__all__ = ["AttachError", "UprobeLink"]
+
+_SYSCALLS = {  # machine -> (perf_event_open, bpf)
+    "x86_64": (298, 321),
+    "aarch64": (241, 280),
+}
+_PMU_DIR = "/sys/bus/event_source/devices/uprobe"
+_PERF_ATTR_SIZE = 128  # PERF_ATTR_SIZE_VER7
+_PERF_FLAG_FD_CLOEXEC = 1 << 3
+_BPF_LINK_CREATE = 28
+_BPF_PERF_EVENT = 41
+_BPF_ATTR_SIZE = 64  # covers link_create incl. the perf_event.bpf_cookie union member
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class AttachError(Exception):
+    """Attaching a uprobe failed; the message is one line and says what to do."""
+
+
+def _syscall(nr_index: int, *args: int | ctypes.Array[ctypes.c_char]) -> int:
+    """Run a raw syscall, returning the result or raising OSError with errno."""
+    try:
+        nr = _SYSCALLS[platform.machine()][nr_index]
+    except KeyError:
+        raise AttachError(f"unsupported architecture {platform.machine()}") from None
+    cargs = [a if isinstance(a, ctypes.Array) else ctypes.c_long(a) for a in args]
+    ret = int(_libc.syscall(ctypes.c_long(nr), *cargs))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def _format_shift(field: str, default: int) -> int:
+    """Bit position of a uprobe PMU format field (e.g. ``config:32-63`` -> 32)."""
+    try:
+        with open(f"{_PMU_DIR}/format/{field}") as f:
+            spec = f.read().strip()
+    except OSError:
+        return default
+    name, _, bits = spec.partition(":")
+    lo = bits.split("-")[0]
+    return int(lo) if name == "config" and lo.isdigit() else default
+
+
+def _pmu_type() -> int:
+    try:
+        with open(f"{_PMU_DIR}/type") as f:
+            return int(f.read())
+    except (OSError, ValueError) as e:
+        raise AttachError(f"kernel has no uprobe PMU ({_PMU_DIR}/type): {e}") from e
+
+
+class UprobeLink:
+    """A BPF program linked to one uprobe; closing it detaches (and lowers the semaphore)."""
+
+    def __init__(
+        self,
+        prog_fd: int,
+        path: str,
+        offset: int,
+        semaphore_offset: int = 0,
+        cookie: int = 0,
+        retprobe: bool = False,
+    ) -> None:
+        self.perf_fd = -1
+        self.link_fd = -1
+        if not 0 <= cookie < 1 << 64:
+            raise AttachError(f"cookie {cookie} does not fit in 64 bits")
+        if not 0 <= semaphore_offset < 1 << 32:
+            raise AttachError(f"semaphore offset {semaphore_offset:#x} does not fit in 32 bits")
+        self.path = path
+        self.offset = offset
+        self._path_buf = ctypes.create_string_buffer(os.fsencode(path))  # kernel reads it
+        config = semaphore_offset << _format_shift("ref_ctr_offset", 32)
+        if retprobe:
+            config |= 1 << _format_shift("retprobe", 0)
+        attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
+        struct.pack_into("<IIQQ", attr, 0, _pmu_type(), _PERF_ATTR_SIZE, config, 1)
+        struct.pack_into("<QQ", attr, 56, ctypes.addressof(self._path_buf), offset)
+        where = f"{path}+{offset:#x}"
+        try:
+            self.perf_fd = _syscall(0, attr, -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+        except OSError as e:
+            raise AttachError(self._perf_error(e, where, semaphore_offset)) from None
+
+        battr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+        struct.pack_into("<IIIIQ", battr, 0, prog_fd, self.perf_fd, _BPF_PERF_EVENT, 0, cookie)
+        try:
+            self.link_fd = _syscall(1, _BPF_LINK_CREATE, battr, _BPF_ATTR_SIZE)
+        except OSError as e:
+            self.close()
+            hint = ""
+            if e.errno in (errno.EPERM, errno.EACCES):
+                hint = " (needs root or CAP_BPF+CAP_PERFMON)"
+            elif e.errno == errno.EINVAL:
+                hint = " (wrong program type, or kernel lacks BPF links on perf events)"
+            raise AttachError(f"BPF_LINK_CREATE for uprobe {where}: {e.strerror}{hint}") from None
+
+    @staticmethod
+    def _perf_error(e: OSError, where: str, semaphore_offset: int) -> str:
+        """Turn a perf_event_open errno into an actionable one-line message."""
+        if e.errno == errno.EINVAL and semaphore_offset:
+            return (
+                f"perf_event_open(uprobe {where}, semaphore {semaphore_offset:#x}) failed with "
+                "EINVAL: another tracer (e.g. a bcc tool) may be attached to this probe with "
+                "different semaphore handling (kernel logs 'ref_ctr_offset mismatch')"
+            )
+        if e.errno == errno.ENOENT:
+            return f"perf_event_open(uprobe {where}): file not found (did the binary go away?)"
+        if e.errno in (errno.EPERM, errno.EACCES):
+            return f"perf_event_open(uprobe {where}): {e.strerror}; needs root/CAP_PERFMON+CAP_BPF"
+        return f"perf_event_open(uprobe {where}): {e.strerror}"
+
+    @property
+    def fd(self) -> int:
+        """The BPF link fd (the one that keeps the program attached)."""
+        return self.link_fd
+
+    def close(self) -> None:
+        """Detach: close the link then the perf event.  Safe to call repeatedly."""
+        for name in ("link_fd", "perf_fd"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                setattr(self, name, -1)
+                os.close(fd)
+
+    def __enter__(self) -> UprobeLink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        fds = f"perf_fd={self.perf_fd}, link_fd={self.link_fd}"
+        return f"UprobeLink({self.path}+{self.offset:#x}, {fds})"

@@ -1,0 +1,253 @@
+"""The ``scope-ebpf`` command: thin click commands over controller.Session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .controller import Options, Session, parse_probes
+from .errors import ScopeError
+
+_PREFIX = "scope-ebpf: "
+
+
+def _status(msg: str) -> None:
+    click.echo(_PREFIX + msg, err=True)
+
+
+def _default_output() -> Path:
+    return Path(time.strftime("scope-%Y%m%d-%H%M%S"))
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*.parquet"))
+
+
+def _summary(session: Session, seconds: float) -> None:
+    w = session.written
+    stats = session.last_stats
+    lost = sum(v for k, v in stats.items() if k.endswith("_lost"))
+    _status(
+        f"traced {w['calls']:,} calls, {w['gc']:,} gc, {w['sched']:,} off-CPU intervals "
+        f"in {seconds:.1f} s; lost {lost:,} -> {session.opts.output} "
+        f"({_human_bytes(_du(session.opts.output))})")
+    if lost:
+        _status(f"warning: the kernel buffers overflowed: {lost:,} records lost "
+                "(see the session table)")
+
+
+def _fail(e: ScopeError) -> None:
+    click.echo(f"{_PREFIX}error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks (never mid-write)."""
+
+    def __init__(self, on_signal: Callable[[int], None] | None = None) -> None:
+        self.count = 0
+        self.last = 0
+        self._on = on_signal
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.count += 1
+        self.last = signum
+        if self._on:
+            self._on(signum)
+
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+_OUTPUT = click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+                       help="Output directory (default: ./scope-YYYYmmdd-HHMMSS).")
+_PROBES = click.option("--probes", default="calls,gc,sched", show_default=True,
+                       help="Probe sets to attach: calls, gc, sched (comma-separated).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scope-ebpf")
+def main() -> None:
+    """eBPF tracer for CPython: USDT probes and scheduler tracepoints to Parquet.
+
+    \b
+    Examples:
+      sudo scope-ebpf run -o out -- python3 app.py --port 8080
+      sudo scope-ebpf trace --pid 1234 --duration 30 -o out
+      scope-ebpf query out "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC"
+      scope-ebpf schema
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": True,
+                                "allow_interspersed_args": False})
+@_OUTPUT
+@_PROBES
+@click.option("--no-hook", is_flag=True,
+              help="CPython 3.11: do not install the profile hook that makes its function "
+                   "probes fire (calls will then be empty).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...]) -> None:
+    """Start COMMAND with the probes live and trace it until it exits.
+
+    The program keeps its argv, cwd, environment and stdio; scope-ebpf exits
+    with its exit code. On CPython 3.11 a minimal profile hook (sys.setprofile
+    with the C builtin `slice`) is installed at start-up, because 3.11 fires its
+    function probes only while a hook is set. SIGTERM is passed on to the
+    program; a second SIGINT/SIGTERM stops tracing and leaves it running.
+
+    \b
+    Example:
+      sudo scope-ebpf run -o out -- python3 app.py arg1 arg2
+    """
+    started = time.monotonic()
+    child_pid = 0
+
+    def forward(signum: int) -> None:
+        if child_pid and signum == signal.SIGTERM and sigs.count == 1:
+            os.kill(child_pid, signal.SIGTERM)
+
+    sigs = _Signals(forward)
+    session = None
+    try:
+        session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
+        session.open()
+        child = session.launch(list(command), hook=not no_hook)
+        child_pid = child.pid
+        _status(f"tracing pid {child.pid} ({os.path.basename(child.interpreter)}) "
+                f"-> {session.opts.output}")
+        exit_status: list[int] = []
+
+        def done() -> bool:
+            if sigs.count >= 2:
+                return True
+            pid, st = os.waitpid(child_pid, os.WNOHANG)
+            if pid:
+                exit_status.append(st)
+            return bool(pid)
+
+        session.run(done)
+        session.close("target exited" if exit_status else "signal")
+        _summary(session, time.monotonic() - started)
+    except ScopeError as e:
+        if session:
+            session.close("error")
+        _fail(e)
+    finally:
+        if session:
+            session.close("error")
+        sigs.restore()
+    if exit_status:
+        from .spawn import exit_code
+
+        sys.exit(exit_code(exit_status[0]))
+    _status(f"stopped tracing; pid {child_pid} is still running")
+    sys.exit(128 + sigs.last)
+
+
+@main.command()
+@click.option("-p", "--pid", "pids", type=int, multiple=True, required=True,
+              help="Process to trace (repeatable).")
+@_OUTPUT
+@_PROBES
+@click.option("-d", "--duration", type=float, default=None,
+              help="Stop after this many seconds (default: until Ctrl-C or the targets exit).")
+def trace(pids: tuple[int, ...], output: Path | None, probes: str,
+          duration: float | None) -> None:
+    """Attach to running Python processes.
+
+    Stops on Ctrl-C, SIGTERM, --duration, or when every target has exited;
+    in every case the output is flushed and closed.
+
+    \b
+    Example:
+      sudo scope-ebpf trace --pid 1234 --pid 5678 --duration 60 -o out
+    """
+    started = time.monotonic()
+    sigs = _Signals()
+    session = None
+    reason = "signal"
+    try:
+        session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
+        session.open()
+        for pid in pids:
+            session.add_pid(pid)
+        _status(f"tracing pid {', '.join(map(str, pids))} -> {session.opts.output} "
+                "(Ctrl-C to stop)")
+        deadline = None if duration is None else started + duration
+        last_check = 0.0
+
+        def done() -> bool:
+            nonlocal reason, last_check
+            if sigs.count:
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                reason = "duration"
+                return True
+            if now - last_check >= 0.2:
+                last_check = now
+                if not session.alive_targets(list(pids)):
+                    reason = "targets exited"
+                    return True
+            return False
+
+        session.run(done)
+        session.close(reason)
+        _summary(session, time.monotonic() - started)
+    except ScopeError as e:
+        if session:
+            session.close("error")
+        _fail(e)
+    finally:
+        if session:
+            session.close("error")
+        sigs.restore()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True)
+def query(directory: Path, sql: str, fmt: str) -> None:
+    """Run SQL with DuckDB over an output directory.
+
+    Every table (calls, gc, sched, processes, session) is a view.
+
+    \b
+    Example:
+      scope-ebpf query out "SELECT function, count(*) AS n, sum(duration_ns)/1e6 AS ms
+                            FROM calls GROUP BY 1 ORDER BY ms DESC LIMIT 10"
+    """
+    from .query import QueryError, run_query
+
+    try:
+        click.echo(run_query(directory, sql, fmt))
+    except QueryError as e:
+        _fail(ScopeError(str(e)))
+
+
+@main.command()
+def schema() -> None:
+    """Print every output table's columns, types and meaning."""
+    from .schema import describe
+
+    click.echo(describe())

@@ -1,0 +1,368 @@
+"""The tracing session: the one API the CLI, the daemon and the tests drive.
+
+A Session owns the loaded BPF program, the uprobe links, the kernel's target
+set and the output directory. Its loop drains the ring buffers in batches,
+decodes them column-wise and hands Arrow batches to the writer; process state
+is sampled once a second. ``close()`` is safe on every way out: it detaches
+the probes first, drains what is left, writes calls still open with a null
+duration, records every counter in ``session`` and closes the Parquet files.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__, events, procs, spawn, usdt
+from .attach import AttachError, UprobeLink
+from .decode import Decoder, rows_to_batch
+from .errors import ScopeError
+from .program import Limits, Program
+from .writer import OutputDir, OutputError
+
+PROBE_SETS = {
+    "calls": ("function__entry", "function__return"),
+    "gc": ("gc__start", "gc__done"),
+    "sched": (),
+}
+PROGRAMS = {
+    "function__entry": "on_entry",
+    "function__return": "on_return",
+    "gc__start": "on_gc_start",
+    "gc__done": "on_gc_done",
+}
+_ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
+             "const": events.const("ARG_CONST")}
+_SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
+
+
+def parse_probes(text: str) -> frozenset[str]:
+    names = frozenset(p.strip() for p in text.split(",") if p.strip())
+    unknown = names - PROBE_SETS.keys()
+    if unknown or not names:
+        raise ScopeError(f"unknown probe set {', '.join(sorted(unknown)) or '(none)'}: "
+                         f"choose from {','.join(PROBE_SETS)}")
+    return names
+
+
+@dataclass
+class Options:
+    output: Path
+    probes: frozenset[str] = frozenset(PROBE_SETS)
+    limits: Limits = field(default_factory=Limits)
+    poll_interval: float = 0.005     # seconds between ring buffer drains
+    sample_interval: float = 1.0     # seconds between psutil samples
+    flush_rows: int = 262_144        # rows buffered per table before a Parquet write
+    flush_seconds: float = 2.0
+
+
+@dataclass
+class _Binary:
+    path: str
+    probes: set[str]
+    links: list[UprobeLink]
+
+
+class Session:
+    """One tracing session writing to one output directory."""
+
+    def __init__(self, options: Options, status: Callable[[str], None] = lambda s: None):
+        self.opts = options
+        self.status = status
+        try:
+            self.out = OutputDir(options.output)
+        except OutputError as e:
+            raise ScopeError(str(e)) from None
+        self.program: Program | None = None
+        self.binaries: dict[tuple[int, int], _Binary] = {}
+        self.targets: dict[int, procs.ProcInfo] = {}
+        self.exited: set[int] = set()
+        self.warnings: list[str] = []
+        self.written: Counter[str] = Counter()
+        self.meta: dict[str, str] = {}
+        self._pending: dict[str, list[pa.RecordBatch]] = {}
+        self._pending_rows: Counter[str] = Counter()
+        self._last_flush = time.monotonic()
+        self._next_cookie = 0
+        self._last_sample = 0.0
+        self._closed = False
+        self.last_stats: dict[str, int] = {}
+        self.start_ns = time.time_ns()
+        self.decoder = Decoder(_mono_to_wall())
+
+    # -- set-up -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Compile and load the BPF program (tracepoints are live after this)."""
+        self.status("compiling BPF program")
+        self.program = Program(self.opts.limits)
+        if "sched" not in self.opts.probes:
+            for tp in _SCHED_TRACEPOINTS:
+                self.program.bpf.detach_tracepoint(tp.encode())
+
+    def attach_binary(self, path: str) -> _Binary:
+        """Attach the selected USDT probes of an interpreter file, once per file."""
+        assert self.program is not None
+        try:
+            st = os.stat(path)
+            found = usdt.read_probes(path)
+        except (OSError, usdt.ProbeError) as e:
+            raise ScopeError(f"cannot read probes of {path}: {e}") from None
+        key = (st.st_dev, st.st_ino)
+        if key in self.binaries:
+            return self.binaries[key]
+        python = [p for p in found if p.provider == "python"]
+        if not python:
+            raise ScopeError(f"{path} has no CPython USDT probes (built without --with-dtrace); "
+                             "Debian's and Fedora's /usr/bin/python3 have them")
+        have = {p.name for p in python}
+        wanted = {n for s in self.opts.probes for n in PROBE_SETS[s]}
+        missing = wanted - have
+        if missing & set(PROBE_SETS["calls"]):
+            self.warn(f"{path} has no function__entry/return probes "
+                      f"(CPython {procs.python_version(path) or '?'}): no calls will be recorded")
+        links: list[UprobeLink] = []
+        try:
+            for probe in python:
+                if probe.name not in wanted:
+                    continue
+                cookie = self._next_cookie
+                if cookie >= self.opts.limits.max_specs:
+                    raise ScopeError("too many probe locations for the spec map")
+                self._next_cookie += 1
+                self.program.set_spec(cookie, _spec(probe.args))
+                links.append(UprobeLink(self.program.prog_fd(PROGRAMS[probe.name]), probe.path,
+                                        probe.offset, probe.semaphore_offset, cookie=cookie))
+        except AttachError as e:
+            for link in links:
+                link.close()
+            raise ScopeError(str(e)) from None
+        b = self.binaries[key] = _Binary(path, wanted & have, links)
+        return b
+
+    def add_pid(self, pid: int, *, launched: bool = False) -> None:
+        """Trace a running process (or a held child of ours before its exec)."""
+        assert self.program is not None
+        if not launched:
+            procs.validate_pid(pid)
+            try:
+                binary = usdt.find_python_binary(pid)
+            except usdt.ProbeError as e:
+                raise ScopeError(str(e)) from None
+            version = procs.python_version(binary)
+            if not _has_python_probes(binary):
+                exe = procs.info(pid).exe or binary
+                raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
+            self.attach_binary(binary)
+            if version == "3.11" and "calls" in self.opts.probes:
+                self.warn(f"process {pid} runs CPython 3.11, which fires function probes only "
+                          "while a profile/trace hook is set (sys.setprofile): calls appear only "
+                          "if it has one. `scope-ebpf run` installs one; gc, sched and process "
+                          "data are recorded either way")
+        self.program.add_target(pid)
+        self.targets[pid] = procs.info(pid)
+
+    def launch(self, argv: list[str], *, hook: bool = True) -> spawn.Child:
+        """Start ``argv`` with the probes live before its first instruction."""
+        exe, interp = spawn.resolve(argv)
+        version = procs.python_version(interp)
+        binary = self.attach_binary(interp)  # raises if it is not a Python with probes
+        env = dict(os.environ)
+        if hook and version == "3.11" and "function__entry" in binary.probes:
+            env = spawn.hook_env(env)
+            self.meta["profile_hook"] = "slice (installed by sitecustomize)"
+        pid, go, err = spawn.fork_held(exe, argv, env)
+        try:
+            self.program.add_target(pid)
+        except BaseException:
+            spawn.cancel(pid, go, err)
+            raise
+        spawn.release(pid, go, err, exe)
+        self.targets[pid] = procs.info(pid, interp)
+        self.meta["command"] = " ".join(argv)
+        return spawn.Child(pid, argv, exe, interp)
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        self.status("warning: " + msg)
+
+    # -- the loop -----------------------------------------------------------
+
+    def poll(self) -> int:
+        """Drain every ring buffer once; return the number of records."""
+        p = self.program
+        assert p is not None
+        # Calls first, then names: every function a drained call refers to
+        # was submitted before that call, so it is in this names batch.
+        calls = p.rings["calls_rb"].drain()
+        funcs = p.rings["funcs_rb"].drain()
+        gc = p.rings["gc_rb"].drain()
+        sched = p.rings["sched_rb"].drain()
+        proc = p.rings["proc_rb"].drain()
+        self.decoder.functions.add(funcs)
+        if len(calls):
+            self._add("calls", self.decoder.calls(calls))
+        if len(gc):
+            self._add("gc", self.decoder.gc(gc))
+        if len(sched):
+            self._add("sched", self.decoder.sched(sched))
+        if len(proc):
+            self._proc_events(self.decoder.proc_events(proc))
+        now = time.monotonic()
+        if now - self._last_sample >= self.opts.sample_interval:
+            self._last_sample = now
+            self.sample()
+        if now - self._last_flush >= self.opts.flush_seconds:
+            self.flush()
+        return len(calls) + len(funcs) + len(gc) + len(sched) + len(proc)
+
+    def sample(self) -> None:
+        rows = []
+        ts = time.time_ns()
+        for pid, info in self.targets.items():
+            if pid in self.exited:
+                continue
+            s = procs.sample(pid)
+            if s is None:
+                self.exited.add(pid)
+                continue
+            rows.append({"ts_ns": ts, "pid": pid, "event": "sample", "exe": info.exe,
+                         "python_version": info.python_version, **s})
+        if rows:
+            self._add("processes", rows_to_batch("processes", rows))
+
+    def _proc_events(self, rows: list[dict]) -> None:
+        for row in rows:
+            if row["event"] == "fork":
+                child = row["pid"]
+                self.targets.setdefault(child, procs.info(child))
+            elif row["event"] == "exit":
+                self.exited.add(row["pid"])
+        self._add("processes", rows_to_batch("processes", rows))
+
+    def alive_targets(self, pids: list[int] | None = None) -> list[int]:
+        return [p for p in (pids or list(self.targets))
+                if p not in self.exited and procs.alive(p)]
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        """Poll until ``stop()`` is true; busy buffers are drained without sleeping."""
+        calls_rb = self.program.rings["calls_rb"]
+        while not stop():
+            self.poll()
+            if calls_rb.pending_bytes() < calls_rb.size // 4:
+                time.sleep(self.opts.poll_interval)
+
+    # -- output -------------------------------------------------------------
+
+    def _add(self, table: str, batch: pa.RecordBatch) -> None:
+        self._pending.setdefault(table, []).append(batch)
+        self._pending_rows[table] += batch.num_rows
+        if self._pending_rows[table] >= self.opts.flush_rows:
+            self._flush_table(table)
+
+    def _flush_table(self, table: str) -> None:
+        batches = self._pending.pop(table, [])
+        rows = self._pending_rows.pop(table, 0)
+        if not batches:
+            return
+        self.out.writer(table).write(pa.Table.from_batches(batches))
+        self.written[table] += rows
+
+    def flush(self) -> None:
+        for table in list(self._pending):
+            self._flush_table(table)
+        self._last_flush = time.monotonic()
+
+    # -- shutdown -----------------------------------------------------------
+
+    def close(self, reason: str = "stopped") -> None:
+        """Detach, drain, write what is left, close every file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for b in self.binaries.values():
+                for link in b.links:
+                    link.close()
+            stats: dict[str, int] = {}
+            if self.program is not None:
+                self.poll()
+                self.poll()
+                frames = self.program.open_frames()
+                if frames:
+                    self._add("calls", self.decoder.open_calls(frames))
+                stats = self.last_stats = self.program.stats()
+            self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
+            self.flush()
+        finally:
+            self.out.close()
+            if self.program is not None:
+                self.program.close()
+
+    def _session_rows(self, reason: str, stats: dict[str, int]) -> list[dict]:
+        meta = {
+            "host": socket.gethostname(),
+            "kernel": platform.release(),
+            "tracer_version": __version__,
+            "targets": ",".join(str(p) for p in self.targets),
+            "probes": ",".join(sorted(self.opts.probes)),
+            "binaries": ",".join(b.path for b in self.binaries.values()),
+            "start_ns": str(self.start_ns),
+            "end_ns": str(time.time_ns()),
+            "stop_reason": reason,
+            **self.meta,
+        }
+        rows = [{"key": k, "value": v} for k, v in meta.items()]
+        rows += [{"key": "warning", "value": w} for w in self.warnings]
+        counts = {f"kernel.{k}": v for k, v in stats.items()}
+        counts["functions_interned"] = self.decoder.functions.count
+        # rows already flushed + rows buffered (written at close), session excluded
+        for table in ("calls", "gc", "sched", "processes"):
+            counts[f"rows.{table}"] = self.written[table] + self._pending_rows[table]
+        rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
+        return rows
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close("error" if exc[0] else "stopped")
+
+
+def _spec(args: tuple[usdt.ArgSpec, ...]) -> np.void:
+    rec = np.zeros(1, events.dtypes()["probe_spec"])[0]
+    for i, a in enumerate(args[:3]):
+        rec[f"kind{i}"] = _ARG_KIND[a.kind]
+        rec[f"reg{i}"] = max(a.reg, 0)
+        rec[f"size{i}"] = a.size
+        rec[f"signed{i}"] = int(a.signed)
+        rec[f"disp{i}"] = a.disp
+    return rec
+
+
+def _has_python_probes(path: str) -> bool:
+    try:
+        return any(p.provider == "python" for p in usdt.read_probes(path))
+    except (OSError, usdt.ProbeError):
+        return False
+
+
+def _mono_to_wall() -> int:
+    """Offset from CLOCK_MONOTONIC (bpf_ktime_get_ns) to UTC wall-clock ns."""
+    best = None
+    for _ in range(5):  # the tightest of a few readings bounds the error
+        a = time.monotonic_ns()
+        w = time.time_ns()
+        b = time.monotonic_ns()
+        if best is None or b - a < best[0]:
+            best = (b - a, w - (a + b) // 2)
+    return best[1]

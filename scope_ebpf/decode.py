@@ -1,0 +1,189 @@
+"""Turn batches of kernel records into Arrow record batches, column-wise.
+
+No Python code runs per call record: numpy does the arithmetic and the
+function names are dictionary-encoded by id. The only per-record Python work
+is for function names (once per function) and process events (rare).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import events, schema
+
+_C = events.constants()
+_TS = pa.timestamp("ns", tz="UTC")
+
+
+def _text(raw: bytes) -> str | None:
+    """Probe strings are untrusted bytes: invalid UTF-8 becomes null."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class Functions:
+    """Interned functions: kernel id -> (name, file, line), kept dictionary-encoded."""
+
+    def __init__(self) -> None:
+        self._ids = np.zeros(0, np.uint32)     # sorted kernel ids
+        self._name = np.zeros(0, np.int32)     # per sorted id: index into names, -1 = null
+        self._file = np.zeros(0, np.int32)
+        self._line = np.zeros(0, np.int32)
+        self._strings: list[str] = []
+        self._string_index: dict[str, int] = {}
+        self._dictionary: pa.Array | None = None
+        self.count = 0
+
+    def _intern(self, s: str | None) -> int:
+        if s is None:
+            return -1
+        i = self._string_index.get(s)
+        if i is None:
+            i = self._string_index[s] = len(self._strings)
+            self._strings.append(s)
+            self._dictionary = None
+        return i
+
+    def add(self, recs: np.ndarray) -> None:
+        if not len(recs):
+            return
+        names = [(-1 if f & _C["FUNC_NAME_NULL"] else self._intern(_text(n)))
+                 for n, f in zip(recs["name"].tolist(), recs["flags"].tolist(), strict=True)]
+        files = [(-1 if f & _C["FUNC_FILE_NULL"] else self._intern(_text(n)))
+                 for n, f in zip(recs["file"].tolist(), recs["flags"].tolist(), strict=True)]
+        ids = np.concatenate([self._ids, recs["func_id"]])
+        order = np.argsort(ids, kind="stable")
+        self._ids = ids[order]
+        self._name = np.concatenate([self._name, np.array(names, np.int32)])[order]
+        self._file = np.concatenate([self._file, np.array(files, np.int32)])[order]
+        self._line = np.concatenate([self._line, recs["line"].astype(np.int32)])[order]
+        self.count += len(recs)
+
+    def dictionary(self) -> pa.Array:
+        if self._dictionary is None:
+            self._dictionary = pa.array(self._strings, pa.string())
+        return self._dictionary
+
+    def columns(self, func_ids: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """(function, file, line) columns for an array of kernel function ids."""
+        pos = np.searchsorted(self._ids, func_ids)
+        pos = np.minimum(pos, max(len(self._ids) - 1, 0))
+        known = (self._ids[pos] == func_ids) if len(self._ids) else np.zeros(len(func_ids), bool)
+        name = np.where(known, self._name[pos] if len(self._ids) else -1, -1)
+        file = np.where(known, self._file[pos] if len(self._ids) else -1, -1)
+        line = np.where(known, self._line[pos] if len(self._ids) else 0, 0)
+        d = self.dictionary()
+        return (
+            pa.DictionaryArray.from_arrays(pa.array(name, pa.int32(), mask=name < 0), d),
+            pa.DictionaryArray.from_arrays(pa.array(file, pa.int32(), mask=file < 0), d),
+            pa.array(line, pa.int32(), mask=~known),
+        )
+
+
+class Decoder:
+    """Record arrays -> Arrow batches in the schema of scope_ebpf.schema."""
+
+    def __init__(self, mono_to_wall_ns: int) -> None:
+        self.offset = mono_to_wall_ns
+        self.functions = Functions()
+
+    def _ts(self, mono: np.ndarray) -> pa.Array:
+        return pa.array(mono.astype(np.int64) + self.offset, _TS)
+
+    def calls(self, r: np.ndarray) -> pa.RecordBatch:
+        function, file, line = self.functions.columns(r["func_id"])
+        is_open = (r["flags"] & _C["CALL_OPEN"]) != 0
+        n = len(r)
+        return pa.RecordBatch.from_arrays([
+            self._ts(r["start_ns"]),
+            pa.array(r["duration_ns"].astype(np.int64), mask=is_open),
+            pa.array(r["pid"].astype(np.int32)),
+            pa.array(r["tid"].astype(np.int32)),
+            pa.array(r["depth"].astype(np.int32)),
+            function, file, line,
+            pa.array(r["return_line"], pa.int32(), mask=is_open),
+            pa.array(np.ones(n, np.int32)),
+        ], names=_schema("calls").names)
+
+    def open_calls(self, frames: list[tuple[int, int, int, int, int]]) -> pa.RecordBatch:
+        """Rows for calls still open at stop: null duration and return line."""
+        a = np.array(frames, np.int64).reshape(-1, 5)
+        function, file, line = self.functions.columns(a[:, 4].astype(np.uint32))
+        n = len(a)
+        return pa.RecordBatch.from_arrays([
+            self._ts(a[:, 3]),
+            pa.nulls(n, pa.int64()),
+            pa.array(a[:, 0].astype(np.int32)),
+            pa.array(a[:, 1].astype(np.int32)),
+            pa.array(a[:, 2].astype(np.int32)),
+            function, file, line,
+            pa.nulls(n, pa.int32()),
+            pa.array(np.ones(n, np.int32)),
+        ], names=_schema("calls").names)
+
+    def gc(self, r: np.ndarray) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([
+            self._ts(r["start_ns"]),
+            pa.array(r["duration_ns"].astype(np.int64)),
+            pa.array(r["pid"].astype(np.int32)),
+            pa.array(r["tid"].astype(np.int32)),
+            pa.array(r["generation"].astype(np.int32)),
+            pa.array(r["collected"].astype(np.int64)),
+        ], names=_schema("gc").names)
+
+    def sched(self, r: np.ndarray) -> pa.RecordBatch:
+        function, file, line = self.functions.columns(r["func_id"])
+        st = r["prev_state"]
+        state = np.select(
+            [(st == 0) | (st >= 0x100), (st & 2) != 0, (st & 1) != 0],
+            ["preempted", "io", "sleeping"], "other")
+        preempted = state == "preempted"
+        runq_known = preempted | (r["woken"] != 0)
+        return pa.RecordBatch.from_arrays([
+            self._ts(r["start_ns"]),
+            pa.array(r["duration_ns"].astype(np.int64)),
+            pa.array(r["pid"].astype(np.int32)),
+            pa.array(r["tid"].astype(np.int32)),
+            pa.array(state).dictionary_encode(),
+            pa.array(st.astype(np.int64)),
+            pa.array(r["runq_ns"].astype(np.int64), mask=~runq_known),
+            function, file, line,
+        ], names=_schema("sched").names)
+
+    def proc_events(self, r: np.ndarray) -> list[dict]:
+        """Process lifecycle rows (few): dicts in the processes schema."""
+        kinds = {_C["PROC_FORK"]: "fork", _C["PROC_EXEC"]: "exec",
+                 _C["PROC_EXIT"]: "exit", _C["PROC_THREAD"]: "thread"}
+        rows = []
+        for rec in r:
+            kind = kinds.get(int(rec["kind"]), "other")
+            row = {"ts_ns": int(rec["ts_ns"]) + self.offset, "pid": int(rec["pid"]),
+                   "event": kind, "tid": int(rec["tid"])}
+            if kind == "fork":  # the row is about the child, its parent is the target
+                row.update(pid=int(rec["other_pid"]), parent_pid=int(rec["pid"]))
+            elif kind == "thread":
+                row["tid"] = int(rec["other_pid"])
+            elif kind == "exec":
+                row["exe"] = _text(bytes(rec["filename"]))
+            rows.append(row)
+        return rows
+
+
+def rows_to_batch(table: str, rows: list[dict]) -> pa.RecordBatch:
+    """A batch from a few dict rows (missing keys are null); for rare events."""
+    sch = _schema(table)
+    cols = []
+    for f in sch:
+        vals = [row.get(f.name) for row in rows]
+        if pa.types.is_timestamp(f.type):
+            cols.append(pa.array(vals, pa.int64()).cast(f.type))
+        else:
+            cols.append(pa.array(vals, f.type))
+    return pa.RecordBatch.from_arrays(cols, schema=sch)
+
+
+def _schema(table: str) -> pa.Schema:
+    return schema.arrow_schema(table)

@@ -1,0 +1,98 @@
+"""Event layouts, derived from the one definition in ``bpf/scope.h``.
+
+The BPF programs include the header; this module parses the same text into
+numpy dtypes, so a field added on the C side is decoded here without a second
+definition that could drift. The parser accepts only the restricted subset the
+header documents and fails loudly on anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+if not BPF_DIR.is_dir():  # installed wheel: sources shipped inside the package
+    BPF_DIR = Path(__file__).resolve().parent / "bpf"
+HEADER = BPF_DIR / "scope.h"
+
+_CTYPES = {
+    "__u8": "u1", "__u16": "<u2", "__u32": "<u4", "__u64": "<u8",
+    "__s8": "i1", "__s16": "<i2", "__s32": "<i4", "__s64": "<i8",
+}
+_DEFINE = re.compile(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", re.M)
+_STRUCT = re.compile(r"^struct\s+(\w+)\s*\{(.*?)^\};", re.M | re.S)
+_MEMBER = re.compile(r"^(\w+)\s+(\w+)(?:\[(\w+)\])?;$")
+
+
+class LayoutError(Exception):
+    """The header uses a construct the parser does not understand."""
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+@cache
+def constants(path: Path = HEADER) -> dict[str, int]:
+    """Every ``#define NAME NUMBER`` of the header."""
+    return {k: int(v, 0) for k, v in _DEFINE.findall(_strip_comments(path.read_text()))}
+
+
+@cache
+def dtypes(path: Path = HEADER) -> dict[str, np.dtype]:
+    """A packed numpy dtype per struct, keyed by struct name."""
+    text = _strip_comments(path.read_text())
+    consts = constants(path)
+    out: dict[str, np.dtype] = {}
+    for name, body in _STRUCT.findall(text):
+        fields = []
+        for raw in body.splitlines():
+            line = raw.strip()
+            if not line:
+                continue
+            m = _MEMBER.match(line)
+            if not m:
+                raise LayoutError(f"{path.name}: struct {name}: cannot parse {line!r}")
+            ctype, field, count = m.groups()
+            if ctype == "char":
+                n = consts.get(count, None) if count and not count.isdigit() else int(count or 1)
+                if n is None:
+                    raise LayoutError(f"{path.name}: unknown array size {count!r}")
+                fields.append((field, f"S{n}"))
+            elif ctype in _CTYPES and count is None:
+                fields.append((field, _CTYPES[ctype]))
+            else:
+                raise LayoutError(f"{path.name}: struct {name}: unsupported member {line!r}")
+        dt = np.dtype(fields)
+        for field, _ in fields:  # the C compiler would pad these; the header must not need it
+            ftype, offset = dt.fields[field][:2]
+            if ftype.kind != "S" and offset % ftype.itemsize:
+                raise LayoutError(f"struct {name}: {field} is misaligned")
+        if dt.itemsize % 8:
+            raise LayoutError(f"struct {name}: size {dt.itemsize} is not a multiple of 8")
+        out[name] = dt
+    return out
+
+
+def const(name: str) -> int:
+    return constants()[name]
+
+
+STAT_NAMES = (
+    "entries", "returns", "calls_lost", "funcs_lost", "unmatched_returns",
+    "too_deep", "gc", "gc_lost", "sched", "sched_lost", "proc", "proc_lost",
+    "threads_untraced", "functions_uninterned", "open_at_thread_exit",
+)
+
+
+def _check_stats() -> None:
+    c = constants()
+    if len(STAT_NAMES) != c["STAT_COUNT"]:
+        raise LayoutError("STAT_NAMES does not match STAT_COUNT in scope.h")
+
+
+_check_stats()

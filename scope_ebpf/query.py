@@ -1,0 +1,200 @@
+"""DuckDB over an output directory: one view per table, results as text.
+
+Every table always exists as a view (empty when it has no parts) so a saved
+query works on any trace, not only on traces that happened to record GC.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import ScopeError
+from .schema import TABLES, arrow_schema
+
+Format = Literal["table", "csv", "json"]
+MAX_CELL = 60
+
+
+class QueryError(ScopeError):
+    """The directory cannot be queried or the SQL failed (one-line message)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _has_parts(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("*.parquet"))
+
+
+def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory database whose views read the parts in place (nothing is copied)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise QueryError(f"no such output directory: {root}")
+    present = [name for name in TABLES if _has_parts(root / name)]
+    if not present:
+        raise QueryError(f"no scope-ebpf tables in {root} (expected e.g. {root}/calls/*.parquet)")
+    con = duckdb.connect(":memory:")
+    try:
+        # Timestamps are UTC; without this DuckDB renders them in the local zone.
+        con.execute("SET TimeZone = 'UTC'")
+        for name in TABLES:
+            if name in present:
+                glob = str((root / name).resolve() / "*.parquet")
+                # union_by_name keeps old parts readable after a column is added.
+                con.execute(
+                    f"CREATE VIEW {_ident(name)} AS SELECT * FROM "
+                    f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+                )
+            else:
+                con.execute(f"CREATE VIEW {_ident(name)} AS {_empty_select(con, name)}")
+    except duckdb.Error as e:
+        con.close()
+        raise QueryError(f"cannot open {root}: {_one_line(e)}") from e
+    return con
+
+
+def _empty_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """Column types come from DuckDB's own Arrow mapping, so they equal what the
+    same table read from Parquet would have (e.g. TIMESTAMPTZ_NS)."""
+    schema = arrow_schema(table)
+    types = con.from_arrow(schema.empty_table()).types
+    cols = ", ".join(
+        f"CAST(NULL AS {t}) AS {_ident(f.name)}" for f, t in zip(schema, types, strict=True)
+    )
+    return f"SELECT {cols} WHERE false"
+
+
+def _timestamp_strings(col: pa.ChunkedArray) -> list[str | None]:
+    """ISO-8601 with full precision; Python datetimes would drop the nanoseconds."""
+    typ = col.type
+    assert isinstance(typ, pa.TimestampType)
+    if typ.tz is not None:
+        col = col.cast(pa.timestamp(typ.unit, tz="UTC"))
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+    else:
+        fmt = "%Y-%m-%dT%H:%M:%S"
+    return pc.strftime(col, format=fmt).to_pylist()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-representable value; text for anything JSON has no type for."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def _columns(result: pa.Table) -> list[list[Any]]:
+    cols: list[list[Any]] = []
+    for col in result.columns:
+        if pa.types.is_timestamp(col.type):
+            cols.append(_timestamp_strings(col))
+        else:
+            cols.append([_plain(v) for v in col.to_pylist()])
+    return cols
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    text = _text(value).replace("\n", "\\n").replace("\t", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Aligned text, numbers right-aligned, with a row count so empty results are visible."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows) and bool(rows)
+        for i in range(len(names))
+    ]
+    widths = [
+        max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(list(names)), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    out.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+    return "\n".join(out) + "\n"
+
+
+def format_csv(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(names)
+    for row in rows:
+        w.writerow(["" if v is None else _text(v) for v in row])
+    return buf.getvalue()
+
+
+def format_json(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return json.dumps([dict(zip(names, r, strict=True)) for r in rows], ensure_ascii=False) + "\n"
+
+
+_FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
+
+
+def run_query(root: str | Path, sql: str, fmt: Format = "table") -> str:
+    """Run one SQL statement over the trace and render its result."""
+    if fmt not in _FORMATTERS:
+        raise QueryError(f"unknown format {fmt!r}; use one of: {', '.join(_FORMATTERS)}")
+    con = connect(root)
+    try:
+        rel = con.sql(sql)
+        if rel is None:  # a statement without a result, e.g. SET
+            return ""
+        result = rel.to_arrow_table()
+    except duckdb.Error as e:
+        raise QueryError(_one_line(e)) from e
+    finally:
+        con.close()
+    names = result.column_names
+    cols = _columns(result)
+    rows = [list(r) for r in zip(*cols, strict=True)] if cols else []
+    return _FORMATTERS[fmt](names, rows)

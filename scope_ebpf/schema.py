@@ -1,0 +1,178 @@
+"""The one definition of every output table.
+
+The writer casts to these schemas, the query layer builds empty views from
+them and ``scope-ebpf schema`` prints them, so a column is added or renamed in
+exactly one place and the three can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("ns", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One output column; ``nullable=False`` is enforced by the writer."""
+
+    name: str
+    type: pa.DataType
+    description: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Table:
+    """One output table: a directory of Parquet parts with this schema."""
+
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(f"table {self.name!r} has no column {name!r}")
+
+
+def _req(name: str, type_: pa.DataType, description: str) -> Column:
+    return Column(name, type_, description, nullable=False)
+
+
+def _opt(name: str, type_: pa.DataType, description: str) -> Column:
+    return Column(name, type_, description, nullable=True)
+
+
+_PID = _req("pid", pa.int32(), "process id (kernel tgid)")
+_TID = _req("tid", pa.int32(), "thread id (kernel pid)")
+
+_TABLE_LIST = (
+    Table(
+        "calls",
+        "One row per traced Python function call (USDT function__entry/return).",
+        (
+            _req("start_ns", TIMESTAMP, "UTC wall-clock time the call was entered"),
+            _opt(
+                "duration_ns",
+                pa.int64(),
+                "ns from entry to return; NULL if the call was still open when tracing "
+                "stopped or the thread exited",
+            ),
+            _PID,
+            _TID,
+            _req("depth", pa.int32(), "stack depth, 0 = outermost traced frame of the thread"),
+            _opt("function", pa.string(), "function name; NULL if missing or not UTF-8"),
+            _opt("file", pa.string(), "source file; NULL if missing or not UTF-8"),
+            _opt("line", pa.int32(), "line of the def, as given by the entry probe"),
+            _opt("return_line", pa.int32(), "line executing at return, from the return probe"),
+            _req(
+                "weight",
+                pa.int32(),
+                "calls this row stands for: 1 = every call kept, k when sampled 1-in-k",
+            ),
+        ),
+    ),
+    Table(
+        "gc",
+        "One row per garbage collection (USDT gc__start/gc__done).",
+        (
+            _req("start_ns", TIMESTAMP, "UTC wall-clock time the collection started"),
+            _opt("duration_ns", pa.int64(), "ns the collection took; NULL if it never finished"),
+            _PID,
+            _TID,
+            _opt("generation", pa.int32(), "generation collected (0, 1 or 2)"),
+            _opt("collected", pa.int64(), "objects collected"),
+        ),
+    ),
+    Table(
+        "sched",
+        "One row per off-CPU interval of a traced thread (sched_switch/sched_wakeup).",
+        (
+            _req("start_ns", TIMESTAMP, "UTC wall-clock time the thread left the CPU"),
+            _opt("duration_ns", pa.int64(), "ns off-CPU; NULL if it never came back"),
+            _PID,
+            _TID,
+            _req("state", pa.string(), "why it left: 'sleeping' | 'io' | 'preempted' | 'other'"),
+            _req("prev_state", pa.int64(), "raw kernel task state at the switch"),
+            _opt("runq_ns", pa.int64(), "run-queue latency, ns from wakeup to back on a CPU"),
+            _opt("function", pa.string(), "Python function on top of the stack when it left"),
+            _opt("file", pa.string(), "source file of that function"),
+            _opt("line", pa.int32(), "def line of that function"),
+        ),
+    ),
+    Table(
+        "processes",
+        "Lifecycle events and periodic resource samples of traced processes.",
+        (
+            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the event or sample"),
+            _PID,
+            _req("event", pa.string(), "'sample' | 'start' | 'fork' | 'exec' | 'exit' | 'thread'"),
+            _opt("parent_pid", pa.int32(), "parent process id"),
+            _opt("tid", pa.int32(), "thread id, for 'thread' events"),
+            _opt("exe", pa.string(), "executable path"),
+            _opt("cmdline", pa.string(), "command line, space separated"),
+            _opt("python_version", pa.string(), "Python version of the interpreter"),
+            _opt("rss_bytes", pa.int64(), "resident set size in bytes"),
+            _opt("cpu_user_s", pa.float64(), "cumulative user CPU seconds"),
+            _opt("cpu_system_s", pa.float64(), "cumulative system CPU seconds"),
+            _opt("num_threads", pa.int32(), "number of threads"),
+            _opt("num_fds", pa.int32(), "number of open file descriptors"),
+            _opt("ctx_switches_voluntary", pa.int64(), "cumulative voluntary context switches"),
+            _opt(
+                "ctx_switches_involuntary", pa.int64(), "cumulative involuntary context switches"
+            ),
+        ),
+    ),
+    Table(
+        "session",
+        "Key/value facts about the trace: host, kernel, version, targets, probes, "
+        "start/end and every counter (events seen, records written, records lost).",
+        (
+            _req("key", pa.string(), "name of the fact or counter"),
+            _opt("value", pa.string(), "its value as text"),
+            _opt("count", pa.int64(), "the value as a number, for counters"),
+        ),
+    ),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in _TABLE_LIST}
+
+
+def arrow_schema(table_name: str) -> pa.Schema:
+    """Plain types only: dictionary encoding is a storage choice of the writer."""
+    try:
+        table = TABLES[table_name]
+    except KeyError:
+        raise KeyError(f"unknown table {table_name!r}; known: {', '.join(TABLES)}") from None
+    return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in table.columns])
+
+
+def type_name(type_: pa.DataType) -> str:
+    """Short readable names, since ``timestamp[ns, tz=UTC]`` is noise in a listing."""
+    if type_ == TIMESTAMP:
+        return "timestamp(ns,UTC)"
+    return str(type_)
+
+
+def describe() -> str:
+    """Aligned plain text so it reads well in a terminal and greps well in a pipe."""
+    rows = [
+        (c.name, type_name(c.type) + ("" if c.nullable else " not null"), c.description)
+        for t in TABLES.values()
+        for c in t.columns
+    ]
+    name_w = max(len(r[0]) for r in rows)
+    type_w = max(len(r[1]) for r in rows)
+    out: list[str] = []
+    for t in TABLES.values():
+        if out:
+            out.append("")
+        out.append(f"{t.name}: {t.description}")
+        for c in t.columns:
+            typ = type_name(c.type) + ("" if c.nullable else " not null")
+            out.append(f"  {c.name:<{name_w}}  {typ:<{type_w}}  {c.description}")
+    return "\n".join(out) + "\n"

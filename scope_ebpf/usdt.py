@@ -1,0 +1,300 @@
+"""USDT probe discovery from ELF ``.note.stapsdt`` notes.
+
+Pure stdlib on purpose: the tracer must find probes in binaries of arbitrary
+containers without pulling in an ELF library, and this parser is fuzzed, so
+every offset and length read from the file is checked against the file size
+before it is used (no crash, hang or unbounded allocation on garbage input).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+__all__ = [
+    "REGS",
+    "ArgSpec",
+    "Probe",
+    "ProbeError",
+    "find_python_binary",
+    "parse_arg_spec",
+    "read_probes",
+]
+
+# Order matches the register switch in our BPF C code: do not reorder.
+REGS: tuple[str, ...] = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "rip", "rsp",
+)  # fmt: skip
+
+
+class ProbeError(Exception):
+    """Malformed or unsupported ELF / probe input (the only error this module raises)."""
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One USDT argument: where the BPF side must fetch it from and how to widen it."""
+
+    size: int  # bytes: 1, 2, 4 or 8
+    signed: bool
+    kind: str  # 'reg' | 'mem' | 'const'
+    reg: int  # index into REGS, -1 for const
+    disp: int  # memory displacement, or the constant value
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe location; offsets are file offsets because uprobes are keyed by file."""
+
+    provider: str
+    name: str
+    path: str
+    offset: int
+    semaphore_offset: int  # 0 if the probe has no semaphore
+    args: tuple[ArgSpec, ...]
+
+
+def _build_reg_aliases() -> dict[str, int]:
+    """Map every x86-64 sub-register name onto the index of its 64-bit register."""
+    aliases: dict[str, int] = {}
+    legacy = {
+        "rax": ("eax", "ax", "al", "ah"),
+        "rbx": ("ebx", "bx", "bl", "bh"),
+        "rcx": ("ecx", "cx", "cl", "ch"),
+        "rdx": ("edx", "dx", "dl", "dh"),
+        "rsi": ("esi", "si", "sil"),
+        "rdi": ("edi", "di", "dil"),
+        "rbp": ("ebp", "bp", "bpl"),
+        "rsp": ("esp", "sp", "spl"),
+        "rip": ("eip",),
+    }
+    for full, subs in legacy.items():
+        for name in (full, *subs):
+            aliases[name] = REGS.index(full)
+    for n in range(8, 16):
+        for suffix in ("", "d", "w", "b", "l"):
+            aliases[f"r{n}{suffix}"] = REGS.index(f"r{n}")
+    return aliases
+
+
+_REG_ALIASES = _build_reg_aliases()
+_ARG_RE = re.compile(
+    r"^(?P<size>-?\d+)@(?:"
+    r"%(?P<reg>[a-z0-9]+)"
+    r"|\$(?P<const>-?(?:0x[0-9a-f]+|\d+))"
+    r"|(?P<disp>-?(?:0x[0-9a-f]+|\d+))?\(%(?P<base>[a-z0-9]+)\)"
+    r")$",
+    re.IGNORECASE,
+)
+
+
+def _reg_index(name: str, arg: str) -> int:
+    try:
+        return _REG_ALIASES[name.lower()]
+    except KeyError:
+        raise ProbeError(f"unsupported register %{name} in USDT argument {arg!r}") from None
+
+
+def parse_arg_spec(text: str) -> tuple[ArgSpec, ...]:
+    """Parse a SystemTap x86-64 argument string such as ``8@%rbp -4@112(%rsp) 8@$5``.
+
+    Only forms our BPF code can evaluate (register, base+displacement, constant)
+    are accepted; anything else (index registers, rip-relative symbols, xmm)
+    raises ProbeError so the caller never gets a silently wrong argument.
+    """
+    specs: list[ArgSpec] = []
+    for arg in text.split():
+        m = _ARG_RE.match(arg)
+        if m is None:
+            raise ProbeError(f"unsupported USDT argument {arg!r}")
+        size = int(m["size"])
+        if abs(size) not in (1, 2, 4, 8):
+            raise ProbeError(f"bad argument size in USDT argument {arg!r}")
+        signed = size < 0
+        if m["reg"] is not None:
+            spec = ArgSpec(abs(size), signed, "reg", _reg_index(m["reg"], arg), 0)
+        elif m["const"] is not None:
+            spec = ArgSpec(abs(size), signed, "const", -1, int(m["const"], 0))
+        else:
+            reg = _reg_index(m["base"], arg)
+            if REGS[reg] == "rip":
+                raise ProbeError(f"rip-relative USDT argument {arg!r} is unsupported")
+            disp = int(m["disp"], 0) if m["disp"] else 0
+            spec = ArgSpec(abs(size), signed, "mem", reg, disp)
+        specs.append(spec)
+    return tuple(specs)
+
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_NHDR = struct.Struct("<III")
+_PT_LOAD = 1
+_SHT_NOTE = 7
+_NT_STAPSDT = 3
+_EM_X86_64 = 62
+
+
+class _Elf:
+    """Bounds-checked random access to an ELF64 little-endian file."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self.size = size
+
+    def read(self, off: int, n: int, what: str) -> bytes:
+        if off < 0 or n < 0 or off + n > self.size:
+            raise ProbeError(f"truncated ELF file: {what} at {off:#x}+{n:#x} is past the end")
+        self._f.seek(off)
+        data = self._f.read(n)
+        if len(data) != n:
+            raise ProbeError(f"short read of {what}")
+        return data
+
+
+def read_probes(path: str) -> list[Probe]:
+    """Return every stapsdt probe of the ELF file at ``path`` (all locations, file order).
+
+    Addresses in the notes are virtual addresses (possibly shifted by prelink,
+    which ``.stapsdt.base`` lets us undo); uprobes need file offsets, so both the
+    probe address and the semaphore address are translated through PT_LOAD.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _read_probes(_Elf(f, os.fstat(f.fileno()).st_size), path)
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _read_probes(elf: _Elf, path: str) -> list[Probe]:
+    if elf.size < 4 or elf.read(0, 4, "ELF magic") != b"\x7fELF":
+        raise ProbeError(f"{path} is not an ELF file")
+    hdr = _EHDR.unpack(elf.read(0, _EHDR.size, "ELF header"))
+    ident, machine = hdr[0], hdr[2]
+    phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = (
+        hdr[5], hdr[6], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13],
+    )  # fmt: skip
+    if ident[4] != 2 or ident[5] != 1:
+        raise ProbeError(f"{path}: only ELF64 little-endian is supported")
+    if shoff == 0:
+        return []
+    if shentsize < _SHDR.size or (phnum and phentsize < _PHDR.size):
+        raise ProbeError(f"{path}: bad ELF header entry sizes")
+
+    if shnum == 0 or shstrndx == 0xFFFF:  # extended numbering lives in section 0
+        sh0 = _SHDR.unpack(elf.read(shoff, _SHDR.size, "section header 0"))
+        shnum = shnum or sh0[5]
+        shstrndx = sh0[6] if shstrndx == 0xFFFF else shstrndx
+    if shnum * shentsize > elf.size or shstrndx >= shnum:
+        raise ProbeError(f"{path}: section header table out of range")
+    table = elf.read(shoff, shnum * shentsize, "section header table")
+    sections = [_SHDR.unpack_from(table, i * shentsize) for i in range(shnum)]
+    strtab_hdr = sections[shstrndx]
+    shstrtab = elf.read(strtab_hdr[4], strtab_hdr[5], "section name table")
+
+    base_addr: int | None = None
+    notes: list[tuple[int, ...]] = []
+    for sh in sections:  # startswith, not a NUL scan: stays linear on hostile tables
+        if shstrtab.startswith(b".stapsdt.base\0", sh[0]):
+            base_addr = sh[3]
+        elif sh[1] == _SHT_NOTE and shstrtab.startswith(b".note.stapsdt\0", sh[0]):
+            notes.append(sh)
+
+    raw: list[tuple[int, int, int, bytes]] = []
+    for sh in notes:
+        data = elf.read(sh[4], sh[5], ".note.stapsdt")
+        align = 8 if sh[8] == 8 else 4
+        raw.extend(_iter_stapsdt(data, align))
+    if not raw:
+        return []
+    if machine != _EM_X86_64:
+        raise ProbeError(f"{path}: USDT arguments are only supported on x86-64")
+
+    if phnum * phentsize > elf.size:
+        raise ProbeError(f"{path}: program header table out of range")
+    loads = []
+    ptable = elf.read(phoff, phnum * phentsize, "program header table")
+    for i in range(phnum):
+        ph = _PHDR.unpack_from(ptable, i * phentsize)
+        if ph[0] == _PT_LOAD:
+            loads.append((ph[3], ph[6], ph[2]))  # vaddr, memsz, offset
+
+    def to_offset(vaddr: int, what: str) -> int:
+        for p_vaddr, p_memsz, p_offset in loads:
+            if p_vaddr <= vaddr < p_vaddr + p_memsz:
+                return vaddr - p_vaddr + p_offset
+        raise ProbeError(f"{path}: {what} address {vaddr:#x} is not in any PT_LOAD segment")
+
+    probes: list[Probe] = []
+    for pc, base, sem, strings in raw:
+        parts = strings.split(b"\0")
+        if len(parts) < 4:  # provider, name, args, trailing ""
+            raise ProbeError(f"{path}: malformed stapsdt note strings")
+        provider, name, args = (p.decode("latin-1") for p in parts[:3])
+        if base_addr is not None:
+            pc += base_addr - base
+            if sem:
+                sem += base_addr - base
+        probes.append(
+            Probe(
+                provider=provider,
+                name=name,
+                path=path,
+                offset=to_offset(pc, f"probe {provider}:{name}"),
+                semaphore_offset=to_offset(sem, f"semaphore of {name}") if sem else 0,
+                args=parse_arg_spec(args),
+            )
+        )
+    return probes
+
+
+def _iter_stapsdt(data: bytes, align: int) -> list[tuple[int, int, int, bytes]]:
+    """Split a note section into (pc, base, semaphore, strings) of stapsdt notes."""
+    out = []
+    pos = 0
+    while pos + _NHDR.size <= len(data):
+        namesz, descsz, ntype = _NHDR.unpack_from(data, pos)
+        pos += _NHDR.size
+        name_end = pos + namesz
+        desc_start = name_end + (-namesz % align)
+        desc_end = desc_start + descsz
+        if desc_end > len(data):
+            raise ProbeError("truncated ELF note")
+        if ntype == _NT_STAPSDT and data[pos:name_end] == b"stapsdt\0":
+            if descsz < 24:
+                raise ProbeError("stapsdt note descriptor too short")
+            pc, base, sem = struct.unpack_from("<QQQ", data, desc_start)
+            out.append((pc, base, sem, data[desc_start + 24 : desc_end]))
+        pos = desc_end + (-descsz % align)
+    return out
+
+
+def find_python_binary(pid: int) -> str:
+    """Return the file holding the interpreter's probes for ``pid``, as seen from the host.
+
+    A shared-library build keeps the probes in libpython, not in the executable,
+    so a mapped libpython wins.  The path is prefixed with ``/proc/PID/root`` so
+    the file resolves inside the target's mount namespace (containers, chroots).
+    """
+    root = f"/proc/{pid}/root"
+    lib_re = re.compile(r"/libpython3\.\d+[a-z]*\.so(\.[\d.]+)?$")
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) == 6:
+                    mapped = fields[5].rstrip("\n").removesuffix(" (deleted)")
+                    if lib_re.search(mapped):
+                        return root + mapped
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except (FileNotFoundError, ProcessLookupError) as e:
+        raise ProbeError(f"process {pid} does not exist (or has exited)") from e
+    except PermissionError as e:
+        raise ProbeError(f"no permission to inspect process {pid}: run as root") from e
+    except OSError as e:
+        raise ProbeError(f"cannot inspect process {pid}: {e.strerror or e}") from e
+    return root + exe.removesuffix(" (deleted)")

@@ -1,0 +1,363 @@
+"""Atomic, rotating Parquet parts: one directory of parts per table.
+
+A part is written under a hidden ``.tmp`` name and renamed only after its footer
+is on disk, so a reader (or DuckDB glob) never sees a half-written file, and a
+crash leaves at most one ``.tmp`` per table instead of a corrupt part. Rotation
+bounds both the data lost on a crash and the memory a long trace holds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import ScopeError
+from .schema import TABLES, arrow_schema
+
+# Rows buffered before a row group is written: small probe batches would
+# otherwise become thousands of tiny row groups that DuckDB reads slowly.
+ROW_GROUP_ROWS = 128 * 1024
+
+_PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
+_DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+
+
+class OutputError(ScopeError):
+    """The output directory cannot be created or written (one-line message)."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Without this the rename itself may not survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TableWriter:
+    """Appends batches of one table to ``ROOT/<table>/part-NNNNN.parquet``.
+
+    Not meant to be shared between threads for writing, but ``close()`` may be
+    called from a signal handler or another thread: it takes a re-entrant lock
+    so the handler cannot deadlock against a write in the same thread.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        table: str,
+        rotate_rows: int = 2_000_000,
+        rotate_seconds: float = 60,
+    ) -> None:
+        if rotate_rows < 1:
+            raise ValueError("rotate_rows must be >= 1")
+        self.table = table
+        self.schema = arrow_schema(table)
+        self.dir = Path(root) / table
+        self.rotate_rows = rotate_rows
+        self.rotate_seconds = rotate_seconds
+        self.rows_written = 0
+        self.parts: list[Path] = []
+        self._string_cols = [f.name for f in self.schema if pa.types.is_string(f.type)]
+        self._lock = threading.RLock()
+        self._closed = False
+        self._seq: int | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._part_schema: pa.Schema | None = None
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+        self._part_rows = 0
+        self._part_started = 0.0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+
+    # -- public -----------------------------------------------------------
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        """Append rows; they reach disk at the next row group, rotation or close."""
+        with self._lock:
+            if self._closed:
+                raise OutputError(f"{self.table}: write after close")
+            batches = data.to_batches() if isinstance(data, pa.Table) else [data]
+            for raw in batches:
+                batch = self._conform(raw)
+                offset = 0
+                while offset < batch.num_rows:
+                    if self._writer is not None and self._part_is_old():
+                        self._close_part()
+                    chunk = batch.slice(offset, self.rotate_rows - self._part_rows)
+                    if self._writer is None:
+                        self._open_part(chunk)
+                    self._append(chunk)
+                    offset += chunk.num_rows
+                    if self._part_rows >= self.rotate_rows:
+                        self._close_part()
+
+    def close(self) -> None:
+        """Finalize the open part; safe to repeat and to call after a failure."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._writer is not None:
+                self._close_part()
+
+    def abort(self) -> None:
+        """Drop the unfinished part and its ``.tmp`` file; never raises for I/O."""
+        with self._lock:
+            self._closed = True
+            self._pending.clear()
+            self._pending_rows = 0
+            if self._writer is not None:
+                try:
+                    self._writer.close()
+                except (OSError, pa.ArrowException):
+                    pass
+                self._writer = None
+            if self._tmp is not None:
+                try:
+                    self._tmp.unlink()
+                except OSError:
+                    pass
+                self._tmp = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- internals --------------------------------------------------------
+
+    def _conform(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Cast to the table schema, keeping dictionary-encoded strings as they are.
+
+        Dictionary input is kept because the Parquet writer can then emit the
+        dictionary page directly instead of hashing every string again.
+        """
+        have = set(batch.schema.names)
+        extra = have - set(self.schema.names)
+        if extra:
+            raise ValueError(f"{self.table}: unknown columns {sorted(extra)}")
+        arrays: list[pa.Array] = []
+        fields: list[pa.Field] = []
+        for field in self.schema:
+            if field.name in have:
+                arr = batch.column(field.name)
+            elif field.nullable:
+                arr = pa.nulls(batch.num_rows, field.type)
+            else:
+                raise ValueError(f"{self.table}: missing required column {field.name!r}")
+            if pa.types.is_dictionary(arr.type) and pa.types.is_string(field.type):
+                if arr.type != _DICT_STRING:
+                    arr = arr.cast(_DICT_STRING)
+            elif arr.type != field.type:
+                arr = arr.cast(field.type)
+            if not field.nullable and arr.null_count:
+                raise ValueError(f"{self.table}: NULL in required column {field.name!r}")
+            arrays.append(arr)
+            fields.append(field.with_type(arr.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def _match_part(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Make a batch fit the open part, whose string columns may be dictionaries."""
+        assert self._part_schema is not None
+        if batch.schema == self._part_schema:
+            return batch
+        arrays = []
+        for arr, field in zip(batch.columns, self._part_schema, strict=True):
+            if arr.type != field.type:
+                if pa.types.is_dictionary(field.type):
+                    arr = pc.dictionary_encode(arr).cast(field.type)
+                else:
+                    arr = arr.cast(field.type)
+            arrays.append(arr)
+        return pa.RecordBatch.from_arrays(arrays, schema=self._part_schema)
+
+    def _part_is_old(self) -> bool:
+        return time.monotonic() - self._part_started >= self.rotate_seconds
+
+    def _next_seq(self) -> int:
+        """Continue after any part (or leftover tmp) already in the directory."""
+        if self._seq is None:
+            seqs = [
+                int(m.group(1))
+                for name in os.listdir(self.dir)
+                if (m := _PART_RE.match(name))
+            ]
+            self._seq = max(seqs, default=-1) + 1
+        return self._seq
+
+    def _open_part(self, first: pa.RecordBatch) -> None:
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            seq = self._next_seq()
+            final = self.dir / f"part-{seq:05d}.parquet"
+            tmp = self.dir / f".{final.name}.tmp"
+            self._part_schema = first.schema
+            self._writer = pq.ParquetWriter(
+                tmp,
+                first.schema,
+                compression="zstd",
+                use_dictionary=self._string_cols,
+                write_statistics=True,
+                # Readers should see the plain schema.py types, not our
+                # in-memory dictionary choice; Parquet types carry the rest.
+                store_schema=False,
+            )
+        except OSError as e:
+            self._closed = True
+            raise OutputError(f"cannot create a part in {self.dir}: {_reason(e)}") from e
+        self._tmp, self._final = tmp, final
+        self._part_rows = 0
+        self._part_started = time.monotonic()
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(self._match_part(batch))
+        self._pending_rows += batch.num_rows
+        self._part_rows += batch.num_rows
+        self.rows_written += batch.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        assert self._writer is not None
+        # Detach first: a signal handler calling close() mid-flush must not
+        # write the same rows a second time.
+        batches, self._pending, self._pending_rows = self._pending, [], 0
+        table = pa.Table.from_batches(batches, schema=self._part_schema)
+        try:
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        except OSError as e:
+            self._closed = True
+            raise OutputError(f"cannot write {self._tmp}: {_reason(e)}") from e
+
+    def _close_part(self) -> None:
+        assert self._writer is not None and self._tmp is not None and self._final is not None
+        self._flush()
+        try:
+            self._writer.close()
+            self._writer = None
+            _fsync_file(self._tmp)
+            os.replace(self._tmp, self._final)
+            _fsync_dir(self.dir)
+        except OSError as e:
+            # The part is unusable; keep the tmp path so abort() can remove it.
+            self._closed = True
+            raise OutputError(f"cannot finish {self._final}: {_reason(e)}") from e
+        self.parts.append(self._final)
+        self._tmp = self._final = None
+        self._part_schema = None
+        self._seq = self._next_seq() + 1
+        self._part_rows = 0
+
+
+class OutputDir:
+    """The session's output root: validates it up front, hands out one writer per table."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        rotate_rows: int = 2_000_000,
+        rotate_seconds: float = 60,
+    ) -> None:
+        self.root = Path(root)
+        self.rotate_rows = rotate_rows
+        self.rotate_seconds = rotate_seconds
+        self._writers: dict[str, TableWriter] = {}
+        self._closed = False
+        self._lock = threading.RLock()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Fail before tracing starts, not minutes later at the first rotation.
+
+        Permission bits say little when running as root, so writability is
+        proven by creating and deleting a real file (catches read-only mounts).
+        """
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"output path {root} exists and is not a directory")
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create output directory {root}: {_reason(e)}") from e
+        probe = root / f".scope-ebpf-probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as e:
+            raise OutputError(f"output directory {root} is not writable: {_reason(e)}") from e
+
+    def writer(self, table: str) -> TableWriter:
+        with self._lock:
+            if self._closed:
+                raise OutputError(f"output directory {self.root} is already closed")
+            if table not in TABLES:
+                raise KeyError(f"unknown table {table!r}")
+            w = self._writers.get(table)
+            if w is None:
+                w = TableWriter(self.root, table, self.rotate_rows, self.rotate_seconds)
+                self._writers[table] = w
+            return w
+
+    def close(self) -> None:
+        """Close every writer even if one fails, then report the first failure."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            first: OutputError | None = None
+            for w in self._writers.values():
+                try:
+                    w.close()
+                except OutputError as e:
+                    first = first or e
+            if first is not None:
+                raise first
+
+    def abort_tmp(self) -> None:
+        """Remove this session's unfinished ``.tmp`` parts, never those of other runs."""
+        with self._lock:
+            self._closed = True
+            for w in self._writers.values():
+                w.abort()
+
+    def __enter__(self) -> OutputDir:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Even on error the rows collected so far are worth keeping.
+        try:
+            self.close()
+        finally:
+            self.abort_tmp()

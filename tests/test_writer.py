@@ -1,0 +1,244 @@
+"""Writer behaviour that the rest of scope-ebpf relies on: exact round trips,
+atomic renames, rotation names and clear failures on unusable directories."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scope_ebpf.schema import TABLES, arrow_schema, describe
+from scope_ebpf.writer import OutputDir, OutputError, TableWriter
+
+T0 = 1_700_000_000_123_456_789
+
+
+def calls_batch(n: int, start: int = 0, dictionary: bool = False) -> pa.RecordBatch:
+    funcs = ["main", "work", None]
+    files = ["/app/a.py", "/app/b.py", None]
+    idx = pa.array([(start + i) % 3 for i in range(n)], pa.int32())
+    if dictionary:
+        function = pa.DictionaryArray.from_arrays(
+            pa.array([None if i == 2 else i for i in idx.to_pylist()], pa.int32()),
+            pa.array(funcs[:2]),
+        )
+        file = pa.DictionaryArray.from_arrays(
+            pa.array([None if i == 2 else i for i in idx.to_pylist()], pa.int32()),
+            pa.array(files[:2]),
+        )
+    else:
+        function = pa.array([funcs[i] for i in idx.to_pylist()])
+        file = pa.array([files[i] for i in idx.to_pylist()])
+    k = range(start, start + n)
+    return pa.RecordBatch.from_pydict(
+        {
+            "start_ns": pa.array([T0 + i for i in k], pa.int64()),
+            "duration_ns": pa.array([None if i % 2 else i * 10 for i in k], pa.int64()),
+            "pid": pa.array([100] * n, pa.int64()),
+            "tid": pa.array([101] * n),
+            "depth": pa.array([i % 4 for i in k]),
+            "function": function,
+            "file": file,
+            "line": pa.array([i + 1 for i in k]),
+            "return_line": pa.array([None] * n, pa.int32()),
+            "weight": pa.array([1] * n),
+        }
+    )
+
+
+def parts(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_schema_types_and_describe() -> None:
+    s = arrow_schema("calls")
+    assert s.field("start_ns").type == pa.timestamp("ns", tz="UTC")
+    assert s.field("function").type == pa.string()
+    assert not s.field("pid").nullable and s.field("duration_ns").nullable
+    assert set(TABLES) == {"calls", "gc", "sched", "processes", "session"}
+    text = describe()
+    assert "runq_ns" in text and "ctx_switches_involuntary" in text
+    assert "session:" in text
+
+
+def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
+    w = TableWriter(tmp_path, "calls")
+    w.write(calls_batch(3))
+    w.close()
+    assert parts(tmp_path / "calls") == ["part-00000.parquet"]
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    rel = con.sql(
+        f"SELECT * FROM read_parquet('{tmp_path}/calls/*.parquet') ORDER BY start_ns"
+    )
+    assert [str(t) for t in rel.types] == [
+        "TIMESTAMP WITH TIME ZONE",
+        "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
+        "INTEGER", "INTEGER", "INTEGER",
+    ] or str(rel.types[0]) == "TIMESTAMPTZ_NS"
+    assert str(rel.types[0]) in ("TIMESTAMPTZ_NS", "TIMESTAMP_NS WITH TIME ZONE")
+    rows = con.sql(
+        f"SELECT epoch_ns(start_ns), duration_ns, pid, tid, depth, function, file, line, "
+        f"return_line, weight FROM read_parquet('{tmp_path}/calls/*.parquet') ORDER BY 1"
+    ).fetchall()
+    assert rows == [
+        (T0, 0, 100, 101, 0, "main", "/app/a.py", 1, None, 1),
+        (T0 + 1, None, 100, 101, 1, "work", "/app/b.py", 2, None, 1),
+        (T0 + 2, 20, 100, 101, 2, None, None, 3, None, 1),
+    ]
+    # Readers see the plain schema.py types, not the writer's storage choices.
+    assert pq.read_schema(tmp_path / "calls" / "part-00000.parquet") == arrow_schema("calls")
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_string_columns_are_dictionary_encoded(tmp_path: Path, dictionary: bool) -> None:
+    w = TableWriter(tmp_path, "calls")
+    w.write(calls_batch(5, dictionary=dictionary))
+    w.write(calls_batch(5, start=5, dictionary=not dictionary))  # mixed input still works
+    w.close()
+    md = pq.ParquetFile(tmp_path / "calls" / "part-00000.parquet").metadata
+    names = [md.schema.column(i).name for i in range(md.num_columns)]
+    rg = md.row_group(0)
+    for col in ("function", "file"):
+        meta = rg.column(names.index(col))
+        assert meta.has_dictionary_page
+        assert "RLE_DICTIONARY" in meta.encodings
+        assert meta.compression == "ZSTD"
+        assert meta.statistics is not None and meta.statistics.null_count == 3
+    back = pq.read_table(tmp_path / "calls").sort_by("start_ns")
+    assert back["function"].to_pylist() == ["main", "work", None] * 3 + ["main"]
+    assert back["file"].to_pylist()[:3] == ["/app/a.py", "/app/b.py", None]
+
+
+def test_rotation_by_rows_exact_names(tmp_path: Path) -> None:
+    w = TableWriter(tmp_path, "calls", rotate_rows=4)
+    w.write(calls_batch(3))
+    w.write(calls_batch(3, start=3))  # crosses the limit inside the batch
+    w.close()
+    d = tmp_path / "calls"
+    assert parts(d) == ["part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_metadata(d / "part-00000.parquet").num_rows == 4
+    assert pq.read_metadata(d / "part-00001.parquet").num_rows == 2
+    assert w.rows_written == 6
+    # A second session continues the sequence instead of overwriting.
+    w2 = TableWriter(tmp_path, "calls", rotate_rows=4)
+    w2.write(calls_batch(1))
+    w2.close()
+    assert parts(d)[-1] == "part-00002.parquet"
+
+
+def test_rotation_by_time(tmp_path: Path) -> None:
+    w = TableWriter(tmp_path, "calls", rotate_seconds=0)
+    w.write(calls_batch(1))
+    w.write(calls_batch(1, start=1))
+    w.close()
+    assert parts(tmp_path / "calls") == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_no_tmp_after_close_and_close_idempotent(tmp_path: Path) -> None:
+    out = OutputDir(tmp_path / "out")
+    out.writer("calls").write(calls_batch(2))
+    out.writer("session").write(
+        pa.table({"key": ["version", "events_seen"], "value": ["0.1.0", "7"], "count": [None, 7]})
+    )
+    assert out.writer("calls") is out.writer("calls")
+    out.close()
+    out.close()
+    out.abort_tmp()
+    files = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*"))
+    assert files == [
+        "calls", "calls/part-00000.parquet", "session", "session/part-00000.parquet",
+    ]
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
+    with pytest.raises(OutputError):
+        out.writer("gc")
+
+
+def test_empty_table_writes_no_file(tmp_path: Path) -> None:
+    out = OutputDir(tmp_path)
+    out.writer("gc").write(pa.RecordBatch.from_pylist([], schema=arrow_schema("gc")))
+    out.close()
+    assert not (tmp_path / "gc").exists()
+
+
+def test_crash_leaves_only_tmp(tmp_path: Path) -> None:
+    code = (
+        "import os, sys, pyarrow as pa\n"
+        "from scope_ebpf.writer import TableWriter\n"
+        "w = TableWriter(sys.argv[1], 'gc')\n"
+        "w.write(pa.table({'start_ns': pa.array([1], pa.int64()), 'pid': [1], 'tid': [1]}))\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
+    assert parts(tmp_path / "gc") == [".part-00000.parquet.tmp"]
+    # The next session does not reuse (or clobber) the crashed part's number.
+    w = TableWriter(tmp_path, "gc")
+    w.write(pa.table({"start_ns": pa.array([2], pa.int64()), "pid": [1], "tid": [1]}))
+    w.close()
+    assert parts(tmp_path / "gc") == [".part-00000.parquet.tmp", "part-00001.parquet"]
+
+
+def test_abort_tmp_removes_only_this_session(tmp_path: Path) -> None:
+    (tmp_path / "gc").mkdir()
+    (tmp_path / "gc" / ".part-00000.parquet.tmp").write_bytes(b"old")
+    out = OutputDir(tmp_path)
+    out.writer("gc").write(pa.table({"start_ns": pa.array([1], pa.int64()), "pid": [1], "tid": [1]}))
+    assert parts(tmp_path / "gc") == [".part-00000.parquet.tmp", ".part-00001.parquet.tmp"]
+    out.abort_tmp()
+    assert parts(tmp_path / "gc") == [".part-00000.parquet.tmp"]
+
+
+def test_bad_batches_rejected(tmp_path: Path) -> None:
+    w = TableWriter(tmp_path, "gc")
+    with pytest.raises(ValueError, match="unknown columns"):
+        w.write(pa.table({"start_ns": pa.array([1], pa.int64()), "pid": [1], "tid": [1], "x": [1]}))
+    with pytest.raises(ValueError, match="required column 'pid'"):
+        w.write(pa.table({"start_ns": pa.array([1], pa.int64()), "pid": [None], "tid": [1]}))
+    w.close()
+    with pytest.raises(OutputError, match="after close"):
+        w.write(pa.table({"start_ns": pa.array([1], pa.int64()), "pid": [1], "tid": [1]}))
+
+
+def test_output_error_on_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a directory"):
+        OutputDir(f)
+    with pytest.raises(OutputError, match="cannot create output directory") as e:
+        OutputDir(f / "sub")
+    assert "\n" not in str(e.value)
+
+
+def test_output_error_not_writable_as_root() -> None:
+    # /proc is a directory even root cannot create files in: the probe must catch it.
+    with pytest.raises(OutputError, match="is not writable"):
+        OutputDir("/proc")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_output_error_read_only_mount(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    code = (
+        "import sys\n"
+        "from scope_ebpf.writer import OutputDir, OutputError\n"
+        "try:\n"
+        "    OutputDir(sys.argv[1])\n"
+        "except OutputError as e:\n"
+        "    print(e)\n"
+    )
+    script = f'mount -t tmpfs -o ro tmpfs "$1" && exec "$2" -c "$3" "$1"'
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+         str(ro), sys.executable, code],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0 and "mount" in proc.stderr:
+        pytest.skip(f"cannot mount here: {proc.stderr.strip()}")
+    assert proc.stdout == f"output directory {ro} is not writable: Read-only file system\n"
