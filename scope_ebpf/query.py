@@ -107,7 +107,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        return str(value)
+        # DuckDB's sum() of integers is HUGEINT, which arrives as a decimal.
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent >= 0:
+            return int(value)
+        return float(value) if value.is_finite() else None
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, list | tuple):

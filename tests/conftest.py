@@ -1,0 +1,51 @@
+"""Shared helpers: run the real CLI against real CPython, read back with DuckDB."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scope_ebpf.query import connect
+
+PY311 = "/usr/bin/python3.11"
+PROGRAMS = Path(__file__).parent / "programs"
+SCOPE = str(Path(sys.executable).parent / "scope-ebpf")
+
+
+def scope(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run the scope-ebpf console script; output captured as text."""
+    return subprocess.run([SCOPE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def program(name: str) -> str:
+    return str(PROGRAMS / name)
+
+
+def rows(out: Path, sql: str) -> list[tuple]:
+    con = connect(out)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def session_value(out: Path, key: str) -> str | None:
+    r = rows(out, f"SELECT value FROM session WHERE key = '{key}'")
+    return r[0][0] if r else None
+
+
+def session_count(out: Path, key: str) -> int | None:
+    r = rows(out, f"SELECT count FROM session WHERE key = '{key}'")
+    return r[0][0] if r else None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _root_and_interpreter():
+    if os.geteuid() != 0:
+        pytest.exit("the suite loads BPF programs: run it as root (make test)", returncode=2)
+    if not os.path.exists(PY311):
+        pytest.exit(f"{PY311} missing: run make setup", returncode=2)

@@ -1,0 +1,197 @@
+"""The tracer end to end: real BPF, real CPython 3.11, facts read back with DuckDB."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import PY311, SCOPE, program, rows, scope, session_count, session_value
+
+pytestmark = pytest.mark.kernel
+
+
+def run(tmp_path: Path, *argv: str, opts: tuple[str, ...] = ()) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path / "out"
+    r = scope("run", "-o", str(out), *opts, "--", *argv)
+    return out, r
+
+
+def test_recursive_call_count_is_exact(tmp_path):
+    out, r = run(tmp_path, PY311, program("recursive.py"), "18")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "2584\n"  # the program's own stdout passes through
+    # fib(18) makes 2 * fib(19) - 1 = 8361 calls
+    assert rows(out, "SELECT count(*), min(depth), max(depth) FROM calls "
+                     "WHERE function = 'fib'") == [(8361, 1, 18)]
+    assert rows(out, "SELECT DISTINCT line FROM calls WHERE function = 'fib'") == [(4,)]
+    assert rows(out, "SELECT count(*) FROM calls WHERE duration_ns IS NULL") == [(0,)]
+    assert session_count(out, "kernel.calls_lost") == 0
+    assert session_value(out, "stop_reason") == "target exited"
+
+
+def test_call_tree_nesting_order_and_lines(tmp_path):
+    out, r = run(tmp_path, PY311, program("tree.py"))
+    assert r.returncode == 0, r.stderr
+    got = rows(out, """
+        SELECT function, depth, line, return_line FROM calls
+        WHERE file LIKE '%tree.py' ORDER BY start_ns""")
+    assert got == [
+        ("<module>", 0, 0, 16),  # 3.11's entry probe gives line 0 for module code
+        ("top", 1, 10, 13),
+        ("middle", 2, 5, 7),
+        ("leaf", 3, 1, 2),
+        ("leaf", 3, 1, 2),
+        ("leaf", 2, 1, 2),
+    ]
+    # children start after and end before their parent
+    spans = rows(out, """
+        SELECT function, epoch_ns(start_ns), epoch_ns(start_ns) + duration_ns FROM calls
+        WHERE file LIKE '%tree.py' ORDER BY start_ns""")
+    (_, m0, m1), (_, t0, t1), (_, d0, d1) = spans[:3]
+    assert m0 < t0 < d0 and d1 < t1 < m1
+    assert rows(out, "SELECT count(DISTINCT pid), count(DISTINCT tid) FROM calls") == [(1, 1)]
+
+
+def test_gc_generations_of_explicit_collections(tmp_path):
+    out, r = run(tmp_path, PY311, program("gcs.py"), opts=("--probes", "gc"))
+    assert r.returncode == 0, r.stderr
+    gens = [g for (g,) in rows(out, "SELECT generation FROM gc ORDER BY start_ns")]
+    # automatic collections are disabled first; interpreter shutdown adds gen-2 ones
+    explicit = [0, 1, 2, 2, 0]
+    at = [i for i in range(len(gens)) if gens[i:i + 5] == explicit]
+    assert at, gens
+    assert all(g == 2 for g in gens[at[-1] + 5:]), gens
+    assert rows(out, "SELECT count(*) FROM gc WHERE duration_ns <= 0 OR collected < 0") == [(0,)]
+    # calls were not asked for: no calls table
+    assert rows(out, "SELECT count(*) FROM calls") == [(0,)]
+
+
+def test_off_cpu_sleep_is_attributed_to_the_python_function(tmp_path):
+    out, r = run(tmp_path, PY311, program("sleeper.py"))
+    assert r.returncode == 0, r.stderr
+    got = rows(out, """
+        SELECT function, state, duration_ns, tid, pid FROM sched
+        WHERE duration_ns > 50e6 ORDER BY duration_ns DESC""")
+    naps = [g for g in got if g[0] == "nap"]
+    assert len(naps) == 1, got
+    fn, state, dur, tid, pid = naps[0]
+    assert state == "sleeping"
+    assert 100e6 <= dur < 160e6
+    assert tid != pid  # the worker thread, not the main thread
+    # the main thread waits in join() meanwhile, on its own tid
+    assert rows(out, f"SELECT count(*) FROM calls WHERE function = 'nap' AND tid = {tid}") == [(1,)]
+
+
+def test_exit_code_and_threads(tmp_path):
+    out, r = run(tmp_path, PY311, program("threads.py"), "7")
+    assert r.returncode == 7, r.stderr
+    # work(12) = 465 calls per thread, in 4 threads other than the main one
+    assert rows(out, """
+        SELECT count(DISTINCT tid), count(*), min(n), max(n) FROM (
+            SELECT tid, count(*) AS n FROM calls WHERE function = 'work' GROUP BY tid)
+        """) == [(4, 4, 465, 465)]
+    assert rows(out, "SELECT count(*) FROM calls WHERE function = 'work' AND depth = 0") \
+        == [(0,)]  # threading's bootstrap frames are below
+    events = rows(out, "SELECT event, count(*) FROM processes WHERE event != 'sample' "
+                       "GROUP BY 1 ORDER BY 1")
+    assert ("thread", 4) in events and ("exit", 1) in events
+
+
+def test_signal_exit_code_is_128_plus_signal(tmp_path):
+    out, r = run(tmp_path, PY311, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert r.returncode == 128 + 9, r.stderr
+
+
+def test_argv_cwd_env_stdin_are_kept(tmp_path):
+    code = ("import os, sys; print(sys.argv[1:], os.getcwd(), os.environ.get('MY_VAR'), "
+            "os.environ.get('PYTHONPATH'), sys.stdin.read().strip())")
+    env = dict(os.environ, MY_VAR="hello")
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run([SCOPE, "run", "-o", str(tmp_path / "o"), "--", PY311, "-c", code,
+                        "a b", "--flag"], input="from stdin", capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"['a b', '--flag'] {tmp_path} hello None from stdin\n"
+
+
+def _start_forever(seconds: float) -> subprocess.Popen:
+    p = subprocess.Popen([PY311, program("forever.py"), str(seconds)], stdout=subprocess.PIPE,
+                         text=True)
+    assert int(p.stdout.readline()) == p.pid
+    return p
+
+
+def test_trace_pid_until_target_exits(tmp_path):
+    target = _start_forever(3.0)
+    out = tmp_path / "out"
+    try:
+        r = scope("trace", "--pid", str(target.pid), "-o", str(out))
+    finally:
+        target.wait()
+    assert r.returncode == 0, r.stderr
+    assert "3.11" in r.stderr  # the warning about the profile hook
+    assert session_value(out, "stop_reason") == "targets exited"
+    # ticks that sleep 10 ms: about 100 per second once attached; all finished
+    n = rows(out, "SELECT count(*) FROM calls WHERE function = 'tick' AND duration_ns IS NOT NULL")
+    assert 50 <= n[0][0] <= 300
+    assert rows(out, "SELECT min(duration_ns) >= 10e6 FROM calls WHERE function = 'tick'") \
+        == [(True,)]
+    # the frame of main() was open when tracing started: its return is unmatched, not a row
+    assert rows(out, "SELECT count(*) FROM calls WHERE function = 'main'") == [(0,)]
+    assert rows(out, f"SELECT count(*) FROM processes WHERE event = 'exit' "
+                     f"AND pid = {target.pid}") == [(1,)]
+
+
+def test_sigterm_mid_trace_leaves_readable_files_and_open_calls(tmp_path):
+    target = _start_forever(30.0)
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([SCOPE, "trace", "--pid", str(target.pid), "-o", str(out)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: "tracing pid" in (tracer.stderr.readline() or ""), 60)
+        time.sleep(1.0)
+        tracer.send_signal(signal.SIGTERM)
+        tracer.wait(timeout=30)
+    finally:
+        target.kill()
+        target.wait()
+    assert tracer.returncode == 0
+    for f in out.rglob("*"):
+        assert not f.name.endswith(".tmp"), f
+        if f.suffix == ".parquet":
+            pq.read_table(f)  # every file is complete
+    assert session_value(out, "stop_reason") == "signal"
+    assert rows(out, "SELECT count(*) > 20 FROM calls WHERE function = 'tick'") == [(True,)]
+    # tick() may be mid-sleep at the stop: at most one open call, with a null duration
+    open_calls = rows(out, "SELECT function FROM calls WHERE duration_ns IS NULL")
+    assert len(open_calls) <= 1 and all(f == "tick" for (f,) in open_calls)
+
+
+def test_trace_duration_and_two_pids(tmp_path):
+    a, b = _start_forever(20.0), _start_forever(20.0)
+    out = tmp_path / "out"
+    try:
+        r = scope("trace", "-p", str(a.pid), "-p", str(b.pid), "--duration", "1.5", "-o", str(out))
+    finally:
+        for p in (a, b):
+            p.kill()
+            p.wait()
+    assert r.returncode == 0, r.stderr
+    assert session_value(out, "stop_reason") == "duration"
+    assert sorted(p for (p,) in rows(out, "SELECT DISTINCT pid FROM calls")) == sorted(
+        [a.pid, b.pid])
+    samples = rows(out, "SELECT pid, count(*) FROM processes WHERE event = 'sample' GROUP BY 1")
+    assert len(samples) == 2 and all(n >= 1 for _, n in samples)
+
+
+def _wait_for(cond, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+    raise AssertionError("timed out")
