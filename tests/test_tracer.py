@@ -15,7 +15,8 @@ from conftest import PY311, SCOPE, program, rows, scope, session_count, session_
 pytestmark = pytest.mark.kernel
 
 
-def run(tmp_path: Path, *argv: str, opts: tuple[str, ...] = ()) -> tuple[Path, subprocess.CompletedProcess]:
+def run(tmp_path: Path, *argv: str,
+        opts: tuple[str, ...] = ()) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path / "out"
     r = scope("run", "-o", str(out), *opts, "--", *argv)
     return out, r
