@@ -128,6 +128,7 @@ def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...
     session = None
     try:
         session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
+        session.check_command(list(command))
         session.open()
         child = session.launch(list(command), hook=not no_hook)
         child_pid = child.pid
@@ -148,7 +149,7 @@ def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...
         _summary(session, time.monotonic() - started)
     except ScopeError as e:
         if session:
-            session.close("error")
+            session.close(f"error: {e}")
         _fail(e)
     finally:
         if session:
@@ -186,6 +187,8 @@ def trace(pids: tuple[int, ...], output: Path | None, probes: str,
     reason = "signal"
     try:
         session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
+        for pid in pids:
+            session.check_pid(pid)
         session.open()
         for pid in pids:
             session.add_pid(pid)
@@ -214,7 +217,7 @@ def trace(pids: tuple[int, ...], output: Path | None, probes: str,
         _summary(session, time.monotonic() - started)
     except ScopeError as e:
         if session:
-            session.close("error")
+            session.close(f"error: {e}")
         _fail(e)
     finally:
         if session:

@@ -26,7 +26,7 @@ from . import __version__, events, procs, spawn, usdt
 from .attach import AttachError, UprobeLink
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
-from .program import Limits, Program
+from .program import Limits, Program, check_environment
 from .writer import OutputDir, OutputError
 
 PROBE_SETS = {
@@ -76,12 +76,10 @@ class Session:
     """One tracing session writing to one output directory."""
 
     def __init__(self, options: Options, status: Callable[[str], None] = lambda s: None):
+        check_environment()  # root, headers, tracefs: before anything is created
         self.opts = options
         self.status = status
-        try:
-            self.out = OutputDir(options.output)
-        except OutputError as e:
-            raise ScopeError(str(e)) from None
+        self.out: OutputDir | None = None
         self.program: Program | None = None
         self.binaries: dict[tuple[int, int], _Binary] = {}
         self.targets: dict[int, procs.ProcInfo] = {}
@@ -89,20 +87,24 @@ class Session:
         self.warnings: list[str] = []
         self.written: Counter[str] = Counter()
         self.meta: dict[str, str] = {}
+        self.last_stats: dict[str, int] = {}
         self._pending: dict[str, list[pa.RecordBatch]] = {}
         self._pending_rows: Counter[str] = Counter()
         self._last_flush = time.monotonic()
         self._next_cookie = 0
         self._last_sample = 0.0
         self._closed = False
-        self.last_stats: dict[str, int] = {}
         self.start_ns = time.time_ns()
         self.decoder = Decoder(_mono_to_wall())
 
     # -- set-up -------------------------------------------------------------
 
     def open(self) -> None:
-        """Compile and load the BPF program (tracepoints are live after this)."""
+        """Create the output, compile and load the BPF program (tracepoints go live)."""
+        try:
+            self.out = OutputDir(self.opts.output)
+        except OutputError as e:
+            raise ScopeError(str(e)) from None
         self.status("compiling BPF program")
         self.program = Program(self.opts.limits)
         if "sched" not in self.opts.probes:
@@ -149,31 +151,43 @@ class Session:
         b = self.binaries[key] = _Binary(path, wanted & have, links)
         return b
 
-    def add_pid(self, pid: int, *, launched: bool = False) -> None:
-        """Trace a running process (or a held child of ours before its exec)."""
+    def check_pid(self, pid: int) -> str:
+        """Validate a running target before anything is loaded; return its probe file."""
+        procs.validate_pid(pid)
+        try:
+            binary = usdt.find_python_binary(pid)
+        except usdt.ProbeError as e:
+            raise ScopeError(str(e)) from None
+        if not _has_python_probes(binary):
+            exe = procs.info(pid).exe or binary
+            raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
+        return binary
+
+    def add_pid(self, pid: int) -> None:
+        """Trace a running process from now on."""
         assert self.program is not None
-        if not launched:
-            procs.validate_pid(pid)
-            try:
-                binary = usdt.find_python_binary(pid)
-            except usdt.ProbeError as e:
-                raise ScopeError(str(e)) from None
-            version = procs.python_version(binary)
-            if not _has_python_probes(binary):
-                exe = procs.info(pid).exe or binary
-                raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
-            self.attach_binary(binary)
-            if version == "3.11" and "calls" in self.opts.probes:
-                self.warn(f"process {pid} runs CPython 3.11, which fires function probes only "
-                          "while a profile/trace hook is set (sys.setprofile): calls appear only "
-                          "if it has one. `scope-ebpf run` installs one; gc, sched and process "
-                          "data are recorded either way")
+        binary = self.check_pid(pid)
+        self.attach_binary(binary)
+        if procs.python_version(binary) == "3.11" and "calls" in self.opts.probes:
+            self.warn(f"process {pid} runs CPython 3.11, which fires function probes only "
+                      "while a profile/trace hook is set (sys.setprofile): calls appear only "
+                      "if it has one. `scope-ebpf run` installs one; gc, sched and process "
+                      "data are recorded either way")
         self.program.add_target(pid)
-        self.targets[pid] = procs.info(pid)
+        self.targets[pid] = procs.info(pid, binary)
+
+    @staticmethod
+    def check_command(argv: list[str]) -> tuple[str, str]:
+        """(executable, interpreter) of a command to launch, validated up front."""
+        exe, interp = spawn.resolve(argv)
+        if not _has_python_probes(interp):
+            raise ScopeError(f"{interp} has no CPython USDT probes (built without "
+                             "--with-dtrace); Debian's and Fedora's /usr/bin/python3 have them")
+        return exe, interp
 
     def launch(self, argv: list[str], *, hook: bool = True) -> spawn.Child:
         """Start ``argv`` with the probes live before its first instruction."""
-        exe, interp = spawn.resolve(argv)
+        exe, interp = self.check_command(argv)
         version = procs.python_version(interp)
         binary = self.attach_binary(interp)  # raises if it is not a Python with probes
         env = dict(os.environ)
@@ -301,10 +315,12 @@ class Session:
                 if frames:
                     self._add("calls", self.decoder.open_calls(frames))
                 stats = self.last_stats = self.program.stats()
-            self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
-            self.flush()
+            if self.out is not None:
+                self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
+                self.flush()
         finally:
-            self.out.close()
+            if self.out is not None:
+                self.out.close()
             if self.program is not None:
                 self.program.close()
 

@@ -69,7 +69,6 @@ class Program:
     """The compiled, loaded program; tracepoints attach on load."""
 
     def __init__(self, limits: Limits | None = None) -> None:
-        check_environment()
         from bcc import BPF  # imported late: importing bcc is slow and needs root
 
         self.limits = limits = limits or Limits()
