@@ -61,8 +61,6 @@ class Options:
     limits: Limits = field(default_factory=Limits)
     poll_interval: float = 0.005     # seconds between ring buffer drains
     sample_interval: float = 1.0     # seconds between psutil samples
-    flush_rows: int = 262_144        # rows buffered per table before a Parquet write
-    flush_seconds: float = 2.0
 
 
 @dataclass
@@ -88,9 +86,6 @@ class Session:
         self.written: Counter[str] = Counter()
         self.meta: dict[str, str] = {}
         self.last_stats: dict[str, int] = {}
-        self._pending: dict[str, list[pa.RecordBatch]] = {}
-        self._pending_rows: Counter[str] = Counter()
-        self._last_flush = time.monotonic()
         self._next_cookie = 0
         self._last_sample = 0.0
         self._closed = False
@@ -235,8 +230,6 @@ class Session:
         if now - self._last_sample >= self.opts.sample_interval:
             self._last_sample = now
             self.sample()
-        if now - self._last_flush >= self.opts.flush_seconds:
-            self.flush()
         return len(calls) + len(funcs) + len(gc) + len(sched) + len(proc)
 
     def sample(self) -> None:
@@ -278,23 +271,9 @@ class Session:
     # -- output -------------------------------------------------------------
 
     def _add(self, table: str, batch: pa.RecordBatch) -> None:
-        self._pending.setdefault(table, []).append(batch)
-        self._pending_rows[table] += batch.num_rows
-        if self._pending_rows[table] >= self.opts.flush_rows:
-            self._flush_table(table)
-
-    def _flush_table(self, table: str) -> None:
-        batches = self._pending.pop(table, [])
-        rows = self._pending_rows.pop(table, 0)
-        if not batches:
-            return
-        self.out.writer(table).write(pa.Table.from_batches(batches))
-        self.written[table] += rows
-
-    def flush(self) -> None:
-        for table in list(self._pending):
-            self._flush_table(table)
-        self._last_flush = time.monotonic()
+        # The writer groups batches into large row groups itself.
+        self.out.writer(table).write(batch)
+        self.written[table] += batch.num_rows
 
     # -- shutdown -----------------------------------------------------------
 
@@ -317,7 +296,6 @@ class Session:
                 stats = self.last_stats = self.program.stats()
             if self.out is not None:
                 self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
-                self.flush()
         finally:
             if self.out is not None:
                 self.out.close()
@@ -341,9 +319,8 @@ class Session:
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
-        # rows already flushed + rows buffered (written at close), session excluded
         for table in ("calls", "gc", "sched", "processes"):
-            counts[f"rows.{table}"] = self.written[table] + self._pending_rows[table]
+            counts[f"rows.{table}"] = self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
         return rows
 

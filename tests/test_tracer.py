@@ -196,3 +196,20 @@ def _wait_for(cond, timeout: float) -> None:
         if cond():
             return
     raise AssertionError("timed out")
+
+
+def test_query_and_schema_commands(tmp_path):
+    out, r = run(tmp_path, PY311, program("recursive.py"), "10")
+    assert r.returncode == 0, r.stderr
+    q = scope("query", str(out), "SELECT function, count(*) AS n FROM calls "
+                                 "WHERE function = 'fib' GROUP BY 1", "--format", "csv")
+    assert q.returncode == 0, q.stderr
+    assert q.stdout == "function,n\nfib,177\n"
+    q = scope("query", str(out), "SELECT count(*) AS n FROM calls WHERE function = 'fib'",
+              "--format", "json")
+    assert q.stdout.strip() == '[{"n": 177}]'
+    s = scope("schema")
+    assert s.returncode == 0
+    for table in ("calls", "gc", "sched", "processes", "session"):
+        assert table in s.stdout
+    assert "return_line" in s.stdout and "runq_ns" in s.stdout
