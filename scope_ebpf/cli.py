@@ -243,7 +243,8 @@ def query(directory: Path, sql: str, fmt: str) -> None:
     from .query import QueryError, run_query
 
     try:
-        click.echo(run_query(directory, sql, fmt))
+        text = run_query(directory, sql, fmt)
+        click.echo(text, nl=not text.endswith("\n"))
     except QueryError as e:
         _fail(ScopeError(str(e)))
 
