@@ -75,6 +75,7 @@ BPF_PERCPU_ARRAY(zero_stack, struct thread_stack, 1); /* never written: template
 BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
 BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
+BPF_ARRAY(tracer_pid, __u32, 1);                      /* never trace ourselves in exe mode */
 
 static __always_inline void stat_add(__u32 idx)
 {
@@ -190,14 +191,52 @@ static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 lin
     return id;
 }
 
-static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid)
+static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 other)
+{
+    struct proc_event *e = proc_rb.ringbuf_reserve(sizeof(*e));
+
+    stat_add(STAT_PROC);
+    if (!e) {
+        stat_add(STAT_PROC_LOST);
+        return;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->kind = kind;
+    e->pid = pid;
+    e->tid = tid;
+    e->other_pid = other;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    e->filename[0] = 0;
+    proc_rb.ringbuf_submit(e, 0);
+}
+
+static __always_inline int is_target(__u32 pid, struct probe_spec *sp)
+{
+    __u32 zero = 0, one = 1;
+    __u32 *self;
+
+    if (targets.lookup(&pid))
+        return 1;
+    if (!sp || !(sp->flags & SPEC_ANY_PID))
+        return 0;
+    self = tracer_pid.lookup(&zero);
+    if (!self || *self == pid)
+        return 0;
+    /* First hit of a process on a binary attached in exe mode. */
+    if (targets.insert(&pid, &one) == 0)
+        proc_event(PROC_ATTACH, pid, pid, 0);
+    return 1;
+}
+
+static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
+                                                     struct probe_spec *sp)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     __u32 zero = 0;
 
     if (st && st->pid == pid)
         return st;
-    if (!targets.lookup(&pid))
+    if (!is_target(pid, sp))
         return 0;
     /* New target thread (or a recycled tid): start from an empty stack. */
     st = zero_stack.lookup(&zero);
@@ -217,14 +256,14 @@ int on_entry(struct pt_regs *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tid = id, pid = id >> 32;
-    struct thread_stack *st = stack_of(tid, pid);
-    struct probe_spec *sp;
+    struct probe_spec *sp = spec_of(ctx);
+    struct thread_stack *st;
     __u32 depth;
 
-    if (!st)
-        return 0;
-    sp = spec_of(ctx);
     if (!sp)
+        return 0;
+    st = stack_of(tid, pid, sp);
+    if (!st)
         return 0;
     stat_add(STAT_ENTRIES);
     __u64 file = ARG(ctx, sp, 0);
@@ -295,10 +334,8 @@ int on_gc_start(struct pt_regs *ctx)
     struct probe_spec *sp;
     struct gc_state s = {};
 
-    if (!targets.lookup(&pid))
-        return 0;
     sp = spec_of(ctx);
-    if (!sp)
+    if (!sp || !is_target(pid, sp))
         return 0;
     s.start_ns = bpf_ktime_get_ns();
     s.generation = ARG(ctx, sp, 0);
@@ -382,25 +419,6 @@ TRACEPOINT_PROBE(sched, sched_wakeup)
     if (o && !o->wake_ns)
         o->wake_ns = bpf_ktime_get_ns();
     return 0;
-}
-
-static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 other)
-{
-    struct proc_event *e = proc_rb.ringbuf_reserve(sizeof(*e));
-
-    stat_add(STAT_PROC);
-    if (!e) {
-        stat_add(STAT_PROC_LOST);
-        return;
-    }
-    e->ts_ns = bpf_ktime_get_ns();
-    e->kind = kind;
-    e->pid = pid;
-    e->tid = tid;
-    e->other_pid = other;
-    bpf_get_current_comm(e->comm, sizeof(e->comm));
-    e->filename[0] = 0;
-    proc_rb.ringbuf_submit(e, 0);
 }
 
 /* task_newtask tells a new process from a new thread (clone flags), which

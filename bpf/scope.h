@@ -28,6 +28,7 @@
 #define PROC_EXEC 2
 #define PROC_EXIT 3
 #define PROC_THREAD 4
+#define PROC_ATTACH 5        /* an exe-mode probe found a new process and made it a target */
 
 /* Indexes into the per-CPU `stats` array; names in events.py STAT_NAMES. */
 #define STAT_ENTRIES 0          /* function__entry hits of target threads */
@@ -110,6 +111,9 @@ struct proc_event {
 #define ARG_MEM 2     /* `size` bytes at register `reg` + disp */
 #define ARG_CONST 3   /* disp itself */
 
+/* probe_spec.flags */
+#define SPEC_ANY_PID 1 /* attached by binary: any process that hits it becomes a target */
+
 struct probe_spec {
     __s64 disp0;
     __s64 disp1;
@@ -126,7 +130,7 @@ struct probe_spec {
     __u8 reg2;
     __u8 size2;
     __u8 signed2;
-    __u32 pad;
+    __u32 flags;
 };
 
 #endif

@@ -164,38 +164,54 @@ def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...
 
 
 @main.command()
-@click.option("-p", "--pid", "pids", type=int, multiple=True, required=True,
+@click.option("-p", "--pid", "pids", type=int, multiple=True,
               help="Process to trace (repeatable).")
+@click.option("--exe", "exes", multiple=True, type=click.Path(),
+              help="Trace every process running this interpreter (or libpython) file, "
+                   "including processes started later (repeatable).")
+@click.option("--all-python", is_flag=True,
+              help="--exe for every interpreter file that a running Python process uses.")
 @_OUTPUT
 @_PROBES
 @click.option("-d", "--duration", type=float, default=None,
-              help="Stop after this many seconds (default: until Ctrl-C or the targets exit).")
-def trace(pids: tuple[int, ...], output: Path | None, probes: str,
-          duration: float | None) -> None:
-    """Attach to running Python processes.
+              help="Stop after this many seconds (default: until Ctrl-C, or until the "
+                   "--pid targets exit).")
+def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
+          output: Path | None, probes: str, duration: float | None) -> None:
+    """Attach to running Python processes, or to every process of a binary.
 
-    Stops on Ctrl-C, SIGTERM, --duration, or when every target has exited;
-    in every case the output is flushed and closed.
+    With --pid it stops on Ctrl-C, SIGTERM, --duration, or when every target
+    has exited; with --exe/--all-python on Ctrl-C, SIGTERM or --duration. In
+    every case the output is flushed and closed.
 
     \b
-    Example:
+    Examples:
       sudo scope-ebpf trace --pid 1234 --pid 5678 --duration 60 -o out
+      sudo scope-ebpf trace --exe /usr/bin/python3.11 -o out
+      sudo scope-ebpf trace --all-python --probes gc,sched -d 300 -o out
     """
     started = time.monotonic()
     sigs = _Signals()
     session = None
     reason = "signal"
     try:
+        if not (pids or exes or all_python):
+            raise ScopeError("nothing to trace: give --pid, --exe or --all-python")
         session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
         for pid in pids:
             session.check_pid(pid)
         session.open()
         for pid in pids:
             session.add_pid(pid)
-        _status(f"tracing pid {', '.join(map(str, pids))} -> {session.opts.output} "
-                "(Ctrl-C to stop)")
+        binaries = list(exes) + (session.python_binaries() if all_python else [])
+        for exe in binaries:
+            session.add_exe(exe)
+        what = [f"pid {', '.join(map(str, pids))}"] if pids else []
+        what += [f"{len(binaries)} interpreter file(s)"] if binaries else []
+        _status(f"tracing {' and '.join(what)} -> {session.opts.output} (Ctrl-C to stop)")
         deadline = None if duration is None else started + duration
         last_check = 0.0
+        watch_pids = bool(pids) and not binaries
 
         def done() -> bool:
             nonlocal reason, last_check
@@ -205,7 +221,7 @@ def trace(pids: tuple[int, ...], output: Path | None, probes: str,
             if deadline is not None and now >= deadline:
                 reason = "duration"
                 return True
-            if now - last_check >= 0.2:
+            if watch_pids and now - last_check >= 0.2:
                 last_check = now
                 if not session.alive_targets(list(pids)):
                     reason = "targets exited"

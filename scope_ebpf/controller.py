@@ -106,8 +106,13 @@ class Session:
             for tp in _SCHED_TRACEPOINTS:
                 self.program.bpf.detach_tracepoint(tp.encode())
 
-    def attach_binary(self, path: str) -> _Binary:
-        """Attach the selected USDT probes of an interpreter file, once per file."""
+    def attach_binary(self, path: str, *, any_pid: bool = False) -> _Binary:
+        """Attach the selected USDT probes of an interpreter file, once per file.
+
+        With ``any_pid`` (exe mode) every process that runs the file becomes a
+        target at its first probe hit, in the kernel: processes started later
+        are traced from their first call without racing the controller.
+        """
         assert self.program is not None
         try:
             st = os.stat(path)
@@ -136,7 +141,7 @@ class Session:
                 if cookie >= self.opts.limits.max_specs:
                     raise ScopeError("too many probe locations for the spec map")
                 self._next_cookie += 1
-                self.program.set_spec(cookie, _spec(probe.args))
+                self.program.set_spec(cookie, _spec(probe.args, any_pid))
                 links.append(UprobeLink(self.program.prog_fd(PROGRAMS[probe.name]), probe.path,
                                         probe.offset, probe.semaphore_offset, cookie=cookie))
         except AttachError as e:
@@ -169,7 +174,35 @@ class Session:
                       "if it has one. `scope-ebpf run` installs one; gc, sched and process "
                       "data are recorded either way")
         self.program.add_target(pid)
-        self.targets[pid] = procs.info(pid, binary)
+        self._started(pid, binary)
+
+    def add_exe(self, path: str) -> _Binary:
+        """Exe mode: trace every process that runs ``path``, now or started later."""
+        real = os.path.realpath(path)
+        if not os.path.isfile(real):
+            raise ScopeError(f"no such file: {path}")
+        if not _has_python_probes(real):
+            raise ScopeError(f"{path} has no CPython USDT probes (for a shared build, pass "
+                             "its libpython3.X.so; CPython must be built with --with-dtrace)")
+        b = self.attach_binary(real, any_pid=True)
+        self.meta.setdefault("exe_mode", "")
+        self.meta["exe_mode"] = ",".join(filter(None, [self.meta["exe_mode"], real]))
+        return b
+
+    def python_binaries(self) -> list[str]:
+        """Every distinct interpreter file with probes that a running process uses."""
+        found: dict[tuple[int, int], str] = {}
+        for pid in procs.python_pids():
+            if pid == os.getpid():
+                continue
+            try:
+                binary = usdt.find_python_binary(pid)
+                st = os.stat(binary)
+            except (usdt.ProbeError, OSError):
+                continue
+            if (st.st_dev, st.st_ino) not in found and _has_python_probes(binary):
+                found[(st.st_dev, st.st_ino)] = binary
+        return list(found.values())
 
     @staticmethod
     def check_command(argv: list[str]) -> tuple[str, str]:
@@ -196,7 +229,7 @@ class Session:
             spawn.cancel(pid, go, err)
             raise
         spawn.release(pid, go, err, exe)
-        self.targets[pid] = procs.info(pid, interp)
+        self._started(pid, interp)
         self.meta["command"] = " ".join(argv)
         return spawn.Child(pid, argv, exe, interp)
 
@@ -247,14 +280,27 @@ class Session:
         if rows:
             self._add("processes", rows_to_batch("processes", rows))
 
+    def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
+        info = self.targets[pid] = procs.info(pid, binary)
+        self._add("processes", rows_to_batch("processes", [{
+            "ts_ns": ts_ns or time.time_ns(), "pid": pid, "event": "start",
+            "parent_pid": info.parent_pid, "exe": info.exe, "cmdline": info.cmdline,
+            "python_version": info.python_version}]))
+
     def _proc_events(self, rows: list[dict]) -> None:
+        other = []
         for row in rows:
+            if row["event"] == "start":  # found by an exe-mode probe
+                self._started(row["pid"], ts_ns=row["ts_ns"])
+                continue
             if row["event"] == "fork":
                 child = row["pid"]
                 self.targets.setdefault(child, procs.info(child))
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])
-        self._add("processes", rows_to_batch("processes", rows))
+            other.append(row)
+        if other:
+            self._add("processes", rows_to_batch("processes", other))
 
     def alive_targets(self, pids: list[int] | None = None) -> list[int]:
         return [p for p in (pids or list(self.targets))
@@ -331,8 +377,9 @@ class Session:
         self.close("error" if exc[0] else "stopped")
 
 
-def _spec(args: tuple[usdt.ArgSpec, ...]) -> np.void:
+def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False) -> np.void:
     rec = np.zeros(1, events.dtypes()["probe_spec"])[0]
+    rec["flags"] = events.const("SPEC_ANY_PID") if any_pid else 0
     for i, a in enumerate(args[:3]):
         rec[f"kind{i}"] = _ARG_KIND[a.kind]
         rec[f"reg{i}"] = max(a.reg, 0)

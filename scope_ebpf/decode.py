@@ -156,7 +156,8 @@ class Decoder:
     def proc_events(self, r: np.ndarray) -> list[dict]:
         """Process lifecycle rows (few): dicts in the processes schema."""
         kinds = {_C["PROC_FORK"]: "fork", _C["PROC_EXEC"]: "exec",
-                 _C["PROC_EXIT"]: "exit", _C["PROC_THREAD"]: "thread"}
+                 _C["PROC_EXIT"]: "exit", _C["PROC_THREAD"]: "thread",
+                 _C["PROC_ATTACH"]: "start"}
         rows = []
         for rec in r:
             kind = kinds.get(int(rec["kind"]), "other")

@@ -47,6 +47,16 @@ def python_version(path: str | None) -> str | None:
     return m.group(1) if m else None
 
 
+def python_pids() -> list[int]:
+    """Processes whose executable or name says Python (candidates, not proof)."""
+    out = []
+    for p in psutil.process_iter(["name", "exe"]):
+        name = (p.info.get("name") or "") + " " + (p.info.get("exe") or "")
+        if "python" in name:
+            out.append(p.pid)
+    return out
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -87,6 +87,7 @@ class Program:
             self.bpf = BPF(src_file=str(src).encode(), cflags=cflags)
         except Exception as e:  # bcc raises bare Exception for compile/load failures
             raise ScopeError(f"could not compile or load the BPF program: {e}") from None
+        self.set_tracer_pid(os.getpid())
         self._fds: dict[str, int] = {}
         self.rings: dict[str, RingReader] = {}
         dts = events.dtypes()
@@ -109,6 +110,10 @@ class Program:
         return self._fds[func]
 
     # -- maps -------------------------------------------------------------
+
+    def set_tracer_pid(self, pid: int) -> None:
+        t = self.bpf["tracer_pid"]
+        t[t.Key(0)] = t.Leaf(pid)
 
     def add_target(self, pid: int) -> None:
         t = self.bpf["targets"]

@@ -110,7 +110,10 @@ _TABLE_LIST = (
         (
             _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the event or sample"),
             _PID,
-            _req("event", pa.string(), "'sample' | 'start' | 'fork' | 'exec' | 'exit' | 'thread'"),
+            _req("event", pa.string(),
+                 "'start' (traced from here on: given by pid, launched, or found "
+                 "by an exe-mode probe) | 'sample' (once a second) | 'fork' | 'exec' | "
+                 "'exit' | 'thread'"),
             _opt("parent_pid", pa.int32(), "parent process id"),
             _opt("tid", pa.int32(), "thread id, for 'thread' events"),
             _opt("exe", pa.string(), "executable path"),

@@ -213,3 +213,31 @@ def test_query_and_schema_commands(tmp_path):
     for table in ("calls", "gc", "sched", "processes", "session"):
         assert table in s.stdout
     assert "return_line" in s.stdout and "runq_ns" in s.stdout
+
+
+def test_exe_mode_traces_a_process_started_later_from_its_first_call(tmp_path):
+    # A private copy of the interpreter: exe mode covers every process running
+    # the file, and the test suite itself runs on /usr/bin/python3.11.
+    py = tmp_path / "python3.11"
+    py.write_bytes(Path(PY311).read_bytes())
+    py.chmod(0o755)
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([SCOPE, "trace", "--exe", str(py), "-o", str(out)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: "tracing" in (tracer.stderr.readline() or ""), 60)
+        late = subprocess.run([str(py), program("forever.py"), "0.3"], capture_output=True,
+                              text=True, env={"PYTHONHOME": "/usr"}, timeout=30)
+        time.sleep(0.3)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    assert tracer.returncode == 0
+    pid = int(late.stdout.split()[0])
+    assert rows(out, f"SELECT event FROM processes WHERE pid = {pid} AND event != 'sample' "
+                     "ORDER BY ts_ns") == [("start",), ("exit",)]
+    # main() was entered before the hook existed, tick() after: every tick is a row
+    ticks = rows(out, f"SELECT count(*), min(depth), max(depth) FROM calls "
+                      f"WHERE pid = {pid} AND function = 'tick'")[0]
+    assert 20 <= ticks[0] <= 31 and ticks[1:] == (0, 0)
+    assert rows(out, f"SELECT count(*) FROM gc WHERE pid = {pid}")[0][0] >= 1
