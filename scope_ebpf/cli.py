@@ -103,8 +103,12 @@ def main() -> None:
 @click.option("--no-hook", is_flag=True,
               help="CPython 3.11: do not install the profile hook that makes its function "
                    "probes fire (calls will then be empty).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False), default="/",
+              help="Run COMMAND chrooted in this directory (a container image or a "
+                   "debootstrap root); the probes are attached through the host path.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...]) -> None:
+def run(output: Path | None, probes: str, no_hook: bool, root: str,
+        command: tuple[str, ...]) -> None:
     """Start COMMAND with the probes live and trace it until it exits.
 
     The program keeps its argv, cwd, environment and stdio; scope-ebpf exits
@@ -114,8 +118,9 @@ def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...
     program; a second SIGINT/SIGTERM stops tracing and leaves it running.
 
     \b
-    Example:
+    Examples:
       sudo scope-ebpf run -o out -- python3 app.py arg1 arg2
+      sudo scope-ebpf run --root /srv/image -o out -- python3.15 /app/main.py
     """
     started = time.monotonic()
     child_pid = 0
@@ -128,9 +133,10 @@ def run(output: Path | None, probes: str, no_hook: bool, command: tuple[str, ...
     session = None
     try:
         session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
-        session.check_command(list(command))
+        root = os.path.abspath(root)
+        session.check_command(list(command), root)
         session.open()
-        child = session.launch(list(command), hook=not no_hook)
+        child = session.launch(list(command), hook=not no_hook, root=root)
         child_pid = child.pid
         _status(f"tracing pid {child.pid} ({os.path.basename(child.interpreter)}) "
                 f"-> {session.opts.output}")

@@ -205,24 +205,24 @@ class Session:
         return list(found.values())
 
     @staticmethod
-    def check_command(argv: list[str]) -> tuple[str, str]:
+    def check_command(argv: list[str], root: str = "/") -> tuple[str, str]:
         """(executable, interpreter) of a command to launch, validated up front."""
-        exe, interp = spawn.resolve(argv)
+        exe, interp = spawn.resolve(argv, root)
         if not _has_python_probes(interp):
             raise ScopeError(f"{interp} has no CPython USDT probes (built without "
                              "--with-dtrace); Debian's and Fedora's /usr/bin/python3 have them")
         return exe, interp
 
-    def launch(self, argv: list[str], *, hook: bool = True) -> spawn.Child:
-        """Start ``argv`` with the probes live before its first instruction."""
-        exe, interp = self.check_command(argv)
+    def launch(self, argv: list[str], *, hook: bool = True, root: str = "/") -> spawn.Child:
+        """Start ``argv`` (inside ``root``) with the probes live before its first instruction."""
+        exe, interp = self.check_command(argv, root)
         version = procs.python_version(interp)
         binary = self.attach_binary(interp)  # raises if it is not a Python with probes
         env = dict(os.environ)
         if hook and version == "3.11" and "function__entry" in binary.probes:
             env = spawn.hook_env(env)
             self.meta["profile_hook"] = "slice (installed by sitecustomize)"
-        pid, go, err = spawn.fork_held(exe, argv, env)
+        pid, go, err = spawn.fork_held(exe, argv, env, root)
         try:
             self.program.add_target(pid)
         except BaseException:

@@ -25,27 +25,75 @@ class Child:
     interpreter: str   # the ELF that runs it (holds the probes)
 
 
-def resolve(argv: list[str]) -> tuple[str, str]:
-    """(executable, interpreter ELF) for a command, following one shebang."""
+def in_root(root: str, path: str) -> str:
+    """Host path of ``path`` as seen inside ``root``: symlinks resolved inside it.
+
+    Absolute link targets are taken relative to the root, so a link in a
+    container image never escapes to the host's file of the same name.
+    """
+    if root in ("", "/"):
+        return os.path.realpath(path)
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        host = os.path.join(root, *done, part)
+        if os.path.islink(host):
+            hops += 1
+            if hops > 40:
+                raise ScopeError(f"too many symlinks resolving {path} in {root}")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def _which(name: str, root: str) -> str | None:
+    """PATH lookup, inside ``root`` when one is given (returns the path in the root)."""
+    if "/" in name:
+        return name
+    if root in ("", "/"):
+        return shutil.which(name)
+    for d in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin"):
+        cand = f"{d}/{name}"
+        if os.path.isfile(in_root(root, cand)):
+            return cand
+    return None
+
+
+def resolve(argv: list[str], root: str = "/") -> tuple[str, str]:
+    """(executable as seen in root, host path of the interpreter ELF), one shebang followed."""
     if not argv:
         raise ScopeError("no command given: scope-ebpf run -- python3 app.py")
-    exe = argv[0] if "/" in argv[0] else shutil.which(argv[0])
-    if not exe or not os.path.isfile(exe):
-        raise ScopeError(f"command not found: {argv[0]}")
-    if not os.access(exe, os.X_OK):
+    exe = _which(argv[0], root)
+    host = in_root(root, exe) if exe else None
+    if not host or not os.path.isfile(host):
+        where = f" in {root}" if root not in ("", "/") else ""
+        raise ScopeError(f"command not found{where}: {argv[0]}")
+    if not os.access(host, os.X_OK):
         raise ScopeError(f"command is not executable: {exe}")
-    with open(exe, "rb") as f:
+    with open(host, "rb") as f:
         head = f.read(256)
     if head.startswith(b"\x7fELF"):
-        return exe, os.path.realpath(exe)
+        return exe, host
     if head.startswith(b"#!"):
         words = head[2:].split(b"\n", 1)[0].decode(errors="replace").split()
         if words and os.path.basename(words[0]) == "env" and len(words) > 1:
-            interp = shutil.which(words[1])
+            interp = _which(words[1], root)
         else:
             interp = words[0] if words else None
-        if interp and os.path.isfile(interp):
-            return exe, os.path.realpath(interp)
+        if interp and os.path.isfile(in_root(root, interp)):
+            return exe, in_root(root, interp)
     raise ScopeError(f"{exe} is neither a Python interpreter nor a script with a #! line")
 
 
@@ -60,8 +108,9 @@ def hook_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def fork_held(exe: str, argv: list[str], env: dict[str, str]) -> tuple[int, int, int]:
-    """Fork a child that waits on a pipe before exec.
+def fork_held(exe: str, argv: list[str], env: dict[str, str],
+              root: str = "/") -> tuple[int, int, int]:
+    """Fork a child that waits on a pipe before exec (in ``root``, if not /).
 
     Returns (pid, go_fd, err_fd): write a byte to go_fd to release it; err_fd
     yields the errno text if exec failed, EOF if it succeeded.
@@ -76,6 +125,11 @@ def fork_held(exe: str, argv: list[str], env: dict[str, str]) -> tuple[int, int,
             if os.read(go_r, 1) != b"g":
                 os._exit(126)
             os.close(go_r)
+            if root not in ("", "/"):
+                cwd = os.getcwd()
+                os.chroot(root)
+                rel = os.path.relpath(cwd, root)
+                os.chdir("/" + rel if not rel.startswith("..") else "/")
             os.execve(exe, argv, env)
         except OSError as e:
             os.write(err_w, f"{e.strerror}".encode())
