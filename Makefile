@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean interpreters
 
 setup $(STAMP): pyproject.toml packaging/setup.sh
 	@bash packaging/setup.sh
@@ -11,7 +11,11 @@ setup $(STAMP): pyproject.toml packaging/setup.sh
 demo: $(STAMP)
 	@$(PY) -m scope_ebpf.demo
 
-test: $(STAMP)
+# Debian sid root with python3.13/3.14/3.15 for the version tests (under a minute).
+interpreters: $(STAMP)
+	@bash packaging/interpreters.sh
+
+test: $(STAMP) interpreters
 	@$(PY) -m ruff check scope_ebpf tests
 	@$(PY) -m pytest -q tests
 

@@ -52,6 +52,12 @@ struct gc_state {
     __s64 generation;
 };
 
+struct import_stack {
+    __u32 depth;
+    __u32 pad;
+    __u64 start_ns[SCOPE_IMPORT_DEPTH];
+};
+
 struct offcpu_state {
     __u64 off_ns;
     __u64 wake_ns;
@@ -65,6 +71,8 @@ BPF_RINGBUF_OUTPUT(funcs_rb, 256);
 BPF_RINGBUF_OUTPUT(gc_rb, 16);
 BPF_RINGBUF_OUTPUT(sched_rb, SCHED_RB_PAGES);
 BPF_RINGBUF_OUTPUT(proc_rb, 64);
+BPF_RINGBUF_OUTPUT(imports_rb, 64);
+BPF_RINGBUF_OUTPUT(audit_rb, 256);
 
 BPF_HASH(targets, __u32, __u32, MAX_TARGETS);         /* tgid -> 1 */
 BPF_ARRAY(specs, struct probe_spec, MAX_SPECS);       /* cookie -> argument locations */
@@ -74,6 +82,7 @@ BPF_HASH(stacks, __u32, struct thread_stack, MAX_THREADS); /* tid -> shadow stac
 BPF_PERCPU_ARRAY(zero_stack, struct thread_stack, 1); /* never written: template for new stacks */
 BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
+BPF_HASH(imports, __u32, struct import_stack, MAX_THREADS);
 BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
 BPF_ARRAY(tracer_pid, __u32, 1);                      /* never trace ourselves in exe mode */
 
@@ -374,6 +383,94 @@ int on_gc_done(struct pt_regs *ctx)
     return 0;
 }
 
+int on_import_start(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp = spec_of(ctx);
+    struct import_stack *st;
+
+    if (!sp || !is_target(pid, sp))
+        return 0;
+    st = imports.lookup(&tid);
+    if (!st) {
+        struct import_stack empty = {};
+        imports.update(&tid, &empty);
+        st = imports.lookup(&tid);
+        if (!st)
+            return 0;
+    }
+    if (st->depth < SCOPE_IMPORT_DEPTH)
+        st->start_ns[st->depth & (SCOPE_IMPORT_DEPTH - 1)] = bpf_ktime_get_ns();
+    st->depth++;
+    return 0;
+}
+
+int on_import_done(struct pt_regs *ctx)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct import_stack *st = imports.lookup(&tid);
+    struct probe_spec *sp;
+    struct import_event *e;
+    __u32 depth;
+
+    if (!st || st->depth == 0)
+        return 0;
+    depth = --st->depth;
+    if (depth >= SCOPE_IMPORT_DEPTH)
+        return 0;
+    __u64 start_ns = st->start_ns[depth & (SCOPE_IMPORT_DEPTH - 1)];
+    sp = spec_of(ctx);
+    if (!sp)
+        return 0;
+    stat_add(STAT_IMPORTS);
+    e = imports_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_IMPORTS_LOST);
+        return 0;
+    }
+    e->start_ns = start_ns;
+    e->duration_ns = now - start_ns;
+    e->pid = pid;
+    e->tid = tid;
+    e->depth = depth;
+    e->found = ARG(ctx, sp, 1);
+    __u64 name = ARG(ctx, sp, 0);
+    e->module[0] = 0;
+    if (name)
+        bpf_probe_read_user_str(e->module, sizeof(e->module), (void *)name);
+    imports_rb.ringbuf_submit(e, 0);
+    return 0;
+}
+
+int on_audit(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp = spec_of(ctx);
+    struct audit_event *e;
+
+    if (!sp || !is_target(pid, sp))
+        return 0;
+    stat_add(STAT_AUDIT);
+    e = audit_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_AUDIT_LOST);
+        return 0;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->pid = pid;
+    e->tid = tid;
+    __u64 name = ARG(ctx, sp, 0);
+    e->event[0] = 0;
+    if (name)
+        bpf_probe_read_user_str(e->event, sizeof(e->event), (void *)name);
+    audit_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_switch)
 {
     __u64 now = bpf_ktime_get_ns();
@@ -503,6 +600,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     }
     offcpu.delete(&tid);
     gc_states.delete(&tid);
+    imports.delete(&tid);
     if (tid == pid)
         proc_event(PROC_EXIT, pid, tid, 0);
     return 0;

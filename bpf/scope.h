@@ -46,7 +46,14 @@
 #define STAT_STACK_FULL 12      /* new threads not traced: thread map full */
 #define STAT_FUNC_FULL 13       /* calls not interned: function map full */
 #define STAT_OPEN_AT_EXIT 14    /* calls still open when their thread exited */
-#define STAT_COUNT 15
+#define STAT_IMPORTS 15         /* import__find__load__done hits of targets */
+#define STAT_IMPORTS_LOST 16
+#define STAT_AUDIT 17           /* audit hits of targets */
+#define STAT_AUDIT_LOST 18
+#define STAT_COUNT 19
+
+#define SCOPE_IMPORT_DEPTH 16   /* nested imports kept per thread */
+#define SCOPE_AUDIT_LEN 64      /* audit event name bytes kept */
 
 /* One completed Python call (one record per call, built from the per-thread
  * shadow stack at function__return). */
@@ -91,6 +98,23 @@ struct sched_event {
     __u32 tid;
     __u32 func_id;       /* top of the thread's Python stack when it left */
     __u32 woken;         /* 1 if a sched_wakeup was seen for the interval */
+};
+
+struct import_event {
+    __u64 start_ns;
+    __u64 duration_ns;
+    __u32 pid;
+    __u32 tid;
+    __s32 found;
+    __u32 depth;
+    char module[SCOPE_NAME_LEN];
+};
+
+struct audit_event {
+    __u64 ts_ns;
+    __u32 pid;
+    __u32 tid;
+    char event[SCOPE_AUDIT_LEN];
 };
 
 struct proc_event {

@@ -78,8 +78,9 @@ class _Signals:
 
 _OUTPUT = click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
                        help="Output directory (default: ./scope-YYYYmmdd-HHMMSS).")
-_PROBES = click.option("--probes", default="calls,gc,sched", show_default=True,
-                       help="Probe sets to attach: calls, gc, sched (comma-separated).")
+_PROBES = click.option("--probes", default="calls,gc,sched,imports,audit", show_default=True,
+                       help="Probe sets to attach (comma-separated): calls, gc, sched, "
+                            "imports, audit.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

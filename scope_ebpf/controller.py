@@ -33,12 +33,17 @@ PROBE_SETS = {
     "calls": ("function__entry", "function__return"),
     "gc": ("gc__start", "gc__done"),
     "sched": (),
+    "imports": ("import__find__load__start", "import__find__load__done"),
+    "audit": ("audit",),
 }
 PROGRAMS = {
     "function__entry": "on_entry",
     "function__return": "on_return",
     "gc__start": "on_gc_start",
     "gc__done": "on_gc_done",
+    "import__find__load__start": "on_import_start",
+    "import__find__load__done": "on_import_done",
+    "audit": "on_audit",
 }
 _ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
              "const": events.const("ARG_CONST")}
@@ -250,6 +255,8 @@ class Session:
         gc = p.rings["gc_rb"].drain()
         sched = p.rings["sched_rb"].drain()
         proc = p.rings["proc_rb"].drain()
+        imports = p.rings["imports_rb"].drain()
+        audit = p.rings["audit_rb"].drain()
         self.decoder.functions.add(funcs)
         if len(calls):
             self._add("calls", self.decoder.calls(calls))
@@ -257,13 +264,17 @@ class Session:
             self._add("gc", self.decoder.gc(gc))
         if len(sched):
             self._add("sched", self.decoder.sched(sched))
+        if len(imports):
+            self._add("imports", self.decoder.imports(imports))
+        if len(audit):
+            self._add("audit", self.decoder.audit(audit))
         if len(proc):
             self._proc_events(self.decoder.proc_events(proc))
         now = time.monotonic()
         if now - self._last_sample >= self.opts.sample_interval:
             self._last_sample = now
             self.sample()
-        return len(calls) + len(funcs) + len(gc) + len(sched) + len(proc)
+        return sum(map(len, (calls, funcs, gc, sched, proc, imports, audit)))
 
     def sample(self) -> None:
         rows = []
@@ -365,7 +376,7 @@ class Session:
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
-        for table in ("calls", "gc", "sched", "processes"):
+        for table in ("calls", "gc", "sched", "imports", "audit", "processes"):
             counts[f"rows.{table}"] = self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
         return rows

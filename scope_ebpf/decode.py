@@ -153,6 +153,25 @@ class Decoder:
             function, file, line,
         ], names=_schema("sched").names)
 
+    def imports(self, r: np.ndarray) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([
+            self._ts(r["start_ns"]),
+            pa.array(r["duration_ns"].astype(np.int64)),
+            pa.array(r["pid"].astype(np.int32)),
+            pa.array(r["tid"].astype(np.int32)),
+            _strings(r["module"]),
+            pa.array(r["found"] != 0),
+            pa.array(r["depth"].astype(np.int32)),
+        ], names=_schema("imports").names)
+
+    def audit(self, r: np.ndarray) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays([
+            self._ts(r["ts_ns"]),
+            pa.array(r["pid"].astype(np.int32)),
+            pa.array(r["tid"].astype(np.int32)),
+            _strings(r["event"]),
+        ], names=_schema("audit").names)
+
     def proc_events(self, r: np.ndarray) -> list[dict]:
         """Process lifecycle rows (few): dicts in the processes schema."""
         kinds = {_C["PROC_FORK"]: "fork", _C["PROC_EXEC"]: "exec",
@@ -171,6 +190,16 @@ class Decoder:
                 row["exe"] = _text(bytes(rec["filename"]))
             rows.append(row)
         return rows
+
+
+def _strings(col: np.ndarray) -> pa.Array:
+    """Fixed-size C strings -> dictionary-encoded Arrow strings, invalid UTF-8 as null.
+
+    Decoded once per distinct value: these columns repeat a few names."""
+    uniq, inverse = np.unique(col, return_inverse=True)
+    texts = [_text(b) for b in uniq.tolist()]
+    return pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)), pa.array(
+        texts, pa.string()))
 
 
 def rows_to_batch(table: str, rows: list[dict]) -> pa.RecordBatch:

@@ -86,6 +86,7 @@ STAT_NAMES = (
     "entries", "returns", "calls_lost", "funcs_lost", "unmatched_returns",
     "too_deep", "gc", "gc_lost", "sched", "sched_lost", "proc", "proc_lost",
     "threads_untraced", "functions_uninterned", "open_at_thread_exit",
+    "imports", "imports_lost", "audit", "audit_lost",
 )
 
 

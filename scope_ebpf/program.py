@@ -27,6 +27,8 @@ RINGS = {
     "gc_rb": "gc_event",
     "sched_rb": "sched_event",
     "proc_rb": "proc_event",
+    "imports_rb": "import_event",
+    "audit_rb": "audit_event",
 }
 
 
@@ -98,7 +100,8 @@ class Program:
 
     def _ring_size(self, name: str) -> int:
         pages = {"calls_rb": self.limits.calls_rb_pages, "sched_rb": self.limits.sched_rb_pages,
-                 "funcs_rb": 256, "gc_rb": 16, "proc_rb": 64}[name]
+                 "funcs_rb": 256, "gc_rb": 16, "proc_rb": 64, "imports_rb": 64,
+                 "audit_rb": 256}[name]
         return pages * PAGE
 
     def prog_fd(self, func: str) -> int:

@@ -105,6 +105,33 @@ _TABLE_LIST = (
         ),
     ),
     Table(
+        "imports",
+        "One row per module import that ran the finders/loaders (USDT "
+        "import__find__load__start/done); cached imports do not fire.",
+        (
+            _req("start_ns", TIMESTAMP, "UTC wall-clock time the import started"),
+            _opt("duration_ns", pa.int64(), "ns to find and load the module, nested imports "
+                 "included"),
+            _PID,
+            _TID,
+            _opt("module", pa.string(), "module name (NULL if not valid UTF-8)"),
+            _opt("found", pa.bool_(), "whether a module was found and loaded"),
+            _req("depth", pa.int32(), "0 for an import made by user code, 1+ for the "
+                 "imports it triggered"),
+        ),
+    ),
+    Table(
+        "audit",
+        "One row per audit event raised by a traced process (PEP 578, USDT audit): "
+        "open, exec, compile, socket.connect, subprocess.Popen, import, ...",
+        (
+            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the event"),
+            _PID,
+            _TID,
+            _opt("event", pa.string(), "audit event name (NULL if not valid UTF-8)"),
+        ),
+    ),
+    Table(
         "processes",
         "Lifecycle events and periodic resource samples of traced processes.",
         (

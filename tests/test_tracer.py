@@ -210,7 +210,7 @@ def test_query_and_schema_commands(tmp_path):
     assert q.stdout.strip() == '[{"n": 177}]'
     s = scope("schema")
     assert s.returncode == 0
-    for table in ("calls", "gc", "sched", "processes", "session"):
+    for table in ("calls", "gc", "sched", "imports", "audit", "processes", "session"):
         assert table in s.stdout
     assert "return_line" in s.stdout and "runq_ns" in s.stdout
 
@@ -241,3 +241,21 @@ def test_exe_mode_traces_a_process_started_later_from_its_first_call(tmp_path):
                       f"WHERE pid = {pid} AND function = 'tick'")[0]
     assert 20 <= ticks[0] <= 31 and ticks[1:] == (0, 0)
     assert rows(out, f"SELECT count(*) FROM gc WHERE pid = {pid}")[0][0] >= 1
+
+
+def test_imports_and_audit_rows(tmp_path):
+    target = tmp_path / "written.txt"
+    out, r = run(tmp_path, PY311, program("importer.py"), str(target),
+                 opts=("--probes", "imports,audit"))
+    assert r.returncode == 0, r.stderr
+    assert target.read_text() == "42"
+    assert rows(out, "SELECT found, depth, duration_ns > 0 FROM imports "
+                     "WHERE module = 'scope_test_mod'") == [(True, 0, True)]
+    # the module was imported before the file was opened
+    t_import = rows(out, "SELECT start_ns FROM imports WHERE module = 'scope_test_mod'")[0][0]
+    opens = rows(out, f"SELECT count(*) FROM audit WHERE event = 'open' "
+                      f"AND ts_ns > '{t_import.isoformat()}'")[0][0]
+    assert opens >= 1
+    assert rows(out, "SELECT count(*) FROM audit WHERE event = 'cpython.run_file'") == [(1,)]
+    assert session_count(out, "kernel.audit_lost") == 0
+    assert session_count(out, "rows.audit") == session_count(out, "kernel.audit")
