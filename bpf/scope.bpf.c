@@ -76,6 +76,7 @@ BPF_RINGBUF_OUTPUT(audit_rb, 256);
 
 BPF_HASH(targets, __u32, __u32, MAX_TARGETS);         /* tgid -> 1 */
 BPF_ARRAY(specs, struct probe_spec, MAX_SPECS);       /* cookie -> argument locations */
+BPF_ARRAY(frame_offs, struct frame_offsets, MAX_SPECS); /* cookie -> CPython struct offsets */
 BPF_HASH(funcs, struct func_key, __u32, MAX_FUNCS);   /* interned functions */
 BPF_PERCPU_ARRAY(func_seq, __u32, 1);                 /* per-CPU id sequence: no atomics needed */
 BPF_HASH(stacks, __u32, struct thread_stack, MAX_THREADS); /* tid -> shadow stack */
@@ -154,14 +155,17 @@ static __always_inline struct probe_spec *spec_of(struct pt_regs *ctx)
     return specs.lookup(&idx);
 }
 
-static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 line)
+/* Id of the function behind `key`, allocating one on first sight; then
+ * *names is a reserved func_event the caller fills and submits (or 0 if the
+ * buffer was full, counted). */
+static __always_inline __u32 func_id_of(struct func_key *key, struct func_event **names)
 {
-    struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
-    __u32 *found = funcs.lookup(&key);
+    __u32 *found = funcs.lookup(key);
     __u32 zero = 0, id;
     __u32 *seq;
     struct func_event *e;
 
+    *names = 0;
     if (found)
         return *found;
     seq = func_seq.lookup(&zero);
@@ -169,9 +173,9 @@ static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 lin
         return SCOPE_NO_FUNC;
     /* Unique without atomics: a per-CPU sequence tagged with the CPU. */
     id = (++*seq << 8) | (bpf_get_smp_processor_id() & 0xff);
-    if (funcs.insert(&key, &id)) {
+    if (funcs.insert(key, &id)) {
         /* Another CPU interned it first, or the map is full. */
-        found = funcs.lookup(&key);
+        found = funcs.lookup(key);
         if (found)
             return *found;
         stat_add(STAT_FUNC_FULL);
@@ -183,11 +187,24 @@ static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 lin
         return id;
     }
     e->func_id = id;
-    e->pid = pid;
-    e->line = line;
+    e->pid = key->pid;
+    e->line = key->line;
     e->flags = 0;
     e->name[0] = 0;
     e->file[0] = 0;
+    *names = e;
+    return id;
+}
+
+/* USDT probes pass the names as UTF-8 C strings (NULL if not encodable). */
+static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 line)
+{
+    struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
+    struct func_event *e;
+    __u32 id = func_id_of(&key, &e);
+
+    if (!e)
+        return id;
     if (name)
         bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
     else
@@ -195,6 +212,48 @@ static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 lin
     if (file)
         bpf_probe_read_user_str(e->file, sizeof(e->file), (void *)file);
     else
+        e->flags |= FUNC_FILE_NULL;
+    funcs_rb.ringbuf_submit(e, 0);
+    return id;
+}
+
+/* Text of a str object if it is compact ASCII (the common case for names);
+ * anything else is reported as null rather than guessed. */
+static __always_inline int read_pystr(char *dst, __u32 size, __u64 str,
+                                      struct frame_offsets *fo)
+{
+    __u8 state = 0;
+
+    if (!str)
+        return -1;
+    bpf_probe_read_user(&state, 1, (void *)(str + fo->str_state));
+    if (!(state & (1 << 5)) || !(state & (1 << 6)))  /* compact, ascii */
+        return -1;
+    return bpf_probe_read_user_str(dst, size, (void *)(str + fo->str_data)) > 0 ? 0 : -1;
+}
+
+/* The eval-function path: a function is its (name, file, first line) str
+ * objects, as on the USDT path, rather than its code object's address, which
+ * CPython reuses once a code object is freed. */
+static __always_inline __u32 intern_code(__u32 pid, __u64 code, struct frame_offsets *fo)
+{
+    __u64 w[8] = {};
+    struct func_event *e;
+
+    if (!code)
+        return SCOPE_NO_FUNC;
+    bpf_probe_read_user(w, sizeof(w), (void *)(code + fo->code_base));
+    __u64 name = w[fo->name_word & 7];
+    __u64 file = w[fo->file_word & 7];
+    __s32 line = w[fo->line_word & 7] >> (fo->line_shift & 32);
+    struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
+    __u32 id = func_id_of(&key, &e);
+
+    if (!e)
+        return id;
+    if (read_pystr(e->name, sizeof(e->name), name, fo))
+        e->flags |= FUNC_NAME_NULL;
+    if (read_pystr(e->file, sizeof(e->file), file, fo))
         e->flags |= FUNC_FILE_NULL;
     funcs_rb.ringbuf_submit(e, 0);
     return id;
@@ -261,26 +320,10 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
     return stacks.lookup(&tid);
 }
 
-int on_entry(struct pt_regs *ctx)
+static __always_inline void push_call(struct thread_stack *st, __u32 func_id)
 {
-    __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = id, pid = id >> 32;
-    struct probe_spec *sp = spec_of(ctx);
-    struct thread_stack *st;
-    __u32 depth;
+    __u32 depth = st->depth;
 
-    if (!sp)
-        return 0;
-    st = stack_of(tid, pid, sp);
-    if (!st)
-        return 0;
-    stat_add(STAT_ENTRIES);
-    __u64 file = ARG(ctx, sp, 0);
-    __u64 name = ARG(ctx, sp, 1);
-    __s32 line = ARG(ctx, sp, 2);
-    __u32 func_id = intern(pid, file, name, line);
-
-    depth = st->depth;
     if (depth < SCOPE_MAX_DEPTH) {
         /* The mask keeps the verifier's bound through register spills. */
         struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
@@ -290,16 +333,13 @@ int on_entry(struct pt_regs *ctx)
         stat_add(STAT_DEEP);
     }
     st->depth = depth + 1;
-    return 0;
 }
 
-int on_return(struct pt_regs *ctx)
+/* Pop the thread's top frame into a reserved call record, which the caller
+ * completes (return line, flags) and submits; 0 if there is nothing to record. */
+static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid)
 {
-    __u64 now = bpf_ktime_get_ns();
-    __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = id, pid = id >> 32;
     struct thread_stack *st = stacks.lookup(&tid);
-    struct probe_spec *sp;
     struct call_event *e;
     __u32 depth;
 
@@ -318,7 +358,6 @@ int on_return(struct pt_regs *ctx)
     struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
     __u64 start_ns = f->start_ns;
     __u32 func_id = f->func_id;
-    sp = spec_of(ctx);
     e = calls_rb.ringbuf_reserve(sizeof(*e));
     if (!e) {
         stat_add(STAT_CALLS_LOST);
@@ -329,9 +368,85 @@ int on_return(struct pt_regs *ctx)
     e->pid = pid;
     e->tid = tid;
     e->func_id = func_id;
-    e->return_line = sp ? ARG(ctx, sp, 2) : 0;
+    e->return_line = 0;
     e->depth = depth;
     e->flags = 0;
+    return e;
+}
+
+int on_entry(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp = spec_of(ctx);
+    struct thread_stack *st;
+
+    if (!sp)
+        return 0;
+    st = stack_of(tid, pid, sp);
+    if (!st)
+        return 0;
+    stat_add(STAT_ENTRIES);
+    __u64 file = ARG(ctx, sp, 0);
+    __u64 name = ARG(ctx, sp, 1);
+    __s32 line = ARG(ctx, sp, 2);
+    push_call(st, intern(pid, file, name, line));
+    return 0;
+}
+
+int on_return(struct pt_regs *ctx)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    struct call_event *e = pop_call(now, id, id >> 32);
+    struct probe_spec *sp;
+
+    if (!e)
+        return 0;
+    sp = spec_of(ctx);
+    e->return_line = sp ? ARG(ctx, sp, 2) : 0;
+    calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+
+/* CPython 3.12-3.14 have no function probes. With the perf trampoline on
+ * (-X perf) every Python call enters _PyEval_EvalFrameDefault(tstate, frame,
+ * throwflag): a uprobe there reads the frame's code object, a uretprobe pops. */
+int on_eval_entry(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp = spec_of(ctx);
+    struct frame_offsets *fo;
+    struct thread_stack *st;
+    __u32 idx;
+    __u64 code = 0;
+
+    if (!sp)
+        return 0;
+    st = stack_of(tid, pid, sp);
+    if (!st)
+        return 0;
+    idx = bpf_get_attach_cookie(ctx);
+    fo = frame_offs.lookup(&idx);
+    if (!fo)
+        return 0;
+    stat_add(STAT_ENTRIES);
+    __u64 frame = ARG(ctx, sp, 0);
+    bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
+    push_call(st, intern_code(pid, code & fo->executable_mask, fo));
+    return 0;
+}
+
+int on_eval_return(struct pt_regs *ctx)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    struct call_event *e = pop_call(now, id, id >> 32);
+
+    if (!e)
+        return 0;
+    e->flags = CALL_NO_RETURN_LINE;
     calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
     return 0;
 }

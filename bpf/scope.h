@@ -18,6 +18,7 @@
 
 /* call_event.flags */
 #define CALL_OPEN 1          /* the call had not returned when its thread exited */
+#define CALL_NO_RETURN_LINE 2 /* traced through the eval function: no return line */
 
 /* func_event.flags */
 #define FUNC_NAME_NULL 1     /* the probe passed a NULL name (not encodable as UTF-8) */
@@ -155,6 +156,20 @@ struct probe_spec {
     __u8 size2;
     __u8 signed2;
     __u32 flags;
+};
+
+/* Where CPython 3.12+ keeps what an _PyEval_EvalFrameDefault uprobe needs,
+ * per attach point (cookie); read from the binary's _Py_DebugOffsets. */
+struct frame_offsets {
+    __u64 executable_mask;   /* clears the tag bits of f_executable (3.14+) */
+    __u32 frame_executable;  /* _PyInterpreterFrame -> code object */
+    __u32 code_base;         /* 8-aligned start of the 64 code-object bytes read per call */
+    __u32 name_word;         /* co_name: u64 index into those bytes */
+    __u32 file_word;         /* co_filename */
+    __u32 line_word;         /* co_firstlineno (int32) ... */
+    __u32 line_shift;        /* ... at this bit shift in its word */
+    __u32 str_state;         /* PyASCIIObject.state byte */
+    __u32 str_data;          /* where a compact ASCII str's text starts */
 };
 
 #endif

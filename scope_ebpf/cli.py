@@ -93,6 +93,7 @@ def main() -> None:
       sudo scope-ebpf run -o out -- python3 app.py --port 8080
       sudo scope-ebpf trace --pid 1234 --duration 30 -o out
       scope-ebpf query out "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC"
+      scope-ebpf probes --pid 1234
       scope-ebpf schema
     """
 
@@ -270,6 +271,58 @@ def query(directory: Path, sql: str, fmt: str) -> None:
         click.echo(text, nl=not text.endswith("\n"))
     except QueryError as e:
         _fail(ScopeError(str(e)))
+
+
+@main.command()
+@click.option("-p", "--pid", type=int, default=None, help="A running process.")
+@click.option("--binary", type=click.Path(), default=None,
+              help="An interpreter or libpython file.")
+def probes(pid: int | None, binary: str | None) -> None:
+    """Show which CPython probes exist, whether they fire, and the calls mode.
+
+    Exit code: 0 if function calls will be traced (for --pid: by `trace`; for
+    --binary: by `run`), 3 if probes exist but calls will not appear that way,
+    4 if there are no CPython USDT probes, 2 on bad input.
+
+    \b
+    Examples:
+      scope-ebpf probes --pid 1234
+      scope-ebpf probes --binary /usr/bin/python3.11
+    """
+    from . import capabilities, procs, usdt
+
+    try:
+        if (pid is None) == (binary is None):
+            raise ScopeError("give exactly one of --pid or --binary")
+        if pid is not None:
+            procs.validate_pid(pid)
+            path = usdt.find_python_binary(pid)
+        else:
+            path = binary
+            if not os.path.isfile(path):
+                raise ScopeError(f"no such file: {path}")
+        caps = capabilities.of_file(path)
+    except usdt.ProbeError as e:
+        _fail(ScopeError(str(e)))
+    except ScopeError as e:
+        _fail(e)
+    launched = pid is None
+    who = f"process {pid}: " if pid is not None else ""
+    click.echo(f"{who}{path} (CPython {caps.version or 'unknown version'})")
+    for probe, table in capabilities.PROBES.items():
+        n = caps.present.get(probe, 0)
+        fires, why = caps.fires(probe, launched)
+        mark = "yes" if fires else "no"
+        note = "" if why == "fires" else why
+        click.echo(f"  {probe:<27} {'present' if n else 'missing':<8} fires: {mark:<4}"
+                   f"-> {table:<8} {note}".rstrip())
+    if not caps.has_probes:
+        click.echo("calls: no (not a CPython with USDT probes: built without --with-dtrace)")
+        sys.exit(capabilities.EXIT_NO_PROBES)
+    ok, why = caps.calls(launched)
+    via = "`run`" if launched else "`trace --pid`"
+    click.echo(f"calls with {via}: {'yes' if ok else 'no'} [{caps.calls_mode}] {why}")
+    sys.exit(capabilities.EXIT_CALLS if ok else capabilities.EXIT_NO_CALLS)
 
 
 @main.command()

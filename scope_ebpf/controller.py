@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, events, procs, spawn, usdt
+from . import __version__, capabilities, events, procs, pyoffsets, spawn, usdt
 from .attach import AttachError, UprobeLink
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
@@ -73,6 +73,7 @@ class _Binary:
     path: str
     probes: set[str]
     links: list[UprobeLink]
+    calls_mode: str = "none"  # see capabilities.Capabilities.calls_mode
 
 
 class Session:
@@ -133,28 +134,55 @@ class Session:
                              "Debian's and Fedora's /usr/bin/python3 have them")
         have = {p.name for p in python}
         wanted = {n for s in self.opts.probes for n in PROBE_SETS[s]}
-        missing = wanted - have
-        if missing & set(PROBE_SETS["calls"]):
-            self.warn(f"{path} has no function__entry/return probes "
-                      f"(CPython {procs.python_version(path) or '?'}): no calls will be recorded")
+        calls_mode = "none"
+        if "calls" in self.opts.probes:
+            calls_mode = capabilities.of_file(path).calls_mode
+            if calls_mode == "none":
+                self.warn(f"{path} (CPython {procs.python_version(path) or '?'}) has no "
+                          "function probes and no frame layout scope-ebpf knows: no calls "
+                          "will be recorded")
         links: list[UprobeLink] = []
         try:
             for probe in python:
-                if probe.name not in wanted:
-                    continue
-                cookie = self._next_cookie
-                if cookie >= self.opts.limits.max_specs:
-                    raise ScopeError("too many probe locations for the spec map")
-                self._next_cookie += 1
-                self.program.set_spec(cookie, _spec(probe.args, any_pid))
-                links.append(UprobeLink(self.program.prog_fd(PROGRAMS[probe.name]), probe.path,
-                                        probe.offset, probe.semaphore_offset, cookie=cookie))
+                if probe.name in wanted:
+                    cookie = self._cookie(_spec(probe.args, any_pid))
+                    links.append(UprobeLink(self.program.prog_fd(PROGRAMS[probe.name]),
+                                            probe.path, probe.offset, probe.semaphore_offset,
+                                            cookie=cookie))
+            if calls_mode == "eval":
+                links += self._attach_eval(path, any_pid)
         except AttachError as e:
             for link in links:
                 link.close()
             raise ScopeError(str(e)) from None
-        b = self.binaries[key] = _Binary(path, wanted & have, links)
+        b = self.binaries[key] = _Binary(path, wanted & have, links, calls_mode)
         return b
+
+    def _cookie(self, spec: np.void) -> int:
+        cookie = self._next_cookie
+        if cookie >= self.opts.limits.max_specs:
+            raise ScopeError("too many probe locations for the spec map")
+        self._next_cookie += 1
+        self.program.set_spec(cookie, spec)
+        return cookie
+
+    def _attach_eval(self, path: str, any_pid: bool) -> list[UprobeLink]:
+        """uprobe + uretprobe on _PyEval_EvalFrameDefault(tstate, frame, throwflag)."""
+        try:
+            _addr, _size, offset = usdt.find_symbol(path, "_PyEval_EvalFrameDefault")
+        except usdt.ProbeError as e:
+            raise ScopeError(str(e)) from None
+        frame_arg = usdt.ArgSpec(8, False, "reg", usdt.REGS.index("rsi"), 0)
+        cookie = self._cookie(_spec((frame_arg,), any_pid))
+        self.program.set_frame_offsets(cookie, pyoffsets.frame_offsets(path))
+        entry = UprobeLink(self.program.prog_fd("on_eval_entry"), path, offset, cookie=cookie)
+        try:
+            ret = UprobeLink(self.program.prog_fd("on_eval_return"), path, offset,
+                             cookie=cookie, retprobe=True)
+        except AttachError:
+            entry.close()
+            raise
+        return [entry, ret]
 
     def check_pid(self, pid: int) -> str:
         """Validate a running target before anything is loaded; return its probe file."""
@@ -172,12 +200,11 @@ class Session:
         """Trace a running process from now on."""
         assert self.program is not None
         binary = self.check_pid(pid)
-        self.attach_binary(binary)
-        if procs.python_version(binary) == "3.11" and "calls" in self.opts.probes:
-            self.warn(f"process {pid} runs CPython 3.11, which fires function probes only "
-                      "while a profile/trace hook is set (sys.setprofile): calls appear only "
-                      "if it has one. `scope-ebpf run` installs one; gc, sched and process "
-                      "data are recorded either way")
+        b = self.attach_binary(binary)
+        ok, why = capabilities.of_file(binary).calls(launched=False)
+        if "calls" in self.opts.probes and b.calls_mode != "none" and not ok:
+            self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
+                      f"not appear: {why}. gc, sched and process data are recorded either way")
         self.program.add_target(pid)
         self._started(pid, binary)
 
@@ -221,12 +248,15 @@ class Session:
     def launch(self, argv: list[str], *, hook: bool = True, root: str = "/") -> spawn.Child:
         """Start ``argv`` (inside ``root``) with the probes live before its first instruction."""
         exe, interp = self.check_command(argv, root)
-        version = procs.python_version(interp)
         binary = self.attach_binary(interp)  # raises if it is not a Python with probes
         env = dict(os.environ)
-        if hook and version == "3.11" and "function__entry" in binary.probes:
+        if hook and binary.calls_mode == "usdt+hook":
             env = spawn.hook_env(env)
             self.meta["profile_hook"] = "slice (installed by sitecustomize)"
+        elif binary.calls_mode == "eval":
+            # Every Python call then enters _PyEval_EvalFrameDefault on its own.
+            env["PYTHONPERFSUPPORT"] = "1"
+            self.meta["perf_trampoline"] = "PYTHONPERFSUPPORT=1"
         pid, go, err = spawn.fork_held(exe, argv, env, root)
         try:
             self.program.add_target(pid)

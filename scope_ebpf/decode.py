@@ -96,6 +96,7 @@ class Decoder:
     def calls(self, r: np.ndarray) -> pa.RecordBatch:
         function, file, line = self.functions.columns(r["func_id"])
         is_open = (r["flags"] & _C["CALL_OPEN"]) != 0
+        no_line = is_open | ((r["flags"] & _C["CALL_NO_RETURN_LINE"]) != 0)
         n = len(r)
         return pa.RecordBatch.from_arrays([
             self._ts(r["start_ns"]),
@@ -104,7 +105,7 @@ class Decoder:
             pa.array(r["tid"].astype(np.int32)),
             pa.array(r["depth"].astype(np.int32)),
             function, file, line,
-            pa.array(r["return_line"], pa.int32(), mask=is_open),
+            pa.array(r["return_line"], pa.int32(), mask=no_line),
             pa.array(np.ones(n, np.int32)),
         ], names=_schema("calls").names)
 

@@ -134,10 +134,11 @@ class Program:
 
     def set_spec(self, index: int, spec: np.void) -> None:
         """Write one probe_spec record (events.dtypes()['probe_spec']) at a cookie."""
-        table = self.bpf["specs"]
-        leaf = table.Leaf()
-        ctypes.memmove(ctypes.addressof(leaf), spec.tobytes(), ctypes.sizeof(leaf))
-        table[table.Key(index)] = leaf
+        _write_record(self.bpf["specs"], index, spec)
+
+    def set_frame_offsets(self, index: int, rec: np.void) -> None:
+        """Write one frame_offsets record (CPython struct offsets) at a cookie."""
+        _write_record(self.bpf["frame_offs"], index, rec)
 
     def stats(self) -> dict[str, int]:
         """Kernel counters summed over CPUs."""
@@ -160,3 +161,13 @@ class Program:
             r.close()
         self.rings.clear()
         self.bpf.cleanup()
+
+
+def _write_record(table, index: int, rec: np.void) -> None:
+    """Store a numpy record (a struct of scope.h) in an array map."""
+    leaf = table.Leaf()
+    raw = rec.tobytes()
+    if len(raw) != ctypes.sizeof(leaf):
+        raise ValueError(f"record of {len(raw)} bytes for a {ctypes.sizeof(leaf)}-byte value")
+    ctypes.memmove(ctypes.addressof(leaf), raw, len(raw))
+    table[table.Key(index)] = leaf

@@ -170,64 +170,110 @@ def read_probes(path: str) -> list[Probe]:
         raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
 
 
+class _Layout:
+    """Section and segment tables of one ELF file, bounds-checked."""
+
+    def __init__(self, elf: _Elf, path: str) -> None:
+        self.elf, self.path = elf, path
+        if elf.size < 4 or elf.read(0, 4, "ELF magic") != b"\x7fELF":
+            raise ProbeError(f"{path} is not an ELF file")
+        hdr = _EHDR.unpack(elf.read(0, _EHDR.size, "ELF header"))
+        ident, self.machine = hdr[0], hdr[2]
+        phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = (
+            hdr[5], hdr[6], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13],
+        )  # fmt: skip
+        if ident[4] != 2 or ident[5] != 1:
+            raise ProbeError(f"{path}: only ELF64 little-endian is supported")
+        self.sections: list[tuple[int, ...]] = []
+        self.shstrtab = b""
+        self.loads: list[tuple[int, int, int]] = []
+        if shoff == 0:
+            return
+        if shentsize < _SHDR.size or (phnum and phentsize < _PHDR.size):
+            raise ProbeError(f"{path}: bad ELF header entry sizes")
+        if shnum == 0 or shstrndx == 0xFFFF:  # extended numbering lives in section 0
+            sh0 = _SHDR.unpack(elf.read(shoff, _SHDR.size, "section header 0"))
+            shnum = shnum or sh0[5]
+            shstrndx = sh0[6] if shstrndx == 0xFFFF else shstrndx
+        if shnum * shentsize > elf.size or shstrndx >= shnum:
+            raise ProbeError(f"{path}: section header table out of range")
+        table = elf.read(shoff, shnum * shentsize, "section header table")
+        self.sections = [_SHDR.unpack_from(table, i * shentsize) for i in range(shnum)]
+        strtab_hdr = self.sections[shstrndx]
+        self.shstrtab = elf.read(strtab_hdr[4], strtab_hdr[5], "section name table")
+        if phnum * phentsize > elf.size:
+            raise ProbeError(f"{path}: program header table out of range")
+        ptable = elf.read(phoff, phnum * phentsize, "program header table")
+        for i in range(phnum):
+            ph = _PHDR.unpack_from(ptable, i * phentsize)
+            if ph[0] == _PT_LOAD:
+                self.loads.append((ph[3], ph[6], ph[2]))  # vaddr, memsz, offset
+
+    def named(self, name: bytes) -> list[tuple[int, ...]]:
+        # startswith, not a NUL scan: stays linear on hostile tables
+        return [sh for sh in self.sections if self.shstrtab.startswith(name + b"\0", sh[0])]
+
+    def to_offset(self, vaddr: int, what: str) -> int:
+        for p_vaddr, p_memsz, p_offset in self.loads:
+            if p_vaddr <= vaddr < p_vaddr + p_memsz:
+                return vaddr - p_vaddr + p_offset
+        raise ProbeError(f"{self.path}: {what} address {vaddr:#x} is not in any PT_LOAD segment")
+
+
+_SYM = struct.Struct("<IBBHQQ")
+MAX_SYMBOLS = 1 << 20
+
+
+def find_symbol(path: str, name: str) -> tuple[int, int, int]:
+    """(virtual address, size, file offset) of a dynamic symbol of ``path``."""
+    try:
+        with open(path, "rb") as f:
+            layout = _Layout(_Elf(f, os.fstat(f.fileno()).st_size), path)
+            dynsym, dynstr = layout.named(b".dynsym"), layout.named(b".dynstr")
+            if not dynsym or not dynstr:
+                raise ProbeError(f"{path} has no dynamic symbol table")
+            sym, strs = dynsym[0], dynstr[0]
+            if sym[5] // _SYM.size > MAX_SYMBOLS:
+                raise ProbeError(f"{path}: implausibly many symbols")
+            syms = layout.elf.read(sym[4], sym[5], ".dynsym")
+            strtab = layout.elf.read(strs[4], strs[5], ".dynstr")
+            want = name.encode() + b"\0"
+            for i in range(len(syms) // _SYM.size):
+                st_name, _info, _other, _shndx, value, size = _SYM.unpack_from(syms, i * _SYM.size)
+                if value and strtab.startswith(want, st_name):
+                    return value, size, layout.to_offset(value, name)
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+    raise ProbeError(f"{path} does not export {name}")
+
+
+def read_at(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes of ``path`` at a file offset (for static data such as debug offsets)."""
+    try:
+        with open(path, "rb") as f:
+            return _Elf(f, os.fstat(f.fileno()).st_size).read(offset, size, "data")
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+
+
 def _read_probes(elf: _Elf, path: str) -> list[Probe]:
-    if elf.size < 4 or elf.read(0, 4, "ELF magic") != b"\x7fELF":
-        raise ProbeError(f"{path} is not an ELF file")
-    hdr = _EHDR.unpack(elf.read(0, _EHDR.size, "ELF header"))
-    ident, machine = hdr[0], hdr[2]
-    phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = (
-        hdr[5], hdr[6], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13],
-    )  # fmt: skip
-    if ident[4] != 2 or ident[5] != 1:
-        raise ProbeError(f"{path}: only ELF64 little-endian is supported")
-    if shoff == 0:
+    layout = _Layout(elf, path)
+    if not layout.sections:
         return []
-    if shentsize < _SHDR.size or (phnum and phentsize < _PHDR.size):
-        raise ProbeError(f"{path}: bad ELF header entry sizes")
-
-    if shnum == 0 or shstrndx == 0xFFFF:  # extended numbering lives in section 0
-        sh0 = _SHDR.unpack(elf.read(shoff, _SHDR.size, "section header 0"))
-        shnum = shnum or sh0[5]
-        shstrndx = sh0[6] if shstrndx == 0xFFFF else shstrndx
-    if shnum * shentsize > elf.size or shstrndx >= shnum:
-        raise ProbeError(f"{path}: section header table out of range")
-    table = elf.read(shoff, shnum * shentsize, "section header table")
-    sections = [_SHDR.unpack_from(table, i * shentsize) for i in range(shnum)]
-    strtab_hdr = sections[shstrndx]
-    shstrtab = elf.read(strtab_hdr[4], strtab_hdr[5], "section name table")
-
-    base_addr: int | None = None
-    notes: list[tuple[int, ...]] = []
-    for sh in sections:  # startswith, not a NUL scan: stays linear on hostile tables
-        if shstrtab.startswith(b".stapsdt.base\0", sh[0]):
-            base_addr = sh[3]
-        elif sh[1] == _SHT_NOTE and shstrtab.startswith(b".note.stapsdt\0", sh[0]):
-            notes.append(sh)
-
+    base = layout.named(b".stapsdt.base")
+    base_addr = base[-1][3] if base else None
     raw: list[tuple[int, int, int, bytes]] = []
-    for sh in notes:
+    for sh in layout.named(b".note.stapsdt"):
+        if sh[1] != _SHT_NOTE:
+            continue
         data = elf.read(sh[4], sh[5], ".note.stapsdt")
         align = 8 if sh[8] == 8 else 4
         raw.extend(_iter_stapsdt(data, align))
     if not raw:
         return []
-    if machine != _EM_X86_64:
+    if layout.machine != _EM_X86_64:
         raise ProbeError(f"{path}: USDT arguments are only supported on x86-64")
-
-    if phnum * phentsize > elf.size:
-        raise ProbeError(f"{path}: program header table out of range")
-    loads = []
-    ptable = elf.read(phoff, phnum * phentsize, "program header table")
-    for i in range(phnum):
-        ph = _PHDR.unpack_from(ptable, i * phentsize)
-        if ph[0] == _PT_LOAD:
-            loads.append((ph[3], ph[6], ph[2]))  # vaddr, memsz, offset
-
-    def to_offset(vaddr: int, what: str) -> int:
-        for p_vaddr, p_memsz, p_offset in loads:
-            if p_vaddr <= vaddr < p_vaddr + p_memsz:
-                return vaddr - p_vaddr + p_offset
-        raise ProbeError(f"{path}: {what} address {vaddr:#x} is not in any PT_LOAD segment")
+    to_offset = layout.to_offset
 
     probes: list[Probe] = []
     for pc, base, sem, strings in raw:

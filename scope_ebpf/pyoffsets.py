@@ -1,0 +1,80 @@
+"""CPython's own description of its structs: ``_Py_DebugOffsets`` (3.13+).
+
+CPython 3.13 and later start ``_PyRuntime`` with a ``_Py_DebugOffsets``
+struct (cookie ``xdebugpy``) that publishes the offsets of the fields a
+debugger or profiler needs. Only where each entry sits inside that struct is
+version-specific (it grows between minor versions); the offsets themselves
+are read from the interpreter binary, so a rebuilt or patched CPython of the
+same minor version is still decoded right. The struct is statically
+initialised, so the file's bytes equal what the running process holds: the
+probes can be attached before the process exists.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from . import events, usdt
+from .errors import ScopeError
+
+COOKIE = b"xdebugpy"
+
+# Position inside _Py_DebugOffsets (u64 entries) of: interpreter_frame.executable,
+# code_object.filename, .name, .firstlineno, unicode_object.state, .asciiobject_size.
+_POSITIONS = {
+    13: (240, 280, 288, 312, 544, 560),
+    14: (264, 320, 328, 352, 624, 640),
+    15: (328, 384, 392, 416, 720, 736),
+}
+# 3.14 made f_executable a tagged _PyStackRef: the low bits are flags.
+_TAGGED_FROM = 14
+_FIELDS = ("frame_executable", "code_filename", "code_name", "code_firstlineno",
+           "str_state", "str_data")
+_CODE_BYTES = 64  # the BPF side reads this many bytes of a code object per call
+_MAX_OFFSET = 4096  # every real offset is far below this: anything larger is corrupt
+
+
+def supported(version: str | None) -> bool:
+    return bool(version) and version.startswith("3.") and int(version[2:]) in _POSITIONS
+
+
+def frame_offsets(path: str) -> np.void:
+    """The ``struct frame_offsets`` record for the interpreter file at ``path``."""
+    try:
+        _vaddr, size, offset = usdt.find_symbol(path, "_PyRuntime")
+        head = usdt.read_at(path, offset, min(size, 1024))
+    except usdt.ProbeError as e:
+        raise ScopeError(f"cannot read CPython's debug offsets: {e}") from None
+    if not head.startswith(COOKIE) or len(head) < 16:
+        raise ScopeError(f"{path}: _PyRuntime does not start with _Py_DebugOffsets "
+                         "(CPython older than 3.13?)")
+    version = struct.unpack_from("<Q", head, 8)[0]
+    major, minor = version >> 24, (version >> 16) & 0xFF
+    if major != 3 or minor not in _POSITIONS:
+        raise ScopeError(f"{path}: no frame layout known for CPython {major}.{minor}")
+    values = {}
+    for name, pos in zip(_FIELDS, _POSITIONS[minor], strict=True):
+        if pos + 8 > len(head):
+            raise ScopeError(f"{path}: _Py_DebugOffsets is truncated")
+        value = struct.unpack_from("<Q", head, pos)[0]
+        if value >= _MAX_OFFSET:
+            raise ScopeError(f"{path}: implausible debug offsets ({name}={value})")
+        values[name] = value
+    code = [values["code_name"], values["code_filename"], values["code_firstlineno"]]
+    base = min(code) & ~7
+    if max(code) + 8 - base > _CODE_BYTES or values["code_name"] % 8 or values[
+            "code_filename"] % 8 or values["code_firstlineno"] % 4:
+        raise ScopeError(f"{path}: code object fields not within {_CODE_BYTES} aligned bytes")
+    rec = np.zeros(1, events.dtypes()["frame_offsets"])[0]
+    rec["executable_mask"] = ~np.uint64(3) if minor >= _TAGGED_FROM else ~np.uint64(0)
+    rec["frame_executable"] = values["frame_executable"]
+    rec["code_base"] = base
+    rec["name_word"] = (values["code_name"] - base) // 8
+    rec["file_word"] = (values["code_filename"] - base) // 8
+    rec["line_word"] = (values["code_firstlineno"] - base) // 8
+    rec["line_shift"] = 8 * ((values["code_firstlineno"] - base) % 8)
+    rec["str_state"] = values["str_state"]
+    rec["str_data"] = values["str_data"]
+    return rec
