@@ -320,13 +320,14 @@ def _iter_stapsdt(data: bytes, align: int) -> list[tuple[int, int, int, bytes]]:
 
 
 def find_python_binary(pid: int) -> str:
-    """Return the file holding the interpreter's probes for ``pid``, as seen from the host.
+    """Return a path to the file holding the interpreter's probes for ``pid``.
 
     A shared-library build keeps the probes in libpython, not in the executable,
-    so a mapped libpython wins.  The path is prefixed with ``/proc/PID/root`` so
-    the file resolves inside the target's mount namespace (containers, chroots).
+    so a mapped libpython wins. The kernel prints mapped paths relative to *our*
+    root when it can and relative to the target's otherwise, so the readable
+    name is used only if it really is the mapped file (same inode); else the
+    ``/proc/PID/root`` form, else the magic link itself, which always opens it.
     """
-    root = f"/proc/{pid}/root"
     lib_re = re.compile(r"/libpython3\.\d+[a-z]*\.so(\.[\d.]+)?$")
     try:
         with open(f"/proc/{pid}/maps") as maps:
@@ -335,12 +336,24 @@ def find_python_binary(pid: int) -> str:
                 if len(fields) == 6:
                     mapped = fields[5].rstrip("\n").removesuffix(" (deleted)")
                     if lib_re.search(mapped):
-                        return root + mapped
-        exe = os.readlink(f"/proc/{pid}/exe")
+                        return _same_file(f"/proc/{pid}/map_files/{fields[0]}", mapped, pid)
+        exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+        return _same_file(f"/proc/{pid}/exe", exe, pid)
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProbeError(f"process {pid} does not exist (or has exited)") from e
     except PermissionError as e:
         raise ProbeError(f"no permission to inspect process {pid}: run as root") from e
     except OSError as e:
         raise ProbeError(f"cannot inspect process {pid}: {e.strerror or e}") from e
-    return root + exe.removesuffix(" (deleted)")
+
+
+def _same_file(link: str, shown: str, pid: int) -> str:
+    real = os.stat(link)
+    for cand in (shown, f"/proc/{pid}/root{shown}"):
+        try:
+            st = os.stat(cand)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino):
+            return cand
+    return link

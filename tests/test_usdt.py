@@ -194,12 +194,39 @@ def test_truncated_and_corrupted(tmp_path: Path) -> None:
 
 def test_find_python_binary_self() -> None:
     path = find_python_binary(os.getpid())
-    assert path.startswith(f"/proc/{os.getpid()}/root/")
+    assert path == os.path.realpath(sys.executable)  # our own root: the readable name
     assert os.path.exists(path)
     real = os.path.realpath(sys.executable)
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     if "libpython3" not in maps:
         assert os.path.samefile(path, real)
+
+
+def test_find_python_binary_in_a_chroot_is_the_mapped_file(tmp_path) -> None:
+    # A chrooted process: /proc/PID/exe shows a path of *our* root. Whatever
+    # form is returned must open the very file the process runs.
+    import subprocess
+
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    sleep = root / "bin" / "sleep"
+    sleep.write_bytes(Path("/bin/sleep").read_bytes())
+    sleep.chmod(0o755)
+    for lib in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"):
+        dest = root / lib.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(Path(lib).read_bytes())
+        dest.chmod(0o755)
+    p = subprocess.Popen(["chroot", str(root), "/bin/sleep", "5"])
+    try:
+        import time
+
+        time.sleep(0.2)
+        path = find_python_binary(p.pid)
+        assert os.path.samefile(path, sleep)
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_find_python_binary_gone() -> None:
