@@ -184,8 +184,11 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
 @click.option("-d", "--duration", type=float, default=None,
               help="Stop after this many seconds (default: until Ctrl-C, or until the "
                    "--pid targets exit).")
+@click.option("--activate", is_flag=True,
+              help="CPython 3.14 --pid targets: turn on the perf trampoline with "
+                   "sys.remote_exec (runs code in the target) so calls can be traced.")
 def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
-          output: Path | None, probes: str, duration: float | None) -> None:
+          output: Path | None, probes: str, duration: float | None, activate: bool) -> None:
     """Attach to running Python processes, or to every process of a binary.
 
     With --pid it stops on Ctrl-C, SIGTERM, --duration, or when every target
@@ -210,7 +213,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
             session.check_pid(pid)
         session.open()
         for pid in pids:
-            session.add_pid(pid)
+            session.add_pid(pid, activate=activate)
         binaries = list(exes) + (session.python_binaries() if all_python else [])
         for exe in binaries:
             session.add_exe(exe)

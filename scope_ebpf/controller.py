@@ -196,12 +196,24 @@ class Session:
             raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
         return binary
 
-    def add_pid(self, pid: int) -> None:
-        """Trace a running process from now on."""
+    def add_pid(self, pid: int, *, activate: bool = False) -> None:
+        """Trace a running process from now on.
+
+        ``activate`` turns the perf trampoline on in a 3.14 target (it runs code
+        in the target, so only on request) so that its calls can be traced.
+        """
         assert self.program is not None
         binary = self.check_pid(pid)
         b = self.attach_binary(binary)
         ok, why = capabilities.of_file(binary).calls(launched=False)
+        if activate and "calls" in self.opts.probes and b.calls_mode == "eval":
+            from . import activate as act
+
+            self._cleanup += act.perf_trampoline(pid, binary,
+                                                 procs.python_version(binary) or "?")
+            self.meta["perf_trampoline"] = "activated with sys.remote_exec"
+            self.status(f"activated the perf trampoline in process {pid}")
+            ok = True
         if "calls" in self.opts.probes and b.calls_mode != "none" and not ok:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
                       f"not appear: {why}. gc, sched and process data are recorded either way")
@@ -384,6 +396,9 @@ class Session:
             if self.out is not None:
                 self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
         finally:
+            from .activate import remove
+
+            remove(self._cleanup)
             if self.out is not None:
                 self.out.close()
             if self.program is not None:

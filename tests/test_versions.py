@@ -143,3 +143,47 @@ def test_names_that_cannot_be_encoded_do_not_hurt_the_target(sid, tmp_path):
     got = rows(out, "SELECT function, line, count(*) FROM calls "
                     "WHERE line IN (4, 8) GROUP BY ALL ORDER BY line")
     assert got == [("good", 4, 3), ("<unknown>", 8, 3)]
+
+
+def _start_in_root(version: str, seconds: float) -> tuple[subprocess.Popen, int]:
+    p = subprocess.Popen(["chroot", str(ROOT), f"python{version}",
+                          "/tmp/scope-tests/forever.py", str(seconds)],
+                         stdout=subprocess.PIPE, text=True)
+    return p, int(p.stdout.readline())
+
+
+def test_trace_mixed_versions_at_once_and_activate_314(sid, tmp_path):
+    host = subprocess.Popen([PY311, str(PROGRAMS / "forever.py"), "2.5"], stdout=subprocess.PIPE,
+                            text=True)
+    host_pid = int(host.stdout.readline())
+    p314, pid314 = _start_in_root("3.14", 2.5)
+    p315, pid315 = _start_in_root("3.15", 2.5)
+    out = tmp_path / "out"
+    try:
+        r = scope("trace", "-p", str(host_pid), "-p", str(pid314), "-p", str(pid315),
+                  "--activate", "-o", str(out))
+    finally:
+        for p in (host, p314, p315):
+            p.kill()
+            p.wait()
+    assert r.returncode == 0, r.stderr
+    assert f"activated the perf trampoline in process {pid314}" in r.stderr
+    got = dict(rows(out, "SELECT pid, count(*) FROM calls WHERE function = 'tick' "
+                         "AND duration_ns >= 10e6 GROUP BY pid"))
+    # forever.py sets its own profile hook, so 3.11 fires too; 3.14 through the trampoline
+    assert set(got) == {host_pid, pid314, pid315}
+    assert all(50 <= n <= 260 for n in got.values()), got
+    versions = dict(rows(out, "SELECT pid, python_version FROM processes WHERE event = 'start'"))
+    assert versions == {host_pid: "3.11", pid314: "3.14", pid315: "3.15"}
+    assert not list((ROOT / "tmp").glob("scope-ebpf-activate-*"))
+
+
+def test_activate_refuses_313(sid, tmp_path):
+    p, pid = _start_in_root("3.13", 5)
+    try:
+        r = scope("trace", "-p", str(pid), "--activate", "-d", "0.5", "-o", str(tmp_path / "o"))
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode == 2
+    assert "--activate needs CPython 3.14+" in r.stderr and "Traceback" not in r.stderr
