@@ -83,9 +83,21 @@ _PROBES = click.option("--probes", default="calls,gc,sched,imports,audit", show_
                             "imports, audit.")
 
 
+def main() -> None:
+    """Console entry point: a bug in scope-ebpf is one line too, unless debugging."""
+    try:
+        cli()
+    except Exception as e:  # noqa: BLE001 - anything that reaches here is our bug
+        if os.environ.get("SCOPE_EBPF_DEBUG"):
+            raise
+        click.echo(f"{_PREFIX}internal error: {type(e).__name__}: {e} "
+                   "(set SCOPE_EBPF_DEBUG=1 for a traceback)", err=True)
+        sys.exit(70)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scope-ebpf")
-def main() -> None:
+def cli() -> None:
     """eBPF tracer for CPython: USDT probes and scheduler tracepoints to Parquet.
 
     \b
@@ -98,7 +110,7 @@ def main() -> None:
     """
 
 
-@main.command(context_settings={"ignore_unknown_options": True,
+@cli.command(context_settings={"ignore_unknown_options": True,
                                 "allow_interspersed_args": False})
 @_OUTPUT
 @_PROBES
@@ -171,7 +183,7 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
     sys.exit(128 + sigs.last)
 
 
-@main.command()
+@cli.command()
 @click.option("-p", "--pid", "pids", type=int, multiple=True,
               help="Process to trace (repeatable).")
 @click.option("--exe", "exes", multiple=True, type=click.Path(),
@@ -252,7 +264,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
         sigs.restore()
 
 
-@main.command()
+@cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
@@ -276,7 +288,7 @@ def query(directory: Path, sql: str, fmt: str) -> None:
         _fail(ScopeError(str(e)))
 
 
-@main.command()
+@cli.command()
 @click.option("-p", "--pid", type=int, default=None, help="A running process.")
 @click.option("--binary", type=click.Path(), default=None,
               help="An interpreter or libpython file.")
@@ -328,7 +340,7 @@ def probes(pid: int | None, binary: str | None) -> None:
     sys.exit(capabilities.EXIT_CALLS if ok else capabilities.EXIT_NO_CALLS)
 
 
-@main.command()
+@cli.command()
 def schema() -> None:
     """Print every output table's columns, types and meaning."""
     from .schema import describe

@@ -95,6 +95,7 @@ class Session:
         self._next_cookie = 0
         self._last_sample = 0.0
         self._closed = False
+        self._cleanup: list[str] = []  # files we left in targets' roots
         self.start_ns = time.time_ns()
         self.decoder = Decoder(_mono_to_wall())
 
