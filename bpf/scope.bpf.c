@@ -37,6 +37,8 @@ struct frame {
 struct thread_stack {
     __u32 pid;
     __u32 depth;
+    __u32 generation;    /* breaker generation it was built in */
+    __u32 pad;
     struct frame frames[SCOPE_MAX_DEPTH];
 };
 
@@ -86,6 +88,12 @@ BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
 BPF_HASH(imports, __u32, struct import_stack, MAX_THREADS);
 BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
 BPF_ARRAY(tracer_pid, __u32, 1);                      /* never trace ourselves in exe mode */
+BPF_ARRAY(config, struct config, 1);
+BPF_ARRAY(breaker, struct breaker, 1);
+BPF_HASH(verdicts, __u32, struct verdict, MAX_FUNCS);  /* func id -> keep / sampling */
+BPF_HASH(tids, __u32, __u32, MAX_THREADS);            /* --tid / --thread-name selection */
+BPF_F_TABLE("percpu_hash", __u32, struct fstat, fstats, MAX_FUNCS, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(zero_fstat, struct fstat, 1);        /* template for new fstats entries */
 
 static __always_inline void stat_add(__u32 idx)
 {
@@ -297,13 +305,19 @@ static __always_inline int is_target(__u32 pid, struct probe_spec *sp)
 }
 
 static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
-                                                     struct probe_spec *sp)
+                                                     struct probe_spec *sp, __u32 generation)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     __u32 zero = 0;
 
-    if (st && st->pid == pid)
+    if (st && st->pid == pid) {
+        if (st->generation != generation) {
+            /* Probes were detached meanwhile: the frames it holds are stale. */
+            st->depth = 0;
+            st->generation = generation;
+        }
         return st;
+    }
     if (!is_target(pid, sp))
         return 0;
     /* New target thread (or a recycled tid): start from an empty stack. */
@@ -311,6 +325,7 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
     if (!st)
         return 0;
     st->pid = pid;
+    st->generation = generation;
     if (stacks.update(&tid, st)) {
         stat_add(STAT_STACK_FULL);
         st->pid = 0;
@@ -318,6 +333,112 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
     }
     st->pid = 0;
     return stacks.lookup(&tid);
+}
+
+/* The circuit breaker: count this probe hit; 1 if function probes must stop.
+ * A fixed 10 ms window keeps it to one shared counter, with no timer. */
+static __always_inline int breaker_blocks(struct breaker *b, struct config *c, __u64 now)
+{
+    if (b->state == BREAKER_OPEN) {
+        stat_add(STAT_BREAKER_SKIPPED);
+        return 1;
+    }
+    if (!c->breaker_limit)
+        return 0;
+    if (now - b->window_start_ns >= BREAKER_WINDOW_NS) {
+        b->window_start_ns = now;  /* racy between CPUs: at worst a window restarts twice */
+        b->count = 0;
+    }
+    __sync_fetch_and_add(&b->count, 1);
+    if (b->count > c->breaker_limit) {
+        b->tripped_count = b->count;
+        b->opened_ns = now;
+        b->state = BREAKER_OPEN;
+        stat_add(STAT_BREAKER_SKIPPED);
+        return 1;
+    }
+    return 0;
+}
+
+struct control {
+    struct breaker *b;
+    struct config *c;
+};
+
+static __always_inline int control_of(struct control *ctl)
+{
+    __u32 zero = 0;
+
+    ctl->b = breaker.lookup(&zero);
+    ctl->c = config.lookup(&zero);
+    return ctl->b && ctl->c;
+}
+
+static __always_inline __u32 log2_bucket(__u64 v)
+{
+    __u32 r = 0;
+
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    return r < SCOPE_HIST_BUCKETS ? r : SCOPE_HIST_BUCKETS - 1;
+}
+
+/* Exact aggregates: every completed call, whatever happens to its row. */
+static __always_inline void count_call(__u32 func_id, __u64 duration)
+{
+    struct fstat *fs = fstats.lookup(&func_id);
+    __u32 zero = 0;
+
+    if (!fs) {
+        struct fstat *tmpl = zero_fstat.lookup(&zero);
+        if (!tmpl)
+            return;
+        fstats.insert(&func_id, tmpl);
+        fs = fstats.lookup(&func_id);
+        if (!fs)
+            return;
+        fs->min_ns = duration;
+    }
+    fs->count++;
+    fs->total_ns += duration;
+    if (duration < fs->min_ns)
+        fs->min_ns = duration;
+    if (duration > fs->max_ns)
+        fs->max_ns = duration;
+    fs->hist[log2_bucket(duration) & (SCOPE_HIST_BUCKETS - 1)]++;
+}
+
+/* Whether a completed call becomes a row, and with which weight (0 = no). */
+static __always_inline __u32 row_weight(__u32 func_id, __u32 tid, __u64 duration,
+                                        struct config *c)
+{
+    struct verdict *v = verdicts.lookup(&func_id);
+    __u32 k = 1;
+
+    if (v) {
+        if (!v->keep) {
+            stat_add(STAT_FILTERED);
+            return 0;
+        }
+        k = v->k ? v->k : 1;
+    }
+    if (duration < c->min_duration_ns) {
+        stat_add(STAT_SHORT);
+        return 0;
+    }
+    if (c->tid_filter && !tids.lookup(&tid)) {
+        stat_add(STAT_TID_FILTERED);
+        return 0;
+    }
+    if (k > 1 && bpf_get_prandom_u32() % k) {
+        stat_add(STAT_SAMPLED_OUT);
+        return 0;
+    }
+    return k;
 }
 
 static __always_inline void push_call(struct thread_stack *st, __u32 func_id)
@@ -335,17 +456,24 @@ static __always_inline void push_call(struct thread_stack *st, __u32 func_id)
     st->depth = depth + 1;
 }
 
-/* Pop the thread's top frame into a reserved call record, which the caller
- * completes (return line, flags) and submits; 0 if there is nothing to record. */
-static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid)
+/* Pop the thread's top frame: count it, and if it becomes a row, reserve the
+ * record, which the caller completes (return line, flags) and submits. */
+static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid,
+                                                   struct control *ctl)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     struct call_event *e;
-    __u32 depth;
+    __u32 depth, weight;
 
     if (!st || st->pid != pid)
         return 0;
+    if (breaker_blocks(ctl->b, ctl->c, now))
+        return 0;
     stat_add(STAT_RETURNS);
+    if (st->generation != ctl->b->generation) {
+        st->depth = 0;  /* entered before the probes were last detached */
+        st->generation = ctl->b->generation;
+    }
     depth = st->depth;
     if (depth == 0) {
         stat_add(STAT_UNMATCHED);
@@ -358,19 +486,25 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
     __u64 start_ns = f->start_ns;
     __u32 func_id = f->func_id;
+    __u64 duration = now - start_ns;
+    count_call(func_id, duration);
+    weight = row_weight(func_id, tid, duration, ctl->c);
+    if (!weight)
+        return 0;
     e = calls_rb.ringbuf_reserve(sizeof(*e));
     if (!e) {
         stat_add(STAT_CALLS_LOST);
         return 0;
     }
     e->start_ns = start_ns;
-    e->duration_ns = now - start_ns;
+    e->duration_ns = duration;
     e->pid = pid;
     e->tid = tid;
     e->func_id = func_id;
     e->return_line = 0;
     e->depth = depth;
     e->flags = 0;
+    e->weight = weight;
     return e;
 }
 
@@ -380,11 +514,12 @@ int on_entry(struct pt_regs *ctx)
     __u32 tid = id, pid = id >> 32;
     struct probe_spec *sp = spec_of(ctx);
     struct thread_stack *st;
+    struct control ctl;
 
-    if (!sp)
+    if (!sp || !control_of(&ctl))
         return 0;
-    st = stack_of(tid, pid, sp);
-    if (!st)
+    st = stack_of(tid, pid, sp, ctl.b->generation);
+    if (!st || breaker_blocks(ctl.b, ctl.c, bpf_ktime_get_ns()))
         return 0;
     stat_add(STAT_ENTRIES);
     __u64 file = ARG(ctx, sp, 0);
@@ -398,9 +533,13 @@ int on_return(struct pt_regs *ctx)
 {
     __u64 now = bpf_ktime_get_ns();
     __u64 id = bpf_get_current_pid_tgid();
-    struct call_event *e = pop_call(now, id, id >> 32);
     struct probe_spec *sp;
+    struct call_event *e;
+    struct control ctl;
 
+    if (!control_of(&ctl))
+        return 0;
+    e = pop_call(now, id, id >> 32, &ctl);
     if (!e)
         return 0;
     sp = spec_of(ctx);
@@ -419,13 +558,14 @@ int on_eval_entry(struct pt_regs *ctx)
     struct probe_spec *sp = spec_of(ctx);
     struct frame_offsets *fo;
     struct thread_stack *st;
+    struct control ctl;
     __u32 idx;
     __u64 code = 0;
 
-    if (!sp)
+    if (!sp || !control_of(&ctl))
         return 0;
-    st = stack_of(tid, pid, sp);
-    if (!st)
+    st = stack_of(tid, pid, sp, ctl.b->generation);
+    if (!st || breaker_blocks(ctl.b, ctl.c, bpf_ktime_get_ns()))
         return 0;
     idx = bpf_get_attach_cookie(ctx);
     fo = frame_offs.lookup(&idx);
@@ -442,8 +582,12 @@ int on_eval_return(struct pt_regs *ctx)
 {
     __u64 now = bpf_ktime_get_ns();
     __u64 id = bpf_get_current_pid_tgid();
-    struct call_event *e = pop_call(now, id, id >> 32);
+    struct call_event *e;
+    struct control ctl;
 
+    if (!control_of(&ctl))
+        return 0;
+    e = pop_call(now, id, id >> 32, &ctl);
     if (!e)
         return 0;
     e->flags = CALL_NO_RETURN_LINE;
@@ -709,6 +853,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
             e->return_line = 0;
             e->depth = i;
             e->flags = CALL_OPEN;
+            e->weight = 1;
             calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         }
         stacks.delete(&tid);

@@ -4,7 +4,8 @@
  * space: the BPF programs include it, and scope_ebpf/events.py parses it to
  * build the numpy dtypes that decode the ring buffers. Keep to the subset
  * that parser understands: `#define NAME NUMBER`, and structs whose members
- * are `__u8/__u16/__u32/__u64/__s32/__s64 name;` or `char name[N];`.
+ * are `__u8/__u16/__u32/__u64/__s32/__s64 name;`, `name[N]` arrays of those,
+ * or `char name[N];`.
  * Members are ordered so that no padding is ever inserted.
  */
 #ifndef SCOPE_H
@@ -51,7 +52,18 @@
 #define STAT_IMPORTS_LOST 16
 #define STAT_AUDIT 17           /* audit hits of targets */
 #define STAT_AUDIT_LOST 18
-#define STAT_COUNT 19
+#define STAT_FILTERED 19        /* completed calls of functions a matcher drops */
+#define STAT_SHORT 20           /* completed calls shorter than --min-duration */
+#define STAT_SAMPLED_OUT 21     /* completed calls skipped by 1-in-k sampling */
+#define STAT_TID_FILTERED 22    /* completed calls of threads not selected */
+#define STAT_BREAKER_SKIPPED 23 /* function probe hits ignored while the breaker is open */
+#define STAT_COUNT 24
+
+#define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
+#define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
+#define BREAKER_CLOSED 0
+#define BREAKER_OPEN 1
+#define BREAKER_HALF_OPEN 2     /* re-attached on probation: trips again at once */
 
 #define SCOPE_IMPORT_DEPTH 16   /* nested imports kept per thread */
 #define SCOPE_AUDIT_LEN 64      /* audit event name bytes kept */
@@ -65,8 +77,9 @@ struct call_event {
     __u32 tid;
     __u32 func_id;
     __s32 return_line;
-    __u32 depth;
-    __u32 flags;
+    __u16 depth;
+    __u16 flags;
+    __u32 weight;        /* k of the 1-in-k sampling the call was kept under */
 };
 
 /* Sent once per interned function: later events carry only func_id. */
@@ -126,6 +139,37 @@ struct proc_event {
     __u32 other_pid;     /* fork: the child; thread: the new tid */
     char comm[SCOPE_COMM_LEN];
     char filename[SCOPE_FILE_LEN];
+};
+
+/* Exact per-function aggregates, kept per CPU whatever rows are kept. */
+struct fstat {
+    __u64 count;
+    __u64 total_ns;
+    __u64 min_ns;
+    __u64 max_ns;
+    __u64 hist[SCOPE_HIST_BUCKETS];
+};
+
+/* The controller's decision for one function, looked up when a call completes. */
+struct verdict {
+    __u32 keep;          /* 0: rows of this function never leave the kernel */
+    __u32 k;             /* keep one call in k (k >= 1) */
+};
+
+struct config {
+    __u64 min_duration_ns;   /* calls shorter than this are counted, not sent */
+    __u64 breaker_limit;     /* probe hits per BREAKER_WINDOW_NS that trip it; 0 = off */
+    __u32 tid_filter;        /* 1: only threads in `tids` produce call rows */
+    __u32 pad;
+};
+
+struct breaker {
+    __u64 window_start_ns;
+    __u64 count;             /* probe hits in the current window */
+    __u64 opened_ns;         /* when it last tripped */
+    __u64 tripped_count;     /* hits in the window that tripped it */
+    __u32 state;             /* BREAKER_* */
+    __u32 generation;        /* bumped on re-attach: shadow stacks older than it restart */
 };
 
 /* Where a probe's three arguments live, written by the controller for every

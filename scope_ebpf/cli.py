@@ -95,6 +95,70 @@ def main() -> None:
         sys.exit(70)
 
 
+def _control_options(f):
+    """Options of run and trace that decide in the kernel what is kept."""
+    opts = [
+        click.option("--include", multiple=True, metavar="PATTERN",
+                     help="Keep calls of functions matching FILE:FUNCTION (shell glob, or "
+                          "re:REGEX; a glob without ':' matches the function name). "
+                          "Repeatable."),
+        click.option("--exclude", multiple=True, metavar="PATTERN",
+                     help="Drop calls of matching functions; wins over --include."),
+        click.option("--min-duration", metavar="DURATION",
+                     help="Only calls at least this long become rows (e.g. 500us, 2ms)."),
+        click.option("--tid", "tids", type=int, multiple=True,
+                     help="Only these threads' calls become rows (repeatable)."),
+        click.option("--thread-name", "thread_names", multiple=True, metavar="GLOB",
+                     help="Only calls of threads whose kernel name matches (repeatable)."),
+        click.option("--max-rate", default="200000", show_default=True, metavar="N",
+                     help="Call rows per second; hot functions are sampled 1-in-k above "
+                          "it (rows carry weight k). 0: no sampling."),
+        click.option("--breaker-rate", default="2000000", show_default=True, metavar="N",
+                     help="Probe hits per second across targets that trip the circuit "
+                          "breaker (function probes detached, re-attached after a back-off). "
+                          "0: off."),
+        click.option("--max-cpu", default=None, metavar="PERCENT",
+                     help="Controller CPU above which tracing degrades (sampling, then "
+                          "breaker)."),
+        click.option("--max-output", default=None, metavar="SIZE",
+                     help="Stop cleanly once the output reaches SIZE (e.g. 500MB)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _options(output: Path | None, probes: str, include: tuple[str, ...],
+             exclude: tuple[str, ...], min_duration: str | None, tids: tuple[int, ...],
+             thread_names: tuple[str, ...], max_rate: str, breaker_rate: str,
+             max_cpu: str | None, max_output: str | None) -> Options:
+    """Validate every option before anything is attached."""
+    from .matchers import Matcher
+    from .units import parse_duration, parse_size
+
+    Matcher(list(include), list(exclude))  # raises on a bad glob or regex
+    return Options(
+        output or _default_output(), parse_probes(probes),
+        include=include, exclude=exclude,
+        min_duration_ns=parse_duration(min_duration, "--min-duration") if min_duration else 0,
+        tids=tids, thread_names=thread_names,
+        max_rate=_number(max_rate, "--max-rate"),
+        breaker_rate=_number(breaker_rate, "--breaker-rate"),
+        max_cpu=_number(max_cpu, "--max-cpu") if max_cpu is not None else 0,
+        max_output=parse_size(max_output, "--max-output") if max_output else 0,
+    )
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        v = float(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise ScopeError(f"{option} needs a number, not {text!r}") from None
+    if v < 0 or v != v:
+        raise ScopeError(f"{option} must not be negative: {text}")
+    return v
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scope-ebpf")
 def cli() -> None:
@@ -120,9 +184,12 @@ def cli() -> None:
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default="/",
               help="Run COMMAND chrooted in this directory (a container image or a "
                    "debootstrap root); the probes are attached through the host path.")
+@click.option("-d", "--duration", type=float, default=None,
+              help="Stop tracing after this many seconds (the program keeps running).")
+@_control_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(output: Path | None, probes: str, no_hook: bool, root: str,
-        command: tuple[str, ...]) -> None:
+def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: float | None,
+        command: tuple[str, ...], **control) -> None:
     """Start COMMAND with the probes live and trace it until it exits.
 
     The program keeps its argv, cwd, environment and stdio; scope-ebpf exits
@@ -146,7 +213,9 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
     sigs = _Signals(forward)
     session = None
     try:
-        session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
+        if duration is not None and duration <= 0:
+            raise ScopeError("--duration must be positive")
+        session = Session(_options(output, probes, **control), _status)
         root = os.path.abspath(root)
         session.check_command(list(command), root)
         session.open()
@@ -155,9 +224,12 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
         _status(f"tracing pid {child.pid} ({os.path.basename(child.interpreter)}) "
                 f"-> {session.opts.output}")
         exit_status: list[int] = []
+        deadline = None if duration is None else time.monotonic() + duration
 
         def done() -> bool:
             if sigs.count >= 2:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
                 return True
             pid, st = os.waitpid(child_pid, os.WNOHANG)
             if pid:
@@ -165,7 +237,9 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
             return bool(pid)
 
         session.run(done)
-        session.close("target exited" if exit_status else "signal")
+        reason = session.stop_reason or ("target exited" if exit_status else
+                                         "duration" if deadline and sigs.count < 2 else "signal")
+        session.close(reason)
         _summary(session, time.monotonic() - started)
     except ScopeError as e:
         if session:
@@ -180,7 +254,8 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
 
         sys.exit(exit_code(exit_status[0]))
     _status(f"stopped tracing; pid {child_pid} is still running")
-    sys.exit(128 + sigs.last)
+    if sigs.count:
+        sys.exit(128 + sigs.last)
 
 
 @cli.command()
@@ -199,8 +274,10 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str,
 @click.option("--activate", is_flag=True,
               help="CPython 3.14 --pid targets: turn on the perf trampoline with "
                    "sys.remote_exec (runs code in the target) so calls can be traced.")
+@_control_options
 def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
-          output: Path | None, probes: str, duration: float | None, activate: bool) -> None:
+          output: Path | None, probes: str, duration: float | None, activate: bool,
+          **control) -> None:
     """Attach to running Python processes, or to every process of a binary.
 
     With --pid it stops on Ctrl-C, SIGTERM, --duration, or when every target
@@ -220,7 +297,9 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
     try:
         if not (pids or exes or all_python):
             raise ScopeError("nothing to trace: give --pid, --exe or --all-python")
-        session = Session(Options(output or _default_output(), parse_probes(probes)), _status)
+        if duration is not None and duration <= 0:
+            raise ScopeError("--duration must be positive")
+        session = Session(_options(output, probes, **control), _status)
         for pid in pids:
             session.check_pid(pid)
         session.open()
@@ -252,7 +331,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
             return False
 
         session.run(done)
-        session.close(reason)
+        session.close(session.stop_reason or reason)
         _summary(session, time.monotonic() - started)
     except ScopeError as e:
         if session:

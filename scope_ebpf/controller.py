@@ -10,6 +10,7 @@ duration, records every counter in ``session`` and closes the Parquet files.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -20,13 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
-from . import __version__, capabilities, events, procs, pyoffsets, spawn, usdt
+from . import __version__, aggregates, capabilities, events, procs, pyoffsets, safety, spawn, usdt
 from .attach import AttachError, UprobeLink
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
+from .matchers import Matcher
 from .program import Limits, Program, check_environment
+from .sampling import Sampler
 from .writer import OutputDir, OutputError
 
 PROBE_SETS = {
@@ -64,16 +68,45 @@ class Options:
     output: Path
     probes: frozenset[str] = frozenset(PROBE_SETS)
     limits: Limits = field(default_factory=Limits)
-    poll_interval: float = 0.005     # seconds between ring buffer drains
-    sample_interval: float = 1.0     # seconds between psutil samples
+    include: tuple[str, ...] = ()     # FILE:FUNCTION patterns (matchers.Matcher)
+    exclude: tuple[str, ...] = ()
+    min_duration_ns: int = 0          # shorter calls are counted, not written
+    tids: tuple[int, ...] = ()        # only these threads' calls become rows
+    thread_names: tuple[str, ...] = ()  # ... or threads whose name matches these globs
+    max_rate: float = 200_000         # call rows/s budget for adaptive sampling; 0 = none
+    breaker_rate: float = 2_000_000   # probe hits/s that trip the breaker; 0 = off
+    max_cpu: float = 0                # controller CPU % that degrades tracing; 0 = off
+    max_output: int = 0               # bytes of output that stop tracing; 0 = off
+    poll_interval: float = 0.005      # seconds between ring buffer drains
+    sample_interval: float = 1.0      # seconds between psutil samples
+    control_interval: float = 0.2     # seconds between sampling/breaker decisions
+    snapshot_interval: float = 2.0    # seconds between functions snapshots
+
+
+@dataclass
+class _Link:
+    """How to (re-)create one uprobe link."""
+
+    prog: str
+    path: str
+    offset: int
+    semaphore: int
+    cookie: int
+    retprobe: bool = False
+
+    def open(self, program: Program) -> UprobeLink:
+        return UprobeLink(program.prog_fd(self.prog), self.path, self.offset, self.semaphore,
+                          cookie=self.cookie, retprobe=self.retprobe)
 
 
 @dataclass
 class _Binary:
     path: str
     probes: set[str]
-    links: list[UprobeLink]
-    calls_mode: str = "none"  # see capabilities.Capabilities.calls_mode
+    links: list[UprobeLink]           # everything but the function probes
+    calls_mode: str = "none"          # see capabilities.Capabilities.calls_mode
+    call_specs: list[_Link] = field(default_factory=list)
+    call_links: list[UprobeLink] = field(default_factory=list)
 
 
 class Session:
@@ -96,6 +129,20 @@ class Session:
         self._last_sample = 0.0
         self._closed = False
         self._cleanup: list[str] = []  # files we left in targets' roots
+        self.matcher = Matcher(list(options.include), list(options.exclude))
+        self.sampler = Sampler(options.max_rate) if options.max_rate > 0 else None
+        self.breaker: safety.Breaker | None = None
+        self._rng = np.random.default_rng()
+        self._held: list[np.ndarray] | None = [] if self.sampler else None
+        self._totals = aggregates.Totals.empty()      # at the last functions snapshot
+        self._control_totals = aggregates.Totals.empty()  # at the last sampling decision
+        self._last_control = self._last_snapshot = self._last_limits = time.monotonic()
+        self._last_lost = 0
+        self._cpu = psutil.Process()
+        self._cpu.cpu_percent()
+        self._over_cpu = 0
+        self._selected: set[int] = set(options.tids)
+        self.stop_reason: str | None = None  # set when a self-limit ends the session
         self.start_ns = time.time_ns()
         self.decoder = Decoder(_mono_to_wall())
 
@@ -112,6 +159,14 @@ class Session:
         if "sched" not in self.opts.probes:
             for tp in _SCHED_TRACEPOINTS:
                 self.program.bpf.detach_tracepoint(tp.encode())
+        o = self.opts
+        limit = math.ceil(o.breaker_rate * safety.WINDOW_S) if o.breaker_rate > 0 else 0
+        self.program.set_config(min_duration_ns=o.min_duration_ns, breaker_limit=limit,
+                                tid_filter=int(bool(o.tids or o.thread_names)))
+        for tid in o.tids:
+            self.program.select_tid(tid)
+        self.breaker = safety.Breaker(self.program.bpf["breaker"], o.breaker_rate,
+                                      detach=self._detach_calls, attach=self._attach_calls)
 
     def attach_binary(self, path: str, *, any_pid: bool = False) -> _Binary:
         """Attach the selected USDT probes of an interpreter file, once per file.
@@ -143,21 +198,42 @@ class Session:
                           "function probes and no frame layout scope-ebpf knows: no calls "
                           "will be recorded")
         links: list[UprobeLink] = []
+        calls: list[_Link] = []
+        b = _Binary(path, wanted & have, links, calls_mode, calls)
         try:
             for probe in python:
                 if probe.name in wanted:
-                    cookie = self._cookie(_spec(probe.args, any_pid))
-                    links.append(UprobeLink(self.program.prog_fd(PROGRAMS[probe.name]),
-                                            probe.path, probe.offset, probe.semaphore_offset,
-                                            cookie=cookie))
+                    spec = _Link(PROGRAMS[probe.name], probe.path, probe.offset,
+                                 probe.semaphore_offset, self._cookie(_spec(probe.args, any_pid)))
+                    if PROBE_SETS["calls"].count(probe.name):
+                        calls.append(spec)
+                    else:
+                        links.append(spec.open(self.program))
             if calls_mode == "eval":
-                links += self._attach_eval(path, any_pid)
-        except AttachError as e:
-            for link in links:
+                calls += self._eval_specs(path, any_pid)
+            self._open_calls(b)
+        except (AttachError, ScopeError) as e:
+            for link in links + b.call_links:
                 link.close()
             raise ScopeError(str(e)) from None
-        b = self.binaries[key] = _Binary(path, wanted & have, links, calls_mode)
+        self.binaries[key] = b
         return b
+
+    def _open_calls(self, b: _Binary) -> None:
+        if self.breaker is not None and self.breaker.state == safety.OPEN:
+            return  # attached at the breaker's next half-open
+        b.call_links = [spec.open(self.program) for spec in b.call_specs]
+
+    def _attach_calls(self) -> None:
+        for b in self.binaries.values():
+            if not b.call_links:
+                self._open_calls(b)
+
+    def _detach_calls(self) -> None:
+        for b in self.binaries.values():
+            for link in b.call_links:
+                link.close()
+            b.call_links = []
 
     def _cookie(self, spec: np.void) -> int:
         cookie = self._next_cookie
@@ -167,7 +243,7 @@ class Session:
         self.program.set_spec(cookie, spec)
         return cookie
 
-    def _attach_eval(self, path: str, any_pid: bool) -> list[UprobeLink]:
+    def _eval_specs(self, path: str, any_pid: bool) -> list[_Link]:
         """uprobe + uretprobe on _PyEval_EvalFrameDefault(tstate, frame, throwflag)."""
         try:
             _addr, _size, offset = usdt.find_symbol(path, "_PyEval_EvalFrameDefault")
@@ -176,14 +252,8 @@ class Session:
         frame_arg = usdt.ArgSpec(8, False, "reg", usdt.REGS.index("rsi"), 0)
         cookie = self._cookie(_spec((frame_arg,), any_pid))
         self.program.set_frame_offsets(cookie, pyoffsets.frame_offsets(path))
-        entry = UprobeLink(self.program.prog_fd("on_eval_entry"), path, offset, cookie=cookie)
-        try:
-            ret = UprobeLink(self.program.prog_fd("on_eval_return"), path, offset,
-                             cookie=cookie, retprobe=True)
-        except AttachError:
-            entry.close()
-            raise
-        return [entry, ret]
+        return [_Link("on_eval_entry", path, offset, 0, cookie),
+                _Link("on_eval_return", path, offset, 0, cookie, retprobe=True)]
 
     def check_pid(self, pid: int) -> str:
         """Validate a running target before anything is loaded; return its probe file."""
@@ -300,9 +370,13 @@ class Session:
         proc = p.rings["proc_rb"].drain()
         imports = p.rings["imports_rb"].drain()
         audit = p.rings["audit_rb"].drain()
-        self.decoder.functions.add(funcs)
+        new = self.decoder.functions.add(funcs)
+        if new and self.matcher.active:
+            drop = [fid for fid, name, file in new if not self.matcher.keep(file, name)]
+            self.decoder.functions.set_keep(drop, False)
+            self.program.set_verdicts({fid: (0, 1) for fid in drop})
         if len(calls):
-            self._add("calls", self.decoder.calls(calls))
+            self._calls(calls)
         if len(gc):
             self._add("gc", self.decoder.gc(gc))
         if len(sched):
@@ -317,9 +391,125 @@ class Session:
         if now - self._last_sample >= self.opts.sample_interval:
             self._last_sample = now
             self.sample()
+        if now - self._last_control >= self.opts.control_interval:
+            self._control(now)
+        if now - self._last_snapshot >= self.opts.snapshot_interval:
+            self._snapshot(now)
+        if now - self._last_limits >= 1.0:
+            self._limits(now)
         return sum(map(len, (calls, funcs, gc, sched, proc, imports, audit)))
 
+    def _calls(self, calls: np.ndarray) -> None:
+        if self._held is not None:  # no sampling decision yet: rates unknown
+            self._held.append(calls)
+            return
+        keep, weights = self.decoder.functions.row_filter(calls["func_id"], calls["weight"],
+                                                           self._rng)
+        if not keep.all():
+            calls = calls[keep]
+            weights = weights[keep]
+        if len(calls):
+            calls["weight"] = weights
+            self._add("calls", self.decoder.calls(calls))
+
+    def _control(self, now: float) -> None:
+        """Sampling from exact per-function rates, then the breaker."""
+        seconds = now - self._last_control
+        self._last_control = now
+        if self.sampler is not None:
+            totals = aggregates.read(self.program.bpf["fstats"])
+            count, _total, _hist = totals.since(self._control_totals)
+            self._control_totals = totals
+            f = self.decoder.functions
+            kept = f.kept(totals.ids)
+            counts = {int(i): int(c) for i, c, k in zip(totals.ids, count, kept, strict=True)
+                      if c and k}
+            changes = self.sampler.update(counts, seconds, time.time_ns())
+            if changes:
+                self.program.set_verdicts({fid: (1, new) for fid, _old, new, _r in changes})
+                for fid, _old, new, _rate in changes:
+                    f.set_k(fid, new)
+                self._sampling_rows(changes, "rate")
+            if self._held is not None:
+                held, self._held = self._held, None
+                for batch in held:
+                    self._calls(batch)
+        if self.breaker is not None:
+            for t in self.breaker.poll():
+                self._add("breaker", rows_to_batch("breaker", [{
+                    "ts_ns": t.mono_ns + self.decoder.offset, "state": t.state,
+                    "rate": t.rate, "limit": self.opts.breaker_rate or None,
+                    "backoff_s": t.backoff_s, "reason": t.reason}]))
+                self.status(f"breaker {t.state}: {t.reason}")
+
+    def _sampling_rows(self, changes: list[tuple[int, int, int, float]], reason: str) -> None:
+        rows = []
+        ts = time.time_ns()
+        for fid, old, new, rate in changes:
+            pid, name, file, _line = self.decoder.functions.describe(fid)
+            rows.append({"ts_ns": ts, "pid": pid, "function": name, "file": file,
+                         "rate": rate, "old_k": old, "new_k": new,
+                         "budget": self.sampler.budget, "reason": reason})
+        self._add("sampling", rows_to_batch("sampling", rows))
+
+    def _snapshot(self, now: float) -> None:
+        self._last_snapshot = now
+        totals = aggregates.read(self.program.bpf["fstats"])
+        batch = aggregates.functions_batch(totals, self._totals, self.decoder.functions,
+                                           time.time_ns())
+        self._totals = totals
+        if batch is not None:
+            self._add("functions", batch)
+
+    def _limits(self, now: float) -> None:
+        """Self-limits, once a second: kernel buffer loss, controller CPU, output size."""
+        self._last_limits = now
+        stats = self.program.stats()
+        lost = stats["calls_lost"]
+        if lost > self._last_lost and self.sampler is not None:
+            self._degrade(f"the kernel lost {lost - self._last_lost:,} call records",
+                          "kernel buffer loss")
+        self._last_lost = lost
+        if self.opts.max_cpu > 0:
+            cpu = self._cpu.cpu_percent()
+            self._over_cpu = self._over_cpu + 1 if cpu > self.opts.max_cpu else 0
+            if self._over_cpu >= 2:
+                self._over_cpu = 0
+                self._degrade(f"controller at {cpu:.0f}% CPU > --max-cpu "
+                              f"{self.opts.max_cpu:g}%", "controller cpu")
+        if self.opts.max_output > 0 and self.out.bytes_on_disk() >= self.opts.max_output:
+            self.stop_reason = (f"--max-output {self.opts.max_output:,} bytes reached")
+
+    def _degrade(self, why: str, reason: str) -> None:
+        """Sampling first; once the budget is at its floor, the breaker."""
+        if self.sampler is not None and self.sampler.budget > Sampler.MIN_BUDGET:
+            self.sampler.scale_budget(0.5)
+            self.warn(f"{why}: call row budget lowered to {self.sampler.budget:,.0f}/s")
+            self._add("sampling", rows_to_batch("sampling", [{
+                "ts_ns": time.time_ns(), "budget": self.sampler.budget, "reason": reason}]))
+        elif self.breaker is not None:
+            t = self.breaker.trip(why)
+            if t:
+                self._add("breaker", rows_to_batch("breaker", [{
+                    "ts_ns": t.mono_ns + self.decoder.offset, "state": t.state,
+                    "backoff_s": t.backoff_s, "limit": self.opts.breaker_rate or None,
+                    "reason": t.reason}]))
+                self.warn(f"{why}: breaker opened")
+
+    def _select_threads(self) -> None:
+        """--thread-name: threads are named after they start, so look again each second."""
+        for pid in self.targets:
+            if pid in self.exited:
+                continue
+            for tid, name in procs.thread_names(pid).items():
+                if tid not in self._selected and self.matcher.name_matches(
+                        name, self.opts.thread_names):
+                    self._selected.add(tid)
+                    self.program.select_tid(tid)
+
     def sample(self) -> None:
+        if self.opts.thread_names:
+            self._select_threads()
         rows = []
         ts = time.time_ns()
         for pid, info in self.targets.items():
@@ -363,7 +553,7 @@ class Session:
     def run(self, stop: Callable[[], bool]) -> None:
         """Poll until ``stop()`` is true; busy buffers are drained without sleeping."""
         calls_rb = self.program.rings["calls_rb"]
-        while not stop():
+        while not stop() and self.stop_reason is None:
             self.poll()
             if calls_rb.pending_bytes() < calls_rb.size // 4:
                 time.sleep(self.opts.poll_interval)
@@ -384,12 +574,15 @@ class Session:
         self._closed = True
         try:
             for b in self.binaries.values():
-                for link in b.links:
+                for link in b.links + b.call_links:
                     link.close()
             stats: dict[str, int] = {}
             if self.program is not None:
                 self.poll()
                 self.poll()
+                if self._held is not None:  # shorter than one control interval
+                    self._control(time.monotonic())
+                self._snapshot(time.monotonic())
                 frames = self.program.open_frames()
                 if frames:
                     self._add("calls", self.decoder.open_calls(frames))
@@ -422,7 +615,8 @@ class Session:
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
-        for table in ("calls", "gc", "sched", "imports", "audit", "processes"):
+        counts["breaker_trips"] = self.breaker.trips if self.breaker else 0
+        for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
             counts[f"rows.{table}"] = self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
         return rows

@@ -25,13 +25,21 @@ def _text(raw: bytes) -> str | None:
 
 
 class Functions:
-    """Interned functions: kernel id -> (name, file, line), kept dictionary-encoded."""
+    """Interned functions: kernel id -> (pid, name, file, line), dictionary-encoded.
+
+    Also holds the controller's per-function decisions (keep, sampling k) as
+    arrays parallel to the sorted ids, so applying them to a batch of calls is
+    one vectorised lookup.
+    """
 
     def __init__(self) -> None:
         self._ids = np.zeros(0, np.uint32)     # sorted kernel ids
+        self._pid = np.zeros(0, np.int32)
         self._name = np.zeros(0, np.int32)     # per sorted id: index into names, -1 = null
         self._file = np.zeros(0, np.int32)
         self._line = np.zeros(0, np.int32)
+        self._keep = np.zeros(0, bool)
+        self._k = np.zeros(0, np.int64)
         self._strings: list[str] = []
         self._string_index: dict[str, int] = {}
         self._dictionary: pa.Array | None = None
@@ -47,20 +55,38 @@ class Functions:
             self._dictionary = None
         return i
 
-    def add(self, recs: np.ndarray) -> None:
+    def add(self, recs: np.ndarray) -> list[tuple[int, str | None, str | None]]:
+        """Learn functions; return the new ones as (id, name, file) for the matcher."""
         if not len(recs):
-            return
-        names = [(-1 if f & _C["FUNC_NAME_NULL"] else self._intern(_text(n)))
-                 for n, f in zip(recs["name"].tolist(), recs["flags"].tolist(), strict=True)]
-        files = [(-1 if f & _C["FUNC_FILE_NULL"] else self._intern(_text(n)))
-                 for n, f in zip(recs["file"].tolist(), recs["flags"].tolist(), strict=True)]
+            return []
+        flags = recs["flags"].tolist()
+        names = [None if f & _C["FUNC_NAME_NULL"] else _text(n)
+                 for n, f in zip(recs["name"].tolist(), flags, strict=True)]
+        files = [None if f & _C["FUNC_FILE_NULL"] else _text(n)
+                 for n, f in zip(recs["file"].tolist(), flags, strict=True)]
+        n = len(recs)
         ids = np.concatenate([self._ids, recs["func_id"]])
         order = np.argsort(ids, kind="stable")
         self._ids = ids[order]
-        self._name = np.concatenate([self._name, np.array(names, np.int32)])[order]
-        self._file = np.concatenate([self._file, np.array(files, np.int32)])[order]
-        self._line = np.concatenate([self._line, recs["line"].astype(np.int32)])[order]
-        self.count += len(recs)
+        cols = {
+            "_pid": recs["pid"].astype(np.int32),
+            "_name": np.array([self._intern(x) for x in names], np.int32),
+            "_file": np.array([self._intern(x) for x in files], np.int32),
+            "_line": recs["line"].astype(np.int32),
+            "_keep": np.ones(n, bool),
+            "_k": np.ones(n, np.int64),
+        }
+        for attr, new in cols.items():
+            setattr(self, attr, np.concatenate([getattr(self, attr), new])[order])
+        self.count += n
+        return list(zip(recs["func_id"].tolist(), names, files, strict=True))
+
+    def _find(self, func_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, known) of kernel ids in the sorted arrays."""
+        if not len(self._ids):
+            return np.zeros(len(func_ids), np.int64), np.zeros(len(func_ids), bool)
+        pos = np.minimum(np.searchsorted(self._ids, func_ids), len(self._ids) - 1)
+        return pos, self._ids[pos] == func_ids
 
     def dictionary(self) -> pa.Array:
         if self._dictionary is None:
@@ -69,9 +95,7 @@ class Functions:
 
     def columns(self, func_ids: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(function, file, line) columns for an array of kernel function ids."""
-        pos = np.searchsorted(self._ids, func_ids)
-        pos = np.minimum(pos, max(len(self._ids) - 1, 0))
-        known = (self._ids[pos] == func_ids) if len(self._ids) else np.zeros(len(func_ids), bool)
+        pos, known = self._find(func_ids)
         name = np.where(known, self._name[pos] if len(self._ids) else -1, -1)
         file = np.where(known, self._file[pos] if len(self._ids) else -1, -1)
         line = np.where(known, self._line[pos] if len(self._ids) else 0, 0)
@@ -81,6 +105,56 @@ class Functions:
             pa.DictionaryArray.from_arrays(pa.array(file, pa.int32(), mask=file < 0), d),
             pa.array(line, pa.int32(), mask=~known),
         )
+
+    def pids(self, func_ids: np.ndarray) -> np.ndarray:
+        pos, known = self._find(func_ids)
+        return np.where(known, self._pid[pos] if len(self._ids) else 0, 0).astype(np.int32)
+
+    def describe(self, func_id: int) -> tuple[int | None, str | None, str | None, int | None]:
+        """(pid, name, file, line) of one function id."""
+        pos, known = self._find(np.array([func_id], np.uint32))
+        if not known[0]:
+            return None, None, None, None
+        i = int(pos[0])
+        name, file = int(self._name[i]), int(self._file[i])
+        return (int(self._pid[i]), self._strings[name] if name >= 0 else None,
+                self._strings[file] if file >= 0 else None, int(self._line[i]))
+
+    def kept(self, func_ids: np.ndarray) -> np.ndarray:
+        """Whether the matcher keeps each function (unknown ids: yes)."""
+        pos, known = self._find(func_ids)
+        if not len(self._ids):
+            return np.ones(len(func_ids), bool)
+        return np.where(known, self._keep[pos], True)
+
+    def set_keep(self, func_ids: list[int], keep: bool) -> None:
+        pos, known = self._find(np.array(func_ids, np.uint32))
+        self._keep[pos[known]] = keep
+
+    def set_k(self, func_id: int, k: int) -> None:
+        pos, known = self._find(np.array([func_id], np.uint32))
+        if known[0]:
+            self._k[pos[0]] = k
+
+    def row_filter(self, func_ids: np.ndarray, weights: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the decisions to calls the kernel sent before it had them.
+
+        Rows of dropped functions go; a row kept at 1-in-w while the function's
+        k is now larger is kept with probability w/k and then weighs k, so
+        sum(weight) stays an unbiased count. Returns (mask, weights).
+        """
+        pos, known = self._find(func_ids)
+        if not len(self._ids):
+            return np.ones(len(func_ids), bool), weights
+        keep = np.where(known, self._keep[pos], True)
+        k = np.where(known, self._k[pos], 1)
+        w = weights.astype(np.int64)
+        thin = k > w
+        if thin.any():
+            keep &= ~thin | (rng.random(len(w)) * k < w)
+            w = np.where(thin, k, w)
+        return keep, w
 
 
 class Decoder:
@@ -97,7 +171,6 @@ class Decoder:
         function, file, line = self.functions.columns(r["func_id"])
         is_open = (r["flags"] & _C["CALL_OPEN"]) != 0
         no_line = is_open | ((r["flags"] & _C["CALL_NO_RETURN_LINE"]) != 0)
-        n = len(r)
         return pa.RecordBatch.from_arrays([
             self._ts(r["start_ns"]),
             pa.array(r["duration_ns"].astype(np.int64), mask=is_open),
@@ -106,7 +179,7 @@ class Decoder:
             pa.array(r["depth"].astype(np.int32)),
             function, file, line,
             pa.array(r["return_line"], pa.int32(), mask=no_line),
-            pa.array(np.ones(n, np.int32)),
+            pa.array(r["weight"].astype(np.int32)),
         ], names=_schema("calls").names)
 
     def open_calls(self, frames: list[tuple[int, int, int, int, int]]) -> pa.RecordBatch:

@@ -58,19 +58,22 @@ def dtypes(path: Path = HEADER) -> dict[str, np.dtype]:
             if not m:
                 raise LayoutError(f"{path.name}: struct {name}: cannot parse {line!r}")
             ctype, field, count = m.groups()
-            if ctype == "char":
-                n = consts.get(count, None) if count and not count.isdigit() else int(count or 1)
-                if n is None:
+            n = None
+            if count is not None:
+                n = int(count) if count.isdigit() else consts.get(count)
+                if not n:
                     raise LayoutError(f"{path.name}: unknown array size {count!r}")
-                fields.append((field, f"S{n}"))
-            elif ctype in _CTYPES and count is None:
-                fields.append((field, _CTYPES[ctype]))
+            if ctype == "char":
+                fields.append((field, f"S{n or 1}"))
+            elif ctype in _CTYPES:
+                fields.append((field, _CTYPES[ctype], (n,)) if n else (field, _CTYPES[ctype]))
             else:
                 raise LayoutError(f"{path.name}: struct {name}: unsupported member {line!r}")
         dt = np.dtype(fields)
-        for field, _ in fields:  # the C compiler would pad these; the header must not need it
+        for field, *_ in fields:  # the C compiler would pad these; the header must not need it
             ftype, offset = dt.fields[field][:2]
-            if ftype.kind != "S" and offset % ftype.itemsize:
+            base = ftype.base if ftype.subdtype else ftype
+            if base.kind != "S" and offset % base.itemsize:
                 raise LayoutError(f"struct {name}: {field} is misaligned")
         if dt.itemsize % 8:
             raise LayoutError(f"struct {name}: size {dt.itemsize} is not a multiple of 8")
@@ -87,6 +90,8 @@ STAT_NAMES = (
     "too_deep", "gc", "gc_lost", "sched", "sched_lost", "proc", "proc_lost",
     "threads_untraced", "functions_uninterned", "open_at_thread_exit",
     "imports", "imports_lost", "audit", "audit_lost",
+    "calls_filtered", "calls_short", "calls_sampled_out", "calls_tid_filtered",
+    "breaker_skipped",
 )
 
 

@@ -47,6 +47,22 @@ def python_version(path: str | None) -> str | None:
     return m.group(1) if m else None
 
 
+def thread_names(pid: int) -> dict[int, str]:
+    """tid -> kernel thread name (comm, 15 bytes) of every thread of a process."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm", "rb") as f:
+                out[int(tid)] = f.read(64).rstrip(b"\n").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def python_pids() -> list[int]:
     """Processes whose executable or name says Python (candidates, not proof)."""
     out = []

@@ -136,6 +136,23 @@ class Program:
         """Write one probe_spec record (events.dtypes()['probe_spec']) at a cookie."""
         _write_record(self.bpf["specs"], index, spec)
 
+    def set_config(self, **fields: int) -> None:
+        table = self.bpf["config"]
+        c = table[table.Key(0)]
+        for k, v in fields.items():
+            setattr(c, k, v)
+        table[table.Key(0)] = c
+
+    def set_verdicts(self, verdicts: dict[int, tuple[int, int]]) -> None:
+        """func id -> (keep, k): the per-function decisions the kernel applies."""
+        table = self.bpf["verdicts"]
+        for fid, (keep, k) in verdicts.items():
+            table[table.Key(fid)] = table.Leaf(keep, k)
+
+    def select_tid(self, tid: int) -> None:
+        t = self.bpf["tids"]
+        t[t.Key(tid)] = t.Leaf(1)
+
     def set_frame_offsets(self, index: int, rec: np.void) -> None:
         """Write one frame_offsets record (CPython struct offsets) at a cookie."""
         _write_record(self.bpf["frame_offs"], index, rec)

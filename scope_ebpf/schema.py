@@ -105,6 +105,53 @@ _TABLE_LIST = (
         ),
     ),
     Table(
+        "functions",
+        "Exact per-function aggregates from per-CPU BPF maps, one row per function and "
+        "snapshot interval (every few seconds and at stop): exact whatever calls rows were "
+        "filtered, sampled or cut by the breaker, so sum(calls) is the true call count.",
+        (
+            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the snapshot (end of the interval)"),
+            _PID,
+            _opt("function", pa.string(), "function name"),
+            _opt("file", pa.string(), "source file"),
+            _opt("line", pa.int32(), "def line"),
+            _req("calls", pa.int64(), "calls completed in the interval"),
+            _req("total_ns", pa.int64(), "their summed duration"),
+            _opt("min_ns", pa.int64(), "shortest call since tracing began"),
+            _opt("max_ns", pa.int64(), "longest call since tracing began"),
+            _req("hist", pa.list_(pa.int64()), "log2 latency histogram of the interval: "
+                 "hist[i] counts calls with 2^i <= duration_ns < 2^(i+1) (last bucket open)"),
+        ),
+    ),
+    Table(
+        "sampling",
+        "Every change of a function's 1-in-k call sampling, and of the row budget.",
+        (
+            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the change"),
+            _opt("pid", pa.int32(), "process of the function (NULL for budget changes)"),
+            _opt("function", pa.string(), "function name (NULL for budget changes)"),
+            _opt("file", pa.string(), "source file"),
+            _opt("rate", pa.float64(), "measured calls/s that led to the change"),
+            _opt("old_k", pa.int32(), "previous k"),
+            _opt("new_k", pa.int32(), "new k: calls rows now carry weight k"),
+            _opt("budget", pa.float64(), "call rows/s budget in force"),
+            _req("reason", pa.string(), "'rate' | 'kernel buffer loss' | 'controller cpu'"),
+        ),
+    ),
+    Table(
+        "breaker",
+        "Circuit breaker transitions: 'open' (function probes detached), 'half-open' "
+        "(re-attached on probation), 'closed'.",
+        (
+            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the transition"),
+            _req("state", pa.string(), "'open' | 'half-open' | 'closed'"),
+            _opt("rate", pa.float64(), "probe hits/s that caused it (for 'open')"),
+            _opt("limit", pa.float64(), "the --breaker-rate in force"),
+            _opt("backoff_s", pa.float64(), "seconds until the next re-attach (for 'open')"),
+            _req("reason", pa.string(), "what caused it"),
+        ),
+    ),
+    Table(
         "imports",
         "One row per module import that ran the finders/loaders (USDT "
         "import__find__load__start/done); cached imports do not fire.",

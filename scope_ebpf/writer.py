@@ -313,6 +313,18 @@ class OutputDir:
         except OSError as e:
             raise OutputError(f"output directory {root} is not writable: {_reason(e)}") from e
 
+    def bytes_on_disk(self) -> int:
+        """Bytes of every part written so far, finished or in progress."""
+        total = 0
+        for d in self.root.iterdir():
+            if d.is_dir():
+                for f in d.iterdir():
+                    try:
+                        total += f.stat().st_size
+                    except OSError:
+                        continue
+        return total
+
     def writer(self, table: str) -> TableWriter:
         with self._lock:
             if self._closed:

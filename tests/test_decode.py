@@ -21,6 +21,7 @@ def _calls(*items):
     recs = np.zeros(len(items), events.dtypes()["call_event"])
     for r, (fid, flags) in zip(recs, items, strict=True):
         r["func_id"], r["flags"], r["duration_ns"], r["return_line"] = fid, flags, 5, 9
+        r["weight"] = 1
     return recs
 
 
@@ -54,3 +55,19 @@ def test_function_ids_arrive_out_of_order_and_in_batches():
     d.functions.add(_funcs((0x201, b"b", b"/b.py", 0)))
     t = d.calls(_calls((0x201, 0), (0x302, 0), (0x101, 0))).to_pydict()
     assert t["function"] == ["b", "c", "a"]
+
+
+def test_row_filter_drops_and_thins_without_bias():
+    d = Decoder(0)
+    d.functions.add(_funcs((0x101, b"keep", b"/k.py", 0), (0x201, b"drop", b"/d.py", 0),
+                           (0x301, b"hot", b"/h.py", 0)))
+    d.functions.set_keep([0x201], False)
+    d.functions.set_k(0x301, 10)
+    ids = np.array([0x101] * 100 + [0x201] * 100 + [0x301] * 100_000 + [0x999], np.uint32)
+    weights = np.array([1] * 100 + [1] * 100 + [2] * 100_000 + [1], np.uint32)
+    mask, w = d.functions.row_filter(ids, weights, np.random.default_rng(1))
+    assert mask[:100].all() and not mask[100:200].any() and mask[-1]
+    hot = mask[200:-1]
+    assert (w[200:-1] == 10).all()
+    # each row stood for 2 calls; now each kept one stands for 10: same estimate
+    assert abs(hot.sum() * 10 - 200_000) < 0.05 * 200_000

@@ -36,6 +36,7 @@ def _c_program(dtypes: dict[str, np.dtype], consts: dict[str, int]) -> str:
         "",
         "#define MEMBER(s, f) (((struct s *)0)->f)",
         "#define IS_SIGNED(s, f) ((__typeof__(MEMBER(s, f)))-1 < 0)",
+        "#define IS_SIGNED_EL(s, f) ((__typeof__(MEMBER(s, f)[0]))-1 < 0)",
         "",
         "int main(void)",
         "{",
@@ -52,9 +53,10 @@ def _c_program(dtypes: dict[str, np.dtype], consts: dict[str, int]) -> str:
                     f"sizeof(MEMBER({name}, {field})[0]));"
                 )
             else:
+                signed = "IS_SIGNED_EL" if ftype.subdtype else "IS_SIGNED"
                 out.append(
                     f'    printf("member {name} {field} %zu %zu %c\\n", {where}, '
-                    f"IS_SIGNED({name}, {field}) ? 'i' : 'u');"
+                    f"{signed}({name}, {field}) ? 'i' : 'u');"
                 )
     for name in consts:
         out.append(f'    printf("const {name} %lld\\n", (long long)({name}));')
@@ -115,7 +117,7 @@ def test_member_offsets_sizes_and_signedness_match_c(c_layout, struct):
     expected = []
     for field in dt.names:
         ftype, offset = dt.fields[field][:2]
-        kind = f"S{ftype.itemsize}" if ftype.kind == "S" else ftype.kind
+        kind = f"S{ftype.itemsize}" if ftype.kind == "S" else (ftype.base.kind)
         expected.append((field, offset, ftype.itemsize, kind))
     c_members = c_layout["members"][struct]
     # S-fields: gcc reports the element size (must be 1 byte) and sizeof = length.
@@ -178,7 +180,7 @@ def test_parses_the_documented_subset(tmp_path):
     "int x;",
     "float x;",
     "__u32 *ptr;",
-    "__u64 many[4];",
+    "__u64 many[];",
     "unsigned long x;",
     "struct inner in;",
     "__u32 a, b;",

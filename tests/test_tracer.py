@@ -210,7 +210,7 @@ def test_query_and_schema_commands(tmp_path):
     assert q.stdout.strip() == '[{"n": 177}]'
     s = scope("schema")
     assert s.returncode == 0
-    for table in ("calls", "gc", "sched", "imports", "audit", "processes", "session"):
+    for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
         assert table in s.stdout
     assert "return_line" in s.stdout and "runq_ns" in s.stdout
 

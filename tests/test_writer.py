@@ -65,7 +65,8 @@ def test_schema_types_and_describe() -> None:
     assert s.field("start_ns").type == pa.timestamp("ns", tz="UTC")
     assert s.field("function").type == pa.string()
     assert not s.field("pid").nullable and s.field("duration_ns").nullable
-    assert set(TABLES) == {"calls", "gc", "sched", "imports", "audit", "processes", "session"}
+    assert set(TABLES) == {"calls", "functions", "sampling", "breaker", "gc", "sched",
+                           "imports", "audit", "processes", "session"}
     text = describe()
     assert "runq_ns" in text and "ctx_switches_involuntary" in text
     assert "session:" in text
