@@ -352,6 +352,7 @@ static __always_inline int breaker_blocks(struct breaker *b, struct config *c, _
     __sync_fetch_and_add(&b->count, 1);
     if (b->count > c->breaker_limit) {
         b->tripped_count = b->count;
+        b->tripped_after_ns = now - b->window_start_ns;
         b->opened_ns = now;
         b->state = BREAKER_OPEN;
         stat_add(STAT_BREAKER_SKIPPED);
@@ -414,8 +415,10 @@ static __always_inline void count_call(__u32 func_id, __u64 duration)
 
 /* Whether a completed call becomes a row, and with which weight (0 = no). */
 static __always_inline __u32 row_weight(__u32 func_id, __u32 tid, __u64 duration,
-                                        struct config *c)
+                                        __u64 now, struct control *ctl)
 {
+    struct config *c = ctl->c;
+    struct breaker *b = ctl->b;
     struct verdict *v = verdicts.lookup(&func_id);
     __u32 k = 1;
 
@@ -437,6 +440,25 @@ static __always_inline __u32 row_weight(__u32 func_id, __u32 tid, __u64 duration
     if (k > 1 && bpf_get_prandom_u32() % k) {
         stat_add(STAT_SAMPLED_OUT);
         return 0;
+    }
+    if (c->row_limit) {
+        /* The row guard: the controller's per-function k follows measured rates a
+         * control interval late; between its decisions (a function turning hot)
+         * rows over budget are sampled further here, weight kept unbiased. */
+        if (now - b->rows_window_ns >= GUARD_WINDOW_NS) {
+            b->rows_window_ns = now;
+            b->rows = 0;
+        }
+        if (b->rows >= c->row_limit && c->guard_k > k) {
+            /* keep with probability k / guard_k: the row then stands for guard_k
+             * calls, so weights stay bounded (and sums unbiased) */
+            if (bpf_get_prandom_u32() % c->guard_k >= k) {
+                stat_add(STAT_GUARD_SAMPLED);
+                return 0;
+            }
+            k = c->guard_k;
+        }
+        __sync_fetch_and_add(&b->rows, 1);
     }
     return k;
 }
@@ -488,7 +510,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     __u32 func_id = f->func_id;
     __u64 duration = now - start_ns;
     count_call(func_id, duration);
-    weight = row_weight(func_id, tid, duration, ctl->c);
+    weight = row_weight(func_id, tid, duration, now, ctl);
     if (!weight)
         return 0;
     e = calls_rb.ringbuf_reserve(sizeof(*e));

@@ -57,10 +57,12 @@
 #define STAT_SAMPLED_OUT 21     /* completed calls skipped by 1-in-k sampling */
 #define STAT_TID_FILTERED 22    /* completed calls of threads not selected */
 #define STAT_BREAKER_SKIPPED 23 /* function probe hits ignored while the breaker is open */
-#define STAT_COUNT 24
+#define STAT_GUARD_SAMPLED 24   /* calls skipped by the row guard (over --max-rate in 10 ms) */
+#define STAT_COUNT 25
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
+#define GUARD_WINDOW_NS 100000000  /* the row guard counts rows in 100 ms windows */
 #define BREAKER_CLOSED 0
 #define BREAKER_OPEN 1
 #define BREAKER_HALF_OPEN 2     /* re-attached on probation: trips again at once */
@@ -160,14 +162,19 @@ struct config {
     __u64 min_duration_ns;   /* calls shorter than this are counted, not sent */
     __u64 breaker_limit;     /* probe hits per BREAKER_WINDOW_NS that trip it; 0 = off */
     __u32 tid_filter;        /* 1: only threads in `tids` produce call rows */
-    __u32 pad;
+    __u32 guard_k;           /* rows past ... */
+    __u64 row_limit;         /* ... this many in a GUARD_WINDOW_NS window are sampled
+                              * 1-in-guard_k more; 0 = off */
 };
 
 struct breaker {
     __u64 window_start_ns;
     __u64 count;             /* probe hits in the current window */
     __u64 opened_ns;         /* when it last tripped */
-    __u64 tripped_count;     /* hits in the window that tripped it */
+    __u64 tripped_count;     /* hits in the window that tripped it ... */
+    __u64 tripped_after_ns;  /* ... counted over this long */
+    __u64 rows_window_ns;    /* the row guard's window ... */
+    __u64 rows;              /* ... and the rows sent in it */
     __u32 state;             /* BREAKER_* */
     __u32 generation;        /* bumped on re-attach: shadow stacks older than it restart */
 };

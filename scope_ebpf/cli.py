@@ -137,8 +137,15 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
     from .units import parse_duration, parse_size
 
     Matcher(list(include), list(exclude))  # raises on a bad glob or regex
+    sets = parse_probes(probes)
+    if "calls" not in sets:
+        for name, given in (("--include", include), ("--exclude", exclude),
+                            ("--min-duration", min_duration), ("--tid", tids),
+                            ("--thread-name", thread_names)):
+            if given:
+                raise ScopeError(f"{name} needs the calls probes: add calls to --probes")
     return Options(
-        output or _default_output(), parse_probes(probes),
+        output or _default_output(), sets,
         include=include, exclude=exclude,
         min_duration_ns=parse_duration(min_duration, "--min-duration") if min_duration else 0,
         tids=tids, thread_names=thread_names,

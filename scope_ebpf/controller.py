@@ -51,6 +51,8 @@ PROGRAMS = {
 }
 _ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
              "const": events.const("ARG_CONST")}
+PLAN_HEADROOM = 0.8
+GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
 _SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
 
 
@@ -79,7 +81,7 @@ class Options:
     max_output: int = 0               # bytes of output that stop tracing; 0 = off
     poll_interval: float = 0.005      # seconds between ring buffer drains
     sample_interval: float = 1.0      # seconds between psutil samples
-    control_interval: float = 0.2     # seconds between sampling/breaker decisions
+    control_interval: float = 0.1     # seconds between sampling decisions
     snapshot_interval: float = 2.0    # seconds between functions snapshots
 
 
@@ -130,10 +132,12 @@ class Session:
         self._closed = False
         self._cleanup: list[str] = []  # files we left in targets' roots
         self.matcher = Matcher(list(options.include), list(options.exclude))
-        self.sampler = Sampler(options.max_rate) if options.max_rate > 0 else None
+        # The plan aims below the budget; the kernel's row guard enforces the budget
+        # itself, and rarely needs to if the plan leaves it headroom.
+        self.sampler = (Sampler(options.max_rate * PLAN_HEADROOM) if options.max_rate > 0
+                        else None)
         self.breaker: safety.Breaker | None = None
         self._rng = np.random.default_rng()
-        self._held: list[np.ndarray] | None = [] if self.sampler else None
         self._totals = aggregates.Totals.empty()      # at the last functions snapshot
         self._control_totals = aggregates.Totals.empty()  # at the last sampling decision
         self._last_control = self._last_snapshot = self._last_limits = time.monotonic()
@@ -161,8 +165,12 @@ class Session:
                 self.program.bpf.detach_tracepoint(tp.encode())
         o = self.opts
         limit = math.ceil(o.breaker_rate * safety.WINDOW_S) if o.breaker_rate > 0 else 0
-        self.program.set_config(min_duration_ns=o.min_duration_ns, breaker_limit=limit,
-                                tid_filter=int(bool(o.tids or o.thread_names)))
+        self.program.set_config(
+            min_duration_ns=o.min_duration_ns, breaker_limit=limit,
+            tid_filter=int(bool(o.tids or o.thread_names)),
+            row_limit=math.ceil(o.max_rate * events.const("GUARD_WINDOW_NS") / 1e9)
+            if self.sampler else 0,
+            guard_k=GUARD_K)
         for tid in o.tids:
             self.program.select_tid(tid)
         self.breaker = safety.Breaker(self.program.bpf["breaker"], o.breaker_rate,
@@ -393,6 +401,7 @@ class Session:
             self.sample()
         if now - self._last_control >= self.opts.control_interval:
             self._control(now)
+        self._breaker()
         if now - self._last_snapshot >= self.opts.snapshot_interval:
             self._snapshot(now)
         if now - self._last_limits >= 1.0:
@@ -400,9 +409,6 @@ class Session:
         return sum(map(len, (calls, funcs, gc, sched, proc, imports, audit)))
 
     def _calls(self, calls: np.ndarray) -> None:
-        if self._held is not None:  # no sampling decision yet: rates unknown
-            self._held.append(calls)
-            return
         keep, weights = self.decoder.functions.row_filter(calls["func_id"], calls["weight"],
                                                            self._rng)
         if not keep.all():
@@ -425,22 +431,22 @@ class Session:
             counts = {int(i): int(c) for i, c, k in zip(totals.ids, count, kept, strict=True)
                       if c and k}
             changes = self.sampler.update(counts, seconds, time.time_ns())
+            self.program.set_verdicts({fid: (1, new) for fid, _old, new, _r in changes})
+            for fid, _old, new, _rate in changes:
+                f.set_k(fid, new)
             if changes:
-                self.program.set_verdicts({fid: (1, new) for fid, _old, new, _r in changes})
-                for fid, _old, new, _rate in changes:
-                    f.set_k(fid, new)
                 self._sampling_rows(changes, "rate")
-            if self._held is not None:
-                held, self._held = self._held, None
-                for batch in held:
-                    self._calls(batch)
-        if self.breaker is not None:
-            for t in self.breaker.poll():
-                self._add("breaker", rows_to_batch("breaker", [{
-                    "ts_ns": t.mono_ns + self.decoder.offset, "state": t.state,
-                    "rate": t.rate, "limit": self.opts.breaker_rate or None,
-                    "backoff_s": t.backoff_s, "reason": t.reason}]))
-                self.status(f"breaker {t.state}: {t.reason}")
+    def _breaker(self) -> None:
+        """Every loop: the kernel may have tripped it; detach without delay."""
+        for t in self.breaker.poll() if self.breaker is not None else ():
+            self._breaker_row(t)
+            self.status(f"breaker {t.state}: {t.reason}")
+
+    def _breaker_row(self, t: safety.Transition) -> None:
+        self._add("breaker", rows_to_batch("breaker", [{
+            "ts_ns": t.mono_ns + self.decoder.offset, "state": t.state, "rate": t.rate,
+            "limit": self.opts.breaker_rate or None, "backoff_s": t.backoff_s,
+            "reason": t.reason}]))
 
     def _sampling_rows(self, changes: list[tuple[int, int, int, float]], reason: str) -> None:
         rows = []
@@ -490,10 +496,7 @@ class Session:
         elif self.breaker is not None:
             t = self.breaker.trip(why)
             if t:
-                self._add("breaker", rows_to_batch("breaker", [{
-                    "ts_ns": t.mono_ns + self.decoder.offset, "state": t.state,
-                    "backoff_s": t.backoff_s, "limit": self.opts.breaker_rate or None,
-                    "reason": t.reason}]))
+                self._breaker_row(t)
                 self.warn(f"{why}: breaker opened")
 
     def _select_threads(self) -> None:
@@ -580,8 +583,6 @@ class Session:
             if self.program is not None:
                 self.poll()
                 self.poll()
-                if self._held is not None:  # shorter than one control interval
-                    self._control(time.monotonic())
                 self._snapshot(time.monotonic())
                 frames = self.program.open_frames()
                 if frames:

@@ -91,7 +91,7 @@ STAT_NAMES = (
     "threads_untraced", "functions_uninterned", "open_at_thread_exit",
     "imports", "imports_lost", "audit", "audit_lost",
     "calls_filtered", "calls_short", "calls_sampled_out", "calls_tid_filtered",
-    "breaker_skipped",
+    "breaker_skipped", "calls_guard_sampled",
 )
 
 

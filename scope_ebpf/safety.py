@@ -71,7 +71,8 @@ class Breaker:
         if self.state != OPEN:
             b = self._read()
             if b.state == OPEN:
-                rate = b.tripped_count / WINDOW_S if b.tripped_count else None
+                rate = (b.tripped_count * 1e9 / max(b.tripped_after_ns, 1000)
+                        if b.tripped_count else None)
                 why = ("probe hits over --breaker-rate" if self.state == CLOSED
                        else "still over --breaker-rate on probation")
                 out.append(self._opened(why, rate, b.opened_ns))
@@ -85,8 +86,8 @@ class Breaker:
             b = self._read()
             self._write(state=HALF_OPEN, generation=b.generation + 1, count=0,
                         window_start_ns=time.monotonic_ns())
-            self._attach()
             self.state = HALF_OPEN
+            self._attach()
             self._close_at = now + self.probation
             out.append(Transition(time.monotonic_ns(), "half-open", None, None,
                                   f"re-attached after {self.backoff:g} s"))

@@ -56,6 +56,7 @@ class Probe:
     offset: int
     semaphore_offset: int  # 0 if the probe has no semaphore
     args: tuple[ArgSpec, ...]
+    semaphore_addr: int = 0  # its link-time virtual address (load bias not applied)
 
 
 def _build_reg_aliases() -> dict[str, int]:
@@ -293,6 +294,7 @@ def _read_probes(elf: _Elf, path: str) -> list[Probe]:
                 offset=to_offset(pc, f"probe {provider}:{name}"),
                 semaphore_offset=to_offset(sem, f"semaphore of {name}") if sem else 0,
                 args=parse_arg_spec(args),
+                semaphore_addr=sem,
             )
         )
     return probes
