@@ -125,3 +125,20 @@ def test_max_output_stops_cleanly(tmp_path):
 
 
 
+
+
+def test_thread_name_and_tid_filters(tmp_path):
+    out, r = run(tmp_path, program("named_threads.py"), opts=("--thread-name", "worker-a"))
+    tid_a, tid_b = (int(x) for x in r.stdout.split())
+    assert rows(out, "SELECT tid, count(*) FROM calls WHERE function = 'work' GROUP BY 1") \
+        == [(tid_a, 300)]
+    assert rows(out, "SELECT sum(calls) FROM functions WHERE function = 'work'") == [(500,)]
+    assert session_count(out, "kernel.calls_tid_filtered") >= 200
+
+
+def test_max_cpu_degrades_sampling_first(tmp_path):
+    out, _ = run(tmp_path, "-c", "import time\nt = time.time()\nwhile time.time() - t < 4.5: "
+                 "sum(range(100))", opts=("--max-cpu", "0.001"))
+    reasons = rows(out, "SELECT reason, budget FROM sampling WHERE function IS NULL "
+                        "ORDER BY ts_ns")
+    assert reasons and reasons[0] == ("controller cpu", 80000.0)
