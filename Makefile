@@ -16,11 +16,16 @@ interpreters: $(STAMP)
 	@bash packaging/interpreters.sh
 
 test: $(STAMP) interpreters
-	@$(PY) -m ruff check scope_ebpf tests
+	@$(PY) -m ruff check scope_ebpf tests bench
 	@$(PY) -m pytest -q tests
 
+# scope-ebpf against the uprobe floor and bcc's pythoncalls: prints a table, writes
+# bench/results.json (a few minutes; `make bench ARGS=--quick` for a sub-minute check).
+bench: $(STAMP)
+	@$(PY) bench/bench.py $(ARGS)
+
 lint: $(STAMP)
-	@$(PY) -m ruff check scope_ebpf tests
+	@$(PY) -m ruff check scope_ebpf tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache scope-demo

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import resource
 import socket
 import time
 from collections import Counter
@@ -127,6 +128,7 @@ class Session:
         self.written: Counter[str] = Counter()
         self.meta: dict[str, str] = {}
         self.last_stats: dict[str, int] = {}
+        self._cpu_at_open = 0
         self._next_cookie = 0
         self._last_sample = 0.0
         self._closed = False
@@ -175,6 +177,8 @@ class Session:
             self.program.select_tid(tid)
         self.breaker = safety.Breaker(self.program.bpf["breaker"], o.breaker_rate,
                                       detach=self._detach_calls, attach=self._attach_calls)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu_at_open = int((ru.ru_utime + ru.ru_stime) * 1e9)
 
     def attach_binary(self, path: str, *, any_pid: bool = False) -> _Binary:
         """Attach the selected USDT probes of an interpreter file, once per file.
@@ -617,6 +621,11 @@ class Session:
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
         counts["breaker_trips"] = self.breaker.trips if self.breaker else 0
+        ru = resource.getrusage(resource.RUSAGE_SELF)  # the controller alone, not the target
+        counts["controller_cpu_ns"] = int((ru.ru_utime + ru.ru_stime) * 1e9)
+        # CPU of the event path alone: since the program was compiled and loaded
+        counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open
+        counts["controller_peak_rss_bytes"] = ru.ru_maxrss * 1024
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
             counts[f"rows.{table}"] = self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
