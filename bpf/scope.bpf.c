@@ -31,7 +31,7 @@
 struct frame {
     __u64 start_ns;
     __u32 func_id;
-    __u32 pad;
+    __u32 k;             /* the function's verdict when the call began */
 };
 
 struct thread_stack {
@@ -79,7 +79,7 @@ BPF_RINGBUF_OUTPUT(audit_rb, 256);
 BPF_HASH(targets, __u32, __u32, MAX_TARGETS);         /* tgid -> 1 */
 BPF_ARRAY(specs, struct probe_spec, MAX_SPECS);       /* cookie -> argument locations */
 BPF_ARRAY(frame_offs, struct frame_offsets, MAX_SPECS); /* cookie -> CPython struct offsets */
-BPF_HASH(funcs, struct func_key, __u32, MAX_FUNCS);   /* interned functions */
+BPF_HASH(funcs, struct func_key, struct func_info, MAX_FUNCS); /* interned functions */
 BPF_PERCPU_ARRAY(func_seq, __u32, 1);                 /* per-CPU id sequence: no atomics needed */
 BPF_HASH(stacks, __u32, struct thread_stack, MAX_THREADS); /* tid -> shadow stack */
 BPF_PERCPU_ARRAY(zero_stack, struct thread_stack, 1); /* never written: template for new stacks */
@@ -90,7 +90,6 @@ BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
 BPF_ARRAY(tracer_pid, __u32, 1);                      /* never trace ourselves in exe mode */
 BPF_ARRAY(config, struct config, 1);
 BPF_ARRAY(breaker, struct breaker, 1);
-BPF_HASH(verdicts, __u32, struct verdict, MAX_FUNCS);  /* func id -> keep / sampling */
 BPF_HASH(tids, __u32, __u32, MAX_THREADS);            /* --tid / --thread-name selection */
 BPF_F_TABLE("percpu_hash", __u32, struct fstat, fstats, MAX_FUNCS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(zero_fstat, struct fstat, 1);        /* template for new fstats entries */
@@ -163,13 +162,14 @@ static __always_inline struct probe_spec *spec_of(struct pt_regs *ctx)
     return specs.lookup(&idx);
 }
 
-/* Id of the function behind `key`, allocating one on first sight; then
- * *names is a reserved func_event the caller fills and submits (or 0 if the
- * buffer was full, counted). */
-static __always_inline __u32 func_id_of(struct func_key *key, struct func_event **names)
+/* The function behind `key`, interned on first sight; then *names is a
+ * reserved func_event the caller fills and submits (or 0 if the buffer was
+ * full, counted). */
+static __always_inline struct func_info func_of(struct func_key *key, struct func_event **names)
 {
-    __u32 *found = funcs.lookup(key);
-    __u32 zero = 0, id;
+    struct func_info *found = funcs.lookup(key);
+    struct func_info info = {.id = SCOPE_NO_FUNC, .k = 1};
+    __u32 zero = 0;
     __u32 *seq;
     struct func_event *e;
 
@@ -178,41 +178,44 @@ static __always_inline __u32 func_id_of(struct func_key *key, struct func_event 
         return *found;
     seq = func_seq.lookup(&zero);
     if (!seq)
-        return SCOPE_NO_FUNC;
+        return info;
     /* Unique without atomics: a per-CPU sequence tagged with the CPU. */
-    id = (++*seq << 8) | (bpf_get_smp_processor_id() & 0xff);
-    if (funcs.insert(key, &id)) {
+    info.id = (++*seq << 8) | (bpf_get_smp_processor_id() & 0xff);
+    if (funcs.insert(key, &info)) {
         /* Another CPU interned it first, or the map is full. */
         found = funcs.lookup(key);
         if (found)
             return *found;
         stat_add(STAT_FUNC_FULL);
-        return SCOPE_NO_FUNC;
+        info.id = SCOPE_NO_FUNC;
+        return info;
     }
     e = funcs_rb.ringbuf_reserve(sizeof(*e));
     if (!e) {
         stat_add(STAT_FUNCS_LOST);
-        return id;
+        return info;
     }
-    e->func_id = id;
+    e->key_name = key->name;
+    e->key_file = key->file;
+    e->func_id = info.id;
     e->pid = key->pid;
     e->line = key->line;
     e->flags = 0;
     e->name[0] = 0;
     e->file[0] = 0;
     *names = e;
-    return id;
+    return info;
 }
 
 /* USDT probes pass the names as UTF-8 C strings (NULL if not encodable). */
-static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 line)
+static __always_inline struct func_info intern(__u32 pid, __u64 file, __u64 name, __s32 line)
 {
     struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
     struct func_event *e;
-    __u32 id = func_id_of(&key, &e);
+    struct func_info info = func_of(&key, &e);
 
     if (!e)
-        return id;
+        return info;
     if (name)
         bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
     else
@@ -222,7 +225,7 @@ static __always_inline __u32 intern(__u32 pid, __u64 file, __u64 name, __s32 lin
     else
         e->flags |= FUNC_FILE_NULL;
     funcs_rb.ringbuf_submit(e, 0);
-    return id;
+    return info;
 }
 
 /* Text of a str object if it is compact ASCII (the common case for names);
@@ -243,28 +246,30 @@ static __always_inline int read_pystr(char *dst, __u32 size, __u64 str,
 /* The eval-function path: a function is its (name, file, first line) str
  * objects, as on the USDT path, rather than its code object's address, which
  * CPython reuses once a code object is freed. */
-static __always_inline __u32 intern_code(__u32 pid, __u64 code, struct frame_offsets *fo)
+static __always_inline struct func_info intern_code(__u32 pid, __u64 code,
+                                                   struct frame_offsets *fo)
 {
+    struct func_info none = {.id = SCOPE_NO_FUNC, .k = 1};
     __u64 w[8] = {};
     struct func_event *e;
 
     if (!code)
-        return SCOPE_NO_FUNC;
+        return none;
     bpf_probe_read_user(w, sizeof(w), (void *)(code + fo->code_base));
     __u64 name = w[fo->name_word & 7];
     __u64 file = w[fo->file_word & 7];
     __s32 line = w[fo->line_word & 7] >> (fo->line_shift & 32);
     struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
-    __u32 id = func_id_of(&key, &e);
+    struct func_info info = func_of(&key, &e);
 
     if (!e)
-        return id;
+        return info;
     if (read_pystr(e->name, sizeof(e->name), name, fo))
         e->flags |= FUNC_NAME_NULL;
     if (read_pystr(e->file, sizeof(e->file), file, fo))
         e->flags |= FUNC_FILE_NULL;
     funcs_rb.ringbuf_submit(e, 0);
-    return id;
+    return info;
 }
 
 static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 other)
@@ -414,20 +419,15 @@ static __always_inline void count_call(__u32 func_id, __u64 duration)
 }
 
 /* Whether a completed call becomes a row, and with which weight (0 = no). */
-static __always_inline __u32 row_weight(__u32 func_id, __u32 tid, __u64 duration,
+static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
                                         __u64 now, struct control *ctl)
 {
     struct config *c = ctl->c;
     struct breaker *b = ctl->b;
-    struct verdict *v = verdicts.lookup(&func_id);
-    __u32 k = 1;
 
-    if (v) {
-        if (!v->keep) {
-            stat_add(STAT_FILTERED);
-            return 0;
-        }
-        k = v->k ? v->k : 1;
+    if (!k) {
+        stat_add(STAT_FILTERED);
+        return 0;
     }
     if (duration < c->min_duration_ns) {
         stat_add(STAT_SHORT);
@@ -463,7 +463,7 @@ static __always_inline __u32 row_weight(__u32 func_id, __u32 tid, __u64 duration
     return k;
 }
 
-static __always_inline void push_call(struct thread_stack *st, __u32 func_id)
+static __always_inline void push_call(struct thread_stack *st, struct func_info fn)
 {
     __u32 depth = st->depth;
 
@@ -471,7 +471,8 @@ static __always_inline void push_call(struct thread_stack *st, __u32 func_id)
         /* The mask keeps the verifier's bound through register spills. */
         struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
         f->start_ns = bpf_ktime_get_ns();
-        f->func_id = func_id;
+        f->func_id = fn.id;
+        f->k = fn.k;
     } else {
         stat_add(STAT_DEEP);
     }
@@ -508,9 +509,10 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
     __u64 start_ns = f->start_ns;
     __u32 func_id = f->func_id;
+    __u32 k = f->k;
     __u64 duration = now - start_ns;
     count_call(func_id, duration);
-    weight = row_weight(func_id, tid, duration, now, ctl);
+    weight = row_weight(k, tid, duration, now, ctl);
     if (!weight)
         return 0;
     e = calls_rb.ringbuf_reserve(sizeof(*e));

@@ -57,7 +57,7 @@
 #define STAT_SAMPLED_OUT 21     /* completed calls skipped by 1-in-k sampling */
 #define STAT_TID_FILTERED 22    /* completed calls of threads not selected */
 #define STAT_BREAKER_SKIPPED 23 /* function probe hits ignored while the breaker is open */
-#define STAT_GUARD_SAMPLED 24   /* calls skipped by the row guard (over --max-rate in 10 ms) */
+#define STAT_GUARD_SAMPLED 24   /* calls skipped by the row guard (over --max-rate in 100 ms) */
 #define STAT_COUNT 25
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
@@ -86,6 +86,8 @@ struct call_event {
 
 /* Sent once per interned function: later events carry only func_id. */
 struct func_event {
+    __u64 key_name;      /* the kernel's key for it (see func_key in scope.bpf.c), */
+    __u64 key_file;      /* which the controller needs to write its verdict */
     __u32 func_id;
     __u32 pid;
     __s32 line;          /* the line function__entry gives: the def line */
@@ -152,10 +154,11 @@ struct fstat {
     __u64 hist[SCOPE_HIST_BUCKETS];
 };
 
-/* The controller's decision for one function, looked up when a call completes. */
-struct verdict {
-    __u32 keep;          /* 0: rows of this function never leave the kernel */
-    __u32 k;             /* keep one call in k (k >= 1) */
+/* An interned function: the value of the `funcs` map. Its verdict rides
+ * along, so the decision costs no lookup beyond the interning one. */
+struct func_info {
+    __u32 id;
+    __u32 k;             /* rows: one call in k; 0 = none leave the kernel (matcher) */
 };
 
 struct config {
@@ -163,7 +166,7 @@ struct config {
     __u64 breaker_limit;     /* probe hits per BREAKER_WINDOW_NS that trip it; 0 = off */
     __u32 tid_filter;        /* 1: only threads in `tids` produce call rows */
     __u32 guard_k;           /* rows past ... */
-    __u64 row_limit;         /* ... this many in a GUARD_WINDOW_NS window are sampled
+    __u64 row_limit;         /* ... this many in a GUARD_WINDOW_NS (100 ms) window are sampled
                               * 1-in-guard_k more; 0 = off */
 };
 

@@ -358,7 +358,8 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 def query(directory: Path, sql: str, fmt: str) -> None:
     """Run SQL with DuckDB over an output directory.
 
-    Every table (calls, gc, sched, processes, session) is a view.
+    Every table is a view (see `scope-ebpf schema`): calls, functions, gc, sched,
+    imports, audit, processes, sampling, breaker, session.
 
     \b
     Example:

@@ -54,6 +54,7 @@ _ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
              "const": events.const("ARG_CONST")}
 PLAN_HEADROOM = 0.8
 GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
+_RETURN_PROGS = ("on_return", "on_eval_return")
 _SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
 
 
@@ -234,7 +235,12 @@ class Session:
     def _open_calls(self, b: _Binary) -> None:
         if self.breaker is not None and self.breaker.state == safety.OPEN:
             return  # attached at the breaker's next half-open
-        b.call_links = [spec.open(self.program) for spec in b.call_specs]
+        # Returns first: an entry without its return would leave a frame pushed for
+        # good; a return without its entry is only counted (unmatched).
+        order = sorted(b.call_specs, key=lambda spec: spec.prog not in _RETURN_PROGS)
+        b.call_links = []
+        for spec in order:
+            b.call_links.append(spec.open(self.program))
 
     def _attach_calls(self) -> None:
         for b in self.binaries.values():
@@ -243,7 +249,7 @@ class Session:
 
     def _detach_calls(self) -> None:
         for b in self.binaries.values():
-            for link in b.call_links:
+            for link in reversed(b.call_links):  # entries first, returns last
                 link.close()
             b.call_links = []
 
@@ -386,7 +392,7 @@ class Session:
         if new and self.matcher.active:
             drop = [fid for fid, name, file in new if not self.matcher.keep(file, name)]
             self.decoder.functions.set_keep(drop, False)
-            self.program.set_verdicts({fid: (0, 1) for fid in drop})
+            self._verdicts({fid: 0 for fid in drop})
         if len(calls):
             self._calls(calls)
         if len(gc):
@@ -435,11 +441,17 @@ class Session:
             counts = {int(i): int(c) for i, c, k in zip(totals.ids, count, kept, strict=True)
                       if c and k}
             changes = self.sampler.update(counts, seconds, time.time_ns())
-            self.program.set_verdicts({fid: (1, new) for fid, _old, new, _r in changes})
+            self._verdicts({fid: new for fid, _old, new, _r in changes})
             for fid, _old, new, _rate in changes:
                 f.set_k(fid, new)
             if changes:
                 self._sampling_rows(changes, "rate")
+    def _verdicts(self, ks: dict[int, int]) -> None:
+        """Per-function k (0: drop) into the kernel's interning map."""
+        if ks:
+            keys = self.decoder.functions.kernel_keys(list(ks))
+            self.program.set_verdicts([(fid, key, ks[fid]) for fid, key in keys])
+
     def _breaker(self) -> None:
         """Every loop: the kernel may have tripped it; detach without delay."""
         for t in self.breaker.poll() if self.breaker is not None else ():
@@ -580,8 +592,9 @@ class Session:
             return
         self._closed = True
         try:
+            self._detach_calls()
             for b in self.binaries.values():
-                for link in b.links + b.call_links:
+                for link in b.links:
                     link.close()
             stats: dict[str, int] = {}
             if self.program is not None:

@@ -39,6 +39,8 @@ class Functions:
         self._file = np.zeros(0, np.int32)
         self._line = np.zeros(0, np.int32)
         self._keep = np.zeros(0, bool)
+        self._key_name = np.zeros(0, np.uint64)  # the kernel's func_key, to write verdicts
+        self._key_file = np.zeros(0, np.uint64)
         self._k = np.zeros(0, np.int64)
         self._strings: list[str] = []
         self._string_index: dict[str, int] = {}
@@ -74,6 +76,8 @@ class Functions:
             "_file": np.array([self._intern(x) for x in files], np.int32),
             "_line": recs["line"].astype(np.int32),
             "_keep": np.ones(n, bool),
+            "_key_name": recs["key_name"],
+            "_key_file": recs["key_file"],
             "_k": np.ones(n, np.int64),
         }
         for attr, new in cols.items():
@@ -126,6 +130,13 @@ class Functions:
         if not len(self._ids):
             return np.ones(len(func_ids), bool)
         return np.where(known, self._keep[pos], True)
+
+    def kernel_keys(self, func_ids: list[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
+        """(id, (name, file, pid, line)) of known ids: the kernel's func_key fields."""
+        pos, known = self._find(np.array(func_ids, np.uint32))
+        return [(int(self._ids[p]), (int(self._key_name[p]), int(self._key_file[p]),
+                                     int(self._pid[p]), int(self._line[p])))
+                for p in pos[known]]
 
     def set_keep(self, func_ids: list[int], keep: bool) -> None:
         pos, known = self._find(np.array(func_ids, np.uint32))

@@ -143,11 +143,12 @@ class Program:
             setattr(c, k, v)
         table[table.Key(0)] = c
 
-    def set_verdicts(self, verdicts: dict[int, tuple[int, int]]) -> None:
-        """func id -> (keep, k): the per-function decisions the kernel applies."""
-        table = self.bpf["verdicts"]
-        for fid, (keep, k) in verdicts.items():
-            table[table.Key(fid)] = table.Leaf(keep, k)
+    def set_verdicts(self, verdicts: list[tuple[int, tuple[int, int, int, int], int]]) -> None:
+        """(func id, its func_key fields, k) per function: k = 0 drops its rows, else
+        one call in k is sent. Stored in the interning map, read at each call's entry."""
+        table = self.bpf["funcs"]
+        for fid, (name, file, pid, line), k in verdicts:
+            table[table.Key(name, file, pid, line)] = table.Leaf(fid, k)
 
     def select_tid(self, tid: int) -> None:
         t = self.bpf["tids"]
