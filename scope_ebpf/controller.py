@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 
 from . import __version__, aggregates, capabilities, events, procs, pyoffsets, safety, spawn, usdt
@@ -81,7 +80,8 @@ class Options:
     breaker_rate: float = 2_000_000   # probe hits/s that trip the breaker; 0 = off
     max_cpu: float = 0                # controller CPU % that degrades tracing; 0 = off
     max_output: int = 0               # bytes of output that stop tracing; 0 = off
-    poll_interval: float = 0.005      # seconds between ring buffer drains
+    poll_interval: float = 0.05       # seconds between ring buffer drains (a quarter-full
+                                      # calls buffer is drained at once)
     sample_interval: float = 1.0      # seconds between psutil samples
     control_interval: float = 0.1     # seconds between sampling decisions
     snapshot_interval: float = 2.0    # seconds between functions snapshots
@@ -145,8 +145,7 @@ class Session:
         self._control_totals = aggregates.Totals.empty()  # at the last sampling decision
         self._last_control = self._last_snapshot = self._last_limits = time.monotonic()
         self._last_lost = 0
-        self._cpu = psutil.Process()
-        self._cpu.cpu_percent()
+        self._cpu_window = (time.monotonic(), _cpu_seconds())
         self._over_cpu = 0
         self._selected: set[int] = set(options.tids)
         self.stop_reason: str | None = None  # set when a self-limit ends the session
@@ -178,8 +177,7 @@ class Session:
             self.program.select_tid(tid)
         self.breaker = safety.Breaker(self.program.bpf["breaker"], o.breaker_rate,
                                       detach=self._detach_calls, attach=self._attach_calls)
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        self._cpu_at_open = int((ru.ru_utime + ru.ru_stime) * 1e9)
+        self._cpu_at_open = int(_cpu_seconds() * 1e9)
 
     def attach_binary(self, path: str, *, any_pid: bool = False) -> _Binary:
         """Attach the selected USDT probes of an interpreter file, once per file.
@@ -381,7 +379,7 @@ class Session:
         assert p is not None
         # Calls first, then names: every function a drained call refers to
         # was submitted before that call, so it is in this names batch.
-        calls = p.rings["calls_rb"].drain()
+        calls, calls_pos = p.rings["calls_rb"].peek()
         funcs = p.rings["funcs_rb"].drain()
         gc = p.rings["gc_rb"].drain()
         sched = p.rings["sched_rb"].drain()
@@ -395,6 +393,7 @@ class Session:
             self._verdicts({fid: 0 for fid in drop})
         if len(calls):
             self._calls(calls)
+        p.rings["calls_rb"].release(calls_pos)
         if len(gc):
             self._add("gc", self.decoder.gc(gc))
         if len(sched):
@@ -414,19 +413,20 @@ class Session:
         self._breaker()
         if now - self._last_snapshot >= self.opts.snapshot_interval:
             self._snapshot(now)
-        if now - self._last_limits >= 1.0:
+        if now - self._last_limits >= 0.25:
             self._limits(now)
         return sum(map(len, (calls, funcs, gc, sched, proc, imports, audit)))
 
     def _calls(self, calls: np.ndarray) -> None:
-        keep, weights = self.decoder.functions.row_filter(calls["func_id"], calls["weight"],
-                                                           self._rng)
+        """Decode call records (possibly a view into the ring: nothing keeps them)."""
+        f = self.decoder.functions
+        found = f.find(calls["func_id"])
+        keep, weights = f.row_filter(found, calls["weight"], self._rng)
         if not keep.all():
-            calls = calls[keep]
-            weights = weights[keep]
+            calls, weights = calls[keep], weights[keep]
+            found = (found[0][keep], found[1][keep])
         if len(calls):
-            calls["weight"] = weights
-            self._add("calls", self.decoder.calls(calls))
+            self._add("calls", self.decoder.calls(calls, weights, found))
 
     def _control(self, now: float) -> None:
         """Sampling from exact per-function rates, then the breaker."""
@@ -484,7 +484,7 @@ class Session:
             self._add("functions", batch)
 
     def _limits(self, now: float) -> None:
-        """Self-limits, once a second: kernel buffer loss, controller CPU, output size."""
+        """Self-limits, four times a second: kernel buffer loss, controller CPU, output size."""
         self._last_limits = now
         stats = self.program.stats()
         lost = stats["calls_lost"]
@@ -492,8 +492,11 @@ class Session:
             self._degrade(f"the kernel lost {lost - self._last_lost:,} call records",
                           "kernel buffer loss")
         self._last_lost = lost
-        if self.opts.max_cpu > 0:
-            cpu = self._cpu.cpu_percent()
+        if self.opts.max_cpu > 0 and now - self._cpu_window[0] >= 1.0:
+            t0, c0 = self._cpu_window
+            c1 = _cpu_seconds()
+            cpu = (c1 - c0) * 100 / (now - t0)
+            self._cpu_window = (now, c1)
             self._over_cpu = self._over_cpu + 1 if cpu > self.opts.max_cpu else 0
             if self._over_cpu >= 2:
                 self._over_cpu = 0
@@ -635,7 +638,7 @@ class Session:
         counts["functions_interned"] = self.decoder.functions.count
         counts["breaker_trips"] = self.breaker.trips if self.breaker else 0
         ru = resource.getrusage(resource.RUSAGE_SELF)  # the controller alone, not the target
-        counts["controller_cpu_ns"] = int((ru.ru_utime + ru.ru_stime) * 1e9)
+        counts["controller_cpu_ns"] = int(_cpu_seconds() * 1e9)
         # CPU of the event path alone: since the program was compiled and loaded
         counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open
         counts["controller_peak_rss_bytes"] = ru.ru_maxrss * 1024
@@ -661,6 +664,11 @@ def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False) -> np.void:
         rec[f"signed{i}"] = int(a.signed)
         rec[f"disp{i}"] = a.disp
     return rec
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _has_python_probes(path: str) -> bool:

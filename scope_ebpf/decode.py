@@ -85,6 +85,9 @@ class Functions:
         self.count += n
         return list(zip(recs["func_id"].tolist(), names, files, strict=True))
 
+    def find(self, func_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._find(func_ids)
+
     def _find(self, func_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, known) of kernel ids in the sorted arrays."""
         if not len(self._ids):
@@ -97,9 +100,11 @@ class Functions:
             self._dictionary = pa.array(self._strings, pa.string())
         return self._dictionary
 
-    def columns(self, func_ids: np.ndarray) -> tuple[pa.Array, pa.Array, pa.Array]:
+    def columns(self, func_ids: np.ndarray,
+                found: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(function, file, line) columns for an array of kernel function ids."""
-        pos, known = self._find(func_ids)
+        pos, known = found if found is not None else self._find(func_ids)
         name = np.where(known, self._name[pos] if len(self._ids) else -1, -1)
         file = np.where(known, self._file[pos] if len(self._ids) else -1, -1)
         line = np.where(known, self._line[pos] if len(self._ids) else 0, 0)
@@ -147,17 +152,18 @@ class Functions:
         if known[0]:
             self._k[pos[0]] = k
 
-    def row_filter(self, func_ids: np.ndarray, weights: np.ndarray,
+    def row_filter(self, found: tuple[np.ndarray, np.ndarray], weights: np.ndarray,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Apply the decisions to calls the kernel sent before it had them.
 
         Rows of dropped functions go; a row kept at 1-in-w while the function's
         k is now larger is kept with probability w/k and then weighs k, so
-        sum(weight) stays an unbiased count. Returns (mask, weights).
+        sum(weight) stays an unbiased count. ``found`` is find(func_ids).
+        Returns (mask, weights).
         """
-        pos, known = self._find(func_ids)
+        pos, known = found
         if not len(self._ids):
-            return np.ones(len(func_ids), bool), weights
+            return np.ones(len(weights), bool), weights
         keep = np.where(known, self._keep[pos], True)
         k = np.where(known, self._k[pos], 1)
         w = weights.astype(np.int64)
@@ -178,8 +184,10 @@ class Decoder:
     def _ts(self, mono: np.ndarray) -> pa.Array:
         return pa.array(mono.astype(np.int64) + self.offset, _TS)
 
-    def calls(self, r: np.ndarray) -> pa.RecordBatch:
-        function, file, line = self.functions.columns(r["func_id"])
+    def calls(self, r: np.ndarray, weight: np.ndarray | None = None,
+              found: tuple[np.ndarray, np.ndarray] | None = None) -> pa.RecordBatch:
+        """``weight`` overrides the records' own; ``found`` is functions.find(ids)."""
+        function, file, line = self.functions.columns(r["func_id"], found)
         is_open = (r["flags"] & _C["CALL_OPEN"]) != 0
         no_line = is_open | ((r["flags"] & _C["CALL_NO_RETURN_LINE"]) != 0)
         return pa.RecordBatch.from_arrays([
@@ -190,7 +198,7 @@ class Decoder:
             pa.array(r["depth"].astype(np.int32)),
             function, file, line,
             pa.array(r["return_line"], pa.int32(), mask=no_line),
-            pa.array(r["weight"].astype(np.int32)),
+            pa.array((r["weight"] if weight is None else weight).astype(np.int32)),
         ], names=_schema("calls").names)
 
     def open_calls(self, frames: list[tuple[int, int, int, int, int]]) -> pa.RecordBatch:

@@ -42,21 +42,33 @@ class RingReader:
     def pending_bytes(self) -> int:
         return int(self._prod[0]) - int(self._cons[0])
 
-    def drain(self) -> np.ndarray:
-        """Return every committed record (a copy) and release their space."""
+    def peek(self) -> tuple[np.ndarray, int]:
+        """Every committed record, as a view into the ring, and the position to
+        release() once they are decoded: no copy, but the view dies at release."""
         cons = int(self._cons[0])
         prod = int(self._prod[0])
         n = (prod - cons) // self.stride
         if n <= 0:
-            return np.empty(0, self.dtype)
+            return np.empty(0, self.dtype), cons
         start = cons & self.mask
         recs = self._data[start:start + n * self.stride].view(self.dtype)
         busy = (recs["_len"] & _BUSY) != 0
         if busy.any():  # a producer is still writing: stop before it
             n = int(busy.argmax())
             recs = recs[:n]
-        out = recs[(recs["_len"] & _DISCARD) == 0].copy()
-        self._cons[0] = cons + n * self.stride
+        discarded = (recs["_len"] & _DISCARD) != 0
+        if discarded.any():
+            recs = recs[~discarded]
+        return recs, cons + n * self.stride
+
+    def release(self, pos: int) -> None:
+        self._cons[0] = pos
+
+    def drain(self) -> np.ndarray:
+        """Return every committed record (a copy) and release their space."""
+        recs, pos = self.peek()
+        out = recs.copy()
+        self.release(pos)
         return out
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ from .schema import TABLES, arrow_schema
 # Rows buffered before a row group is written: small probe batches would
 # otherwise become thousands of tiny row groups that DuckDB reads slowly.
 ROW_GROUP_ROWS = 128 * 1024
+_STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key"}
 
 _PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
 _DICT_STRING = pa.dictionary(pa.int32(), pa.string())
@@ -221,7 +222,9 @@ class TableWriter:
                 first.schema,
                 compression="zstd",
                 use_dictionary=self._string_cols,
-                write_statistics=True,
+                # min/max where queries filter (time, process, duration); the
+                # other columns' statistics cost CPU on every row group for nothing
+                write_statistics=[c for c in self.schema.names if c in _STATS_COLUMNS],
                 # Readers should see the plain schema.py types, not our
                 # in-memory dictionary choice; Parquet types carry the rest.
                 store_schema=False,

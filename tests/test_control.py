@@ -116,7 +116,7 @@ def test_bad_options_one_line_nothing_attached(tmp_path, args, message):
 
 
 def test_max_output_stops_cleanly(tmp_path):
-    out, r = run(tmp_path, program("recursive.py"), "25",
+    out, r = run(tmp_path, program("recursive.py"), "27",
                  opts=("--max-output", "1KB", "--max-rate", "0"))
     stop = rows(out, "SELECT value FROM session WHERE key = 'stop_reason'")[0][0]
     assert stop.startswith("--max-output")

@@ -65,7 +65,7 @@ def test_row_filter_drops_and_thins_without_bias():
     d.functions.set_k(0x301, 10)
     ids = np.array([0x101] * 100 + [0x201] * 100 + [0x301] * 100_000 + [0x999], np.uint32)
     weights = np.array([1] * 100 + [1] * 100 + [2] * 100_000 + [1], np.uint32)
-    mask, w = d.functions.row_filter(ids, weights, np.random.default_rng(1))
+    mask, w = d.functions.row_filter(d.functions.find(ids), weights, np.random.default_rng(1))
     assert mask[:100].all() and not mask[100:200].any() and mask[-1]
     hot = mask[200:-1]
     assert (w[200:-1] == 10).all()
