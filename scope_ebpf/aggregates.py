@@ -49,22 +49,17 @@ class Totals:
         return count, total, hist
 
 
-def read(table) -> Totals:
-    """Sum the per-CPU values of the fstats map (a bcc PerCpuHash)."""
-    dt = events.dtypes()["fstat"]
-    ids, recs = [], []
-    for key, per_cpu in table.items():
-        ids.append(key.value)
-        recs.append(np.frombuffer(bytes(per_cpu), dt))
-    if not ids:
+def read(program) -> Totals:
+    """Sum the per-CPU values of the kernel's fstats map."""
+    ids, a = program.fstats()  # a: (functions, cpus)
+    if not len(ids):
         return Totals.empty()
-    a = np.stack(recs)  # (functions, cpus)
     used = a["count"] > 0
-    order = np.argsort(np.array(ids, np.uint32))
+    order = np.argsort(ids)
     big = np.iinfo(np.int64).max
     mins = np.where(used, a["min_ns"].astype(np.int64), big).min(axis=1)
     return Totals(
-        ids=np.array(ids, np.uint32)[order],
+        ids=ids[order],
         count=a["count"].sum(axis=1).astype(np.int64)[order],
         total=a["total_ns"].sum(axis=1).astype(np.int64)[order],
         min=np.where(mins == big, 0, mins)[order],

@@ -17,7 +17,7 @@ import platform
 import struct
 from types import TracebackType
 
-__all__ = ["AttachError", "UprobeLink"]
+__all__ = ["AttachError", "TracepointLink", "UprobeLink", "bpf_syscall"]
 
 _SYSCALLS = {  # machine -> (perf_event_open, bpf)
     "x86_64": (298, 321),
@@ -50,6 +50,56 @@ def _syscall(nr_index: int, *args: int | ctypes.Array[ctypes.c_char]) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return ret
+
+
+def bpf_syscall(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(cmd, attr, sizeof attr); raises OSError."""
+    return _syscall(1, cmd, attr, len(attr))
+
+
+def _link(prog_fd: int, perf_fd: int, cookie: int, where: str) -> int:
+    battr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    struct.pack_into("<IIIIQ", battr, 0, prog_fd, perf_fd, _BPF_PERF_EVENT, 0, cookie)
+    try:
+        return _syscall(1, _BPF_LINK_CREATE, battr, _BPF_ATTR_SIZE)
+    except OSError as e:
+        hint = ""
+        if e.errno in (errno.EPERM, errno.EACCES):
+            hint = " (needs root or CAP_BPF+CAP_PERFMON)"
+        elif e.errno == errno.EINVAL:
+            hint = " (wrong program type, or kernel lacks BPF links on perf events)"
+        raise AttachError(f"BPF_LINK_CREATE for {where}: {e.strerror}{hint}") from None
+
+
+class TracepointLink:
+    """A BPF program linked to a kernel tracepoint (``category:name``)."""
+
+    def __init__(self, prog_fd: int, tracepoint: str, tracefs: str = "/sys/kernel/tracing"):
+        self.perf_fd = self.link_fd = -1
+        category, _, name = tracepoint.partition(":")
+        try:
+            with open(f"{tracefs}/events/{category}/{name}/id") as f:
+                tp_id = int(f.read())
+        except (OSError, ValueError) as e:
+            raise AttachError(f"no tracepoint {tracepoint} in {tracefs}: {e}") from None
+        attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
+        struct.pack_into("<IIQQ", attr, 0, 2, _PERF_ATTR_SIZE, tp_id, 1)  # PERF_TYPE_TRACEPOINT
+        try:
+            self.perf_fd = _syscall(0, attr, -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
+            self.link_fd = _link(prog_fd, self.perf_fd, 0, f"tracepoint {tracepoint}")
+        except OSError as e:
+            self.close()
+            raise AttachError(f"perf_event_open(tracepoint {tracepoint}): {e.strerror}") from None
+        except AttachError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for attr in ("link_fd", "perf_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
 
 
 def _format_shift(field: str, default: int) -> int:
@@ -105,18 +155,11 @@ class UprobeLink:
         except OSError as e:
             raise AttachError(self._perf_error(e, where, semaphore_offset)) from None
 
-        battr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-        struct.pack_into("<IIIIQ", battr, 0, prog_fd, self.perf_fd, _BPF_PERF_EVENT, 0, cookie)
         try:
-            self.link_fd = _syscall(1, _BPF_LINK_CREATE, battr, _BPF_ATTR_SIZE)
-        except OSError as e:
+            self.link_fd = _link(prog_fd, self.perf_fd, cookie, f"uprobe {where}")
+        except AttachError:
             self.close()
-            hint = ""
-            if e.errno in (errno.EPERM, errno.EACCES):
-                hint = " (needs root or CAP_BPF+CAP_PERFMON)"
-            elif e.errno == errno.EINVAL:
-                hint = " (wrong program type, or kernel lacks BPF links on perf events)"
-            raise AttachError(f"BPF_LINK_CREATE for uprobe {where}: {e.strerror}{hint}") from None
+            raise
 
     @staticmethod
     def _perf_error(e: OSError, where: str, semaphore_offset: int) -> str:

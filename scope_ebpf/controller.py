@@ -54,7 +54,6 @@ _ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
 PLAN_HEADROOM = 0.8
 GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
 _RETURN_PROGS = ("on_return", "on_eval_return")
-_SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
 
 
 def parse_probes(text: str) -> frozenset[str]:
@@ -161,10 +160,7 @@ class Session:
         except OutputError as e:
             raise ScopeError(str(e)) from None
         self.status("compiling BPF program")
-        self.program = Program(self.opts.limits)
-        if "sched" not in self.opts.probes:
-            for tp in _SCHED_TRACEPOINTS:
-                self.program.bpf.detach_tracepoint(tp.encode())
+        self.program = Program(self.opts.limits, sched="sched" in self.opts.probes)
         o = self.opts
         limit = math.ceil(o.breaker_rate * safety.WINDOW_S) if o.breaker_rate > 0 else 0
         self.program.set_config(
@@ -175,7 +171,7 @@ class Session:
             guard_k=GUARD_K)
         for tid in o.tids:
             self.program.select_tid(tid)
-        self.breaker = safety.Breaker(self.program.bpf["breaker"], o.breaker_rate,
+        self.breaker = safety.Breaker(self.program, o.breaker_rate,
                                       detach=self._detach_calls, attach=self._attach_calls)
         self._cpu_at_open = int(_cpu_seconds() * 1e9)
 
@@ -433,7 +429,7 @@ class Session:
         seconds = now - self._last_control
         self._last_control = now
         if self.sampler is not None:
-            totals = aggregates.read(self.program.bpf["fstats"])
+            totals = aggregates.read(self.program)
             count, _total, _hist = totals.since(self._control_totals)
             self._control_totals = totals
             f = self.decoder.functions
@@ -476,7 +472,7 @@ class Session:
 
     def _snapshot(self, now: float) -> None:
         self._last_snapshot = now
-        totals = aggregates.read(self.program.bpf["fstats"])
+        totals = aggregates.read(self.program)
         batch = aggregates.functions_batch(totals, self._totals, self.decoder.functions,
                                            time.time_ns())
         self._totals = totals

@@ -8,15 +8,23 @@ distribution headers are enough (``packaging/setup.sh`` links them).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import platform
+import socket
+import struct
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import events
+from .attach import AttachError, TracepointLink
 from .errors import ScopeError
-from .ringbuf import PAGE, RingReader
+from .maps import Map, possible_cpus, u32
+from .ringbuf import RingReader
 
 TRACEFS = "/sys/kernel/tracing"
 
@@ -67,12 +75,36 @@ def _mount_tracefs() -> None:
         raise OSError(err, os.strerror(err))
 
 
+# Programs loaded for the controller to attach: uprobes, then tracepoints.
+UPROBE_PROGS = ("on_entry", "on_return", "on_eval_entry", "on_eval_return", "on_gc_start",
+                "on_gc_done", "on_import_start", "on_import_done", "on_audit")
+SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
+TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "sched:sched_process_exec",
+               "sched:sched_process_exit")
+MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "stats", "tracer_pid",
+        "config", "breaker", "tids", "fstats")
+
+# struct thread_stack and struct func_key are private to scope.bpf.c; the
+# controller reads stacks at stop and writes verdicts by key. Checked against
+# the sizes the compiler reports.
+_FRAME = np.dtype([("start_ns", "<u8"), ("func_id", "<u4"), ("k", "<u4")])
+_FUNC_KEY = struct.Struct("<QQIi")
+
+
+def _stack_dtype() -> np.dtype:
+    depth = events.const("SCOPE_MAX_DEPTH")
+    return np.dtype([("pid", "<u4"), ("depth", "<u4"), ("generation", "<u4"), ("pad", "<u4"),
+                     ("frames", _FRAME, (depth,))])
+
+
 class Program:
-    """The compiled, loaded program; tracepoints attach on load."""
+    """The compiled, loaded program and its maps; the controller attaches it.
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        from bcc import BPF  # imported late: importing bcc is slow and needs root
+    Compiled in a child process (see loader.py) so that this process never
+    maps bcc/LLVM. ``sched`` False leaves the scheduler tracepoints off.
+    """
 
+    def __init__(self, limits: Limits | None = None, sched: bool = True) -> None:
         self.limits = limits = limits or Limits()
         cflags = [
             f"-I{events.BPF_DIR}",
@@ -84,108 +116,157 @@ class Program:
             f"-DMAX_SPECS={limits.max_specs}",
             "-Wno-unused-function",
         ]
-        src = events.BPF_DIR / "scope.bpf.c"
-        try:
-            self.bpf = BPF(src_file=str(src).encode(), cflags=cflags)
-        except Exception as e:  # bcc raises bare Exception for compile/load failures
-            raise ScopeError(f"could not compile or load the BPF program: {e}") from None
-        self.set_tracer_pid(os.getpid())
-        self._fds: dict[str, int] = {}
+        self._progs, self.maps = _load({
+            "src": str(events.BPF_DIR / "scope.bpf.c"), "cflags": cflags,
+            "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS, "maps": MAPS})
+        self._links: list[TracepointLink] = []
         self.rings: dict[str, RingReader] = {}
-        dts = events.dtypes()
-        for name, struct in RINGS.items():
-            table = self.bpf[name]
-            size = self._ring_size(name)
-            self.rings[name] = RingReader(table.map_fd, size, dts[struct])
-
-    def _ring_size(self, name: str) -> int:
-        pages = {"calls_rb": self.limits.calls_rb_pages, "sched_rb": self.limits.sched_rb_pages,
-                 "funcs_rb": 256, "gc_rb": 16, "proc_rb": 64, "imports_rb": 64,
-                 "audit_rb": 256}[name]
-        return pages * PAGE
+        try:
+            if self.maps["stacks"].value_size != _stack_dtype().itemsize:
+                raise ScopeError("internal error: thread_stack layout differs from the C side")
+            self.set_tracer_pid(os.getpid())
+            dts = events.dtypes()
+            for name, struct_name in RINGS.items():
+                m = self.maps[name]
+                self.rings[name] = RingReader(m.fd, m.max_entries, dts[struct_name])
+            for tp in TRACEPOINTS:
+                if sched or tp not in SCHED_TRACEPOINTS:
+                    self._links.append(TracepointLink(self._progs[tp], tp, TRACEFS))
+        except (AttachError, OSError) as e:
+            self.close()
+            raise ScopeError(f"could not attach the tracepoints: {e}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def prog_fd(self, func: str) -> int:
         """fd of a uprobe program, for attach.UprobeLink."""
-        if func not in self._fds:
-            from bcc import BPF
-
-            self._fds[func] = self.bpf.load_func(func.encode(), BPF.KPROBE).fd
-        return self._fds[func]
+        return self._progs[func]
 
     # -- maps -------------------------------------------------------------
 
     def set_tracer_pid(self, pid: int) -> None:
-        t = self.bpf["tracer_pid"]
-        t[t.Key(0)] = t.Leaf(pid)
+        self.maps["tracer_pid"].update(u32(0), u32(pid))
 
     def add_target(self, pid: int) -> None:
-        t = self.bpf["targets"]
-        t[t.Key(pid)] = t.Leaf(1)
+        self.maps["targets"].update(u32(pid), u32(1))
 
     def remove_target(self, pid: int) -> None:
-        t = self.bpf["targets"]
-        try:
-            del t[t.Key(pid)]
-        except KeyError:
-            pass
+        self.maps["targets"].delete(u32(pid))
 
     def targets(self) -> list[int]:
-        return [k.value for k in self.bpf["targets"].keys()]
+        return [int.from_bytes(k, "little") for k in self.maps["targets"].keys()]
 
     def set_spec(self, index: int, spec: np.void) -> None:
         """Write one probe_spec record (events.dtypes()['probe_spec']) at a cookie."""
-        _write_record(self.bpf["specs"], index, spec)
+        self.maps["specs"].update(u32(index), spec.tobytes())
+
+    def set_frame_offsets(self, index: int, rec: np.void) -> None:
+        """Write one frame_offsets record (CPython struct offsets) at a cookie."""
+        self.maps["frame_offs"].update(u32(index), rec.tobytes())
+
+    def _record(self, name: str, struct_name: str) -> np.void:
+        raw = self.maps[name].lookup(u32(0))
+        return np.frombuffer(raw, events.dtypes()[struct_name])[0].copy()
 
     def set_config(self, **fields: int) -> None:
-        table = self.bpf["config"]
-        c = table[table.Key(0)]
+        rec = self._record("config", "config")
         for k, v in fields.items():
-            setattr(c, k, v)
-        table[table.Key(0)] = c
+            rec[k] = v
+        self.maps["config"].update(u32(0), rec.tobytes())
+
+    def breaker(self) -> np.void:
+        """The kernel's struct breaker, now."""
+        return self._record("breaker", "breaker")
+
+    def set_breaker(self, **fields: int) -> None:
+        rec = self.breaker()
+        for k, v in fields.items():
+            rec[k] = v
+        self.maps["breaker"].update(u32(0), rec.tobytes())
 
     def set_verdicts(self, verdicts: list[tuple[int, tuple[int, int, int, int], int]]) -> None:
         """(func id, its func_key fields, k) per function: k = 0 drops its rows, else
         one call in k is sent. Stored in the interning map, read at each call's entry."""
-        table = self.bpf["funcs"]
+        m = self.maps["funcs"]
         for fid, (name, file, pid, line), k in verdicts:
-            table[table.Key(name, file, pid, line)] = table.Leaf(fid, k)
+            m.update(_FUNC_KEY.pack(name, file, pid, line), struct.pack("<II", fid, k))
 
     def select_tid(self, tid: int) -> None:
-        t = self.bpf["tids"]
-        t[t.Key(tid)] = t.Leaf(1)
-
-    def set_frame_offsets(self, index: int, rec: np.void) -> None:
-        """Write one frame_offsets record (CPython struct offsets) at a cookie."""
-        _write_record(self.bpf["frame_offs"], index, rec)
+        self.maps["tids"].update(u32(tid), u32(1))
 
     def stats(self) -> dict[str, int]:
         """Kernel counters summed over CPUs."""
-        table = self.bpf["stats"]
-        return {name: int(sum(table[table.Key(i)]))
-                for i, name in enumerate(events.STAT_NAMES)}
+        m = self.maps["stats"]
+        out = {}
+        for i, name in enumerate(events.STAT_NAMES):
+            raw = m.lookup(u32(i)) or b""
+            out[name] = int(np.frombuffer(raw, "<u8").sum()) if raw else 0
+        return out
+
+    def fstats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(function ids, (n, cpus) struct fstat records) of the per-CPU aggregates."""
+        dt = events.dtypes()["fstat"]
+        m = self.maps["fstats"]
+        ids, recs = [], []
+        cpus = possible_cpus()
+        for k, v in m.items():
+            ids.append(int.from_bytes(k, "little"))
+            recs.append(np.ndarray((cpus,), dt, v, 0, (m.cpu_size,)))
+        if not ids:
+            return np.zeros(0, np.uint32), np.zeros((0, cpus), dt)
+        return np.array(ids, np.uint32), np.stack(recs)
 
     def open_frames(self) -> list[tuple[int, int, int, int, int]]:
         """(pid, tid, depth, start_ns, func_id) of every call not yet returned."""
+        dt = _stack_dtype()
         out = []
-        for key, st in self.bpf["stacks"].items():
-            depth = min(st.depth, events.const("SCOPE_MAX_DEPTH"))
+        for key, raw in self.maps["stacks"].items():
+            st = np.frombuffer(raw, dt)[0]
+            depth = min(int(st["depth"]), events.const("SCOPE_MAX_DEPTH"))
+            tid = int.from_bytes(key, "little")
             for i in range(depth):
-                f = st.frames[i]
-                out.append((st.pid, key.value, i, f.start_ns, f.func_id))
+                f = st["frames"][i]
+                out.append((int(st["pid"]), tid, i, int(f["start_ns"]), int(f["func_id"])))
         return out
 
     def close(self) -> None:
+        for link in self._links:
+            link.close()
+        self._links.clear()
         for r in self.rings.values():
             r.close()
         self.rings.clear()
-        self.bpf.cleanup()
+        for m in self.maps.values():
+            m.close()
+        for fd in self._progs.values():
+            os.close(fd)
+        self._progs.clear()
 
 
-def _write_record(table, index: int, rec: np.void) -> None:
-    """Store a numpy record (a struct of scope.h) in an array map."""
-    leaf = table.Leaf()
-    raw = rec.tobytes()
-    if len(raw) != ctypes.sizeof(leaf):
-        raise ValueError(f"record of {len(raw)} bytes for a {ctypes.sizeof(leaf)}-byte value")
-    ctypes.memmove(ctypes.addressof(leaf), raw, len(raw))
-    table[table.Key(index)] = leaf
+def _load(request: dict) -> tuple[dict[str, int], dict[str, Map]]:
+    """Compile and load in a child (loader.py); return its program and map fds."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fds: list[int] = []
+    msg = b""
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "scope_ebpf.loader", str(child.fileno())],
+                                stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=[child.fileno()], text=True,
+                                cwd=str(Path(__file__).resolve().parent.parent))
+        child.close()
+        _, err = proc.communicate(json.dumps(request), timeout=120)
+        msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 20, 256)
+    finally:
+        parent.close()
+    if proc.returncode != 0 or not msg:
+        for fd in fds:
+            os.close(fd)
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[-3:]) if lines else f"exit code {proc.returncode}"
+        raise ScopeError(f"could not compile or load the BPF program: {detail}")
+    meta = json.loads(msg)
+    progs = {name: fds[i] for name, i in meta["progs"].items()}
+    maps = {name: Map(fds[m["fd"]], m["type"], m["key_size"], m["value_size"],
+                      m["max_entries"]) for name, m in meta["maps"].items()}
+    return progs, maps

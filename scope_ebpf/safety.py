@@ -34,10 +34,10 @@ class Transition:
 class Breaker:
     """Drives the kernel breaker state through a Program's ``breaker`` map."""
 
-    def __init__(self, table, rate: float, detach: Callable[[], None],
+    def __init__(self, program, rate: float, detach: Callable[[], None],
                  attach: Callable[[], None], backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, probation_s: float = 1.0) -> None:
-        self.table = table
+        self.program = program
         self.rate = rate
         self._detach, self._attach = detach, attach
         self.initial_backoff = self.backoff = backoff_s
@@ -49,13 +49,10 @@ class Breaker:
         self.trips = 0
 
     def _read(self):
-        return self.table[self.table.Key(0)]
+        return self.program.breaker()
 
     def _write(self, **fields) -> None:
-        b = self._read()
-        for k, v in fields.items():
-            setattr(b, k, v)
-        self.table[self.table.Key(0)] = b
+        self.program.set_breaker(**fields)
 
     def trip(self, reason: str) -> Transition | None:
         """Open the breaker from user space (a self-limit was reached)."""
@@ -70,12 +67,12 @@ class Breaker:
         now = time.monotonic()
         if self.state != OPEN:
             b = self._read()
-            if b.state == OPEN:
-                rate = (b.tripped_count * 1e9 / max(b.tripped_after_ns, 1000)
-                        if b.tripped_count else None)
+            if b["state"] == OPEN:
+                rate = (int(b["tripped_count"]) * 1e9 / max(int(b["tripped_after_ns"]), 1000)
+                        if b["tripped_count"] else None)
                 why = ("probe hits over --breaker-rate" if self.state == CLOSED
                        else "still over --breaker-rate on probation")
-                out.append(self._opened(why, rate, b.opened_ns))
+                out.append(self._opened(why, rate, int(b["opened_ns"])))
             elif self.state == HALF_OPEN and now >= self._close_at:
                 self._write(state=CLOSED)
                 self.state = CLOSED
@@ -84,7 +81,7 @@ class Breaker:
                                       f"quiet for {self.probation:g} s on probation"))
         elif now >= self._reattach_at:
             b = self._read()
-            self._write(state=HALF_OPEN, generation=b.generation + 1, count=0,
+            self._write(state=HALF_OPEN, generation=int(b["generation"]) + 1, count=0,
                         window_start_ns=time.monotonic_ns())
             self.state = HALF_OPEN
             self._attach()

@@ -1,0 +1,103 @@
+"""BPF maps through the bpf() syscall: the tracer's view of the kernel state.
+
+Keys and values are raw bytes laid out as in bpf/scope.h (numpy records from
+events.dtypes() or struct.pack). Per-CPU maps hold one value per possible
+CPU, each padded to 8 bytes, as the kernel hands them to user space.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from collections.abc import Iterator
+from functools import cache
+
+from .attach import bpf_syscall
+
+_LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = 1, 2, 3, 4
+_PERCPU_TYPES = {5, 6, 10}  # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH
+_ATTR = struct.Struct("<IIQQQ")  # map_fd, pad, key, value/next_key, flags
+
+
+@cache
+def possible_cpus() -> int:
+    """CPUs the kernel may ever bring up: the length of per-CPU values."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        n = 0
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            n = max(n, int(hi or lo) + 1)
+        return n
+
+
+class Map:
+    def __init__(self, fd: int, map_type: int, key_size: int, value_size: int,
+                 max_entries: int) -> None:
+        self.fd = fd
+        self.type = map_type
+        self.key_size = key_size
+        self.max_entries = max_entries
+        self.percpu = map_type in _PERCPU_TYPES
+        self.cpu_size = (value_size + 7) & ~7
+        self.value_size = self.cpu_size * possible_cpus() if self.percpu else value_size
+        self._attr = ctypes.create_string_buffer(_ATTR.size)
+
+    def _call(self, cmd: int, key: bytes | None, value=None, flags: int = 0) -> None:
+        kbuf = ctypes.create_string_buffer(key, self.key_size) if key is not None else None
+        _ATTR.pack_into(self._attr, 0, self.fd, 0,
+                        ctypes.addressof(kbuf) if kbuf is not None else 0,
+                        ctypes.addressof(value) if value is not None else 0, flags)
+        bpf_syscall(cmd, self._attr)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        out = ctypes.create_string_buffer(self.value_size)
+        try:
+            self._call(_LOOKUP, key, out)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        return out.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        if self.percpu and len(value) == self.cpu_size:  # same value on every CPU
+            value = value * possible_cpus()
+        buf = ctypes.create_string_buffer(value, self.value_size)
+        self._call(_UPDATE, key, buf)
+
+    def delete(self, key: bytes) -> None:
+        try:
+            self._call(_DELETE, key)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
+    def keys(self) -> Iterator[bytes]:
+        nxt = ctypes.create_string_buffer(self.key_size)
+        key: bytes | None = None
+        while True:
+            try:
+                self._call(_NEXT_KEY, key, nxt)
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    return
+                raise
+            key = nxt.raw
+            yield key
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for k in self.keys():
+            v = self.lookup(k)
+            if v is not None:
+                yield k, v
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def u32(v: int) -> bytes:
+    return struct.pack("<I", v)
