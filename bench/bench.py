@@ -89,12 +89,13 @@ def run_floor(size: int) -> dict:
     return _result(r.stdout)
 
 
-def run_scope(size: int, out: Path, watch_rss: bool = False) -> dict:
+def run_scope(size: int, out: Path, watch_rss: bool = False, repeat_s: float = 0) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     rss: list[int] = []
     t0 = time.time_ns()
     p = subprocess.Popen([SCOPE, "run", "-o", str(out), "--max-rate", "0", "--breaker-rate",
-                          "0", "--no-hook", "--", *_workload(size, True)],
+                          "0", "--no-hook", "--", *_workload(size, True),
+                          *([str(repeat_s)] if repeat_s else [])],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if watch_rss:
         def sample() -> None:
@@ -213,16 +214,14 @@ def main() -> None:
 
 
 def _soak(seconds: float, out: Path) -> dict:
-    """A run of about `seconds` for the controller's memory: flat after warm-up?"""
-    size = 27
-    base = run_baseline(size)["elapsed_s"]
-    scale = max(1, int(seconds / max(base * 25, 1e-3)))  # traced runs are ~25x slower
-    r = run_scope(size + max(0, scale.bit_length() - 1), out, watch_rss=True)
+    """A run of `seconds` for the controller's memory: flat after warm-up?"""
+    r = run_scope(22, out, watch_rss=True, repeat_s=seconds)
     series = r["rss_series_mb"]
     warm = series[min(5, len(series) - 1):] if series else [0.0]
     return {"soak_seconds": len(series), "soak_rss_mb": series,
             "soak_rss_growth_mb": max(warm) - warm[0], "soak_records": r["records"],
-            "soak_lost_records": r["lost"]}
+            "soak_lost_records": r["lost"], "soak_peak_rss_mb": r["peak_rss_mb"],
+            "soak_controller_ns_per_record": r["tracing_cpu_ns"] / max(r["records"], 1)}
 
 
 def _cpu_model() -> str:
@@ -257,7 +256,9 @@ def _print(r: dict) -> None:
         print(f"{name:<24}{value:>10.2f}   target {op} {target:<6} {'ok' if ok else 'MISSED'}")
     if "soak_rss_growth_mb" in r:
         print(f"{'soak RSS growth MB':<24}{r['soak_rss_growth_mb']:>10.2f}   over "
-              f"{r['soak_seconds']} s after warm-up")
+              f"{r['soak_seconds']} s, after 5 s of warm-up; peak {r['soak_peak_rss_mb']:.0f} MB, "
+              f"{r['soak_records']:,} records, {r['soak_lost_records']} lost, "
+              f"{r['soak_controller_ns_per_record']:.0f} ns/record")
     m = r["machine"]
     print(f"\n{m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['python']}")
 

@@ -1,6 +1,6 @@
 """The benchmark's call-heavy CPython workload (run by bench/bench.py).
 
-usage: workload.py SIZE [SEMAPHORE_ADDR | stdin | count]
+usage: workload.py SIZE [SEMAPHORE_ADDR | stdin | count] [REPEAT_SECONDS]
 
 Recursive calls plus a realistic mix (methods, a generator, a little file
 I/O), under the same profile hook `scope-ebpf run` installs on 3.11, so the
@@ -8,7 +8,8 @@ hook's own cost is in the baseline. With a semaphore address it first waits
 until the function__entry probe is live in this process (a tracer attached),
 so every variant times the same, fully traced section; with `stdin` it waits
 for a line instead (for a tracer that says when it is ready). `count` reports
-how many Python calls the section makes instead.
+how many Python calls the section makes instead. REPEAT_SECONDS repeats the
+section for that long (the memory soak).
 """
 
 import json
@@ -93,8 +94,11 @@ def main():
             if time.monotonic() > deadline:
                 sys.exit("probes never became live")
             time.sleep(0.01)
+    repeat = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     t0 = time.perf_counter()
     work(size)
+    while time.perf_counter() - t0 < repeat:
+        work(size)
     elapsed = time.perf_counter() - t0
     print(json.dumps({"elapsed_s": elapsed, "start_ns": START_NS}), flush=True)
 

@@ -24,7 +24,7 @@ from .schema import TABLES, arrow_schema
 
 # Rows buffered before a row group is written: small probe batches would
 # otherwise become thousands of tiny row groups that DuckDB reads slowly.
-ROW_GROUP_ROWS = 128 * 1024
+ROW_GROUP_ROWS = 64 * 1024
 _STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key"}
 
 _PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
