@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .controller import Options, Session, parse_probes
 from .errors import ScopeError
 
 _PREFIX = "scope-ebpf: "
@@ -38,7 +37,7 @@ def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*.parquet"))
 
 
-def _summary(session: Session, seconds: float) -> None:
+def _summary(session, seconds: float) -> None:
     w = session.written
     stats = session.last_stats
     lost = sum(v for k, v in stats.items() if k.endswith("_lost"))
@@ -49,6 +48,14 @@ def _summary(session: Session, seconds: float) -> None:
     if lost:
         _status(f"warning: the kernel buffers overflowed: {lost:,} records lost "
                 "(see the session table)")
+
+
+def _preload() -> None:
+    """Start compiling the BPF program now, while the rest of scope-ebpf imports."""
+    if os.geteuid() == 0:
+        from .program import start_loading
+
+        start_loading()
 
 
 def _fail(e: ScopeError) -> None:
@@ -131,8 +138,9 @@ def _control_options(f):
 def _options(output: Path | None, probes: str, include: tuple[str, ...],
              exclude: tuple[str, ...], min_duration: str | None, tids: tuple[int, ...],
              thread_names: tuple[str, ...], max_rate: str, breaker_rate: str,
-             max_cpu: str | None, max_output: str | None) -> Options:
+             max_cpu: str | None, max_output: str | None):
     """Validate every option before anything is attached."""
+    from .controller import Options, parse_probes
     from .matchers import Matcher
     from .units import parse_duration, parse_size
 
@@ -211,6 +219,9 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
       sudo scope-ebpf run --root /srv/image -o out -- python3.15 /app/main.py
     """
     started = time.monotonic()
+    _preload()
+    from .controller import Session
+
     child_pid = 0
 
     def forward(signum: int) -> None:
@@ -298,6 +309,9 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
       sudo scope-ebpf trace --all-python --probes gc,sched -d 300 -o out
     """
     started = time.monotonic()
+    _preload()
+    from .controller import Session
+
     sigs = _Signals()
     session = None
     reason = "signal"

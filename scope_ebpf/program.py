@@ -106,19 +106,7 @@ class Program:
 
     def __init__(self, limits: Limits | None = None, sched: bool = True) -> None:
         self.limits = limits = limits or Limits()
-        cflags = [
-            f"-I{events.BPF_DIR}",
-            f"-DCALLS_RB_PAGES={limits.calls_rb_pages}",
-            f"-DSCHED_RB_PAGES={limits.sched_rb_pages}",
-            f"-DMAX_THREADS={limits.max_threads}",
-            f"-DMAX_FUNCS={limits.max_funcs}",
-            f"-DMAX_TARGETS={limits.max_targets}",
-            f"-DMAX_SPECS={limits.max_specs}",
-            "-Wno-unused-function",
-        ]
-        self._progs, self.maps = _load({
-            "src": str(events.BPF_DIR / "scope.bpf.c"), "cflags": cflags,
-            "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS, "maps": MAPS})
+        self._progs, self.maps = _finish(start_loading(limits))
         self._links: list[TracepointLink] = []
         self.rings: dict[str, RingReader] = {}
         try:
@@ -244,19 +232,52 @@ class Program:
         self._progs.clear()
 
 
-def _load(request: dict) -> tuple[dict[str, int], dict[str, Map]]:
-    """Compile and load in a child (loader.py); return its program and map fds."""
+_pending: dict[tuple, tuple[subprocess.Popen, socket.socket]] = {}
+
+
+def start_loading(limits: Limits | None = None) -> tuple:
+    """Start compiling in the background (the loader child); Program() collects it.
+
+    The CLI calls this first thing, so the compile overlaps its own imports.
+    """
+    limits = limits or Limits()
+    cflags = [
+        f"-I{events.BPF_DIR}",
+        f"-DCALLS_RB_PAGES={limits.calls_rb_pages}",
+        f"-DSCHED_RB_PAGES={limits.sched_rb_pages}",
+        f"-DMAX_THREADS={limits.max_threads}",
+        f"-DMAX_FUNCS={limits.max_funcs}",
+        f"-DMAX_TARGETS={limits.max_targets}",
+        f"-DMAX_SPECS={limits.max_specs}",
+        "-Wno-unused-function",
+    ]
+    key = tuple(cflags)
+    if key in _pending:
+        return key
+    request = {"src": str(events.BPF_DIR / "scope.bpf.c"), "cflags": cflags,
+               "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS, "maps": MAPS}
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    proc = subprocess.Popen([sys.executable, "-m", "scope_ebpf.loader", str(child.fileno())],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            pass_fds=[child.fileno()], text=True,
+                            cwd=str(Path(__file__).resolve().parent.parent))
+    child.close()
+    proc.stdin.write(json.dumps(request))
+    proc.stdin.close()
+    _pending[key] = (proc, parent)
+    return key
+
+
+def _finish(key: tuple) -> tuple[dict[str, int], dict[str, Map]]:
+    """Collect the loader child's program and map fds."""
+    proc, parent = _pending.pop(key)
     fds: list[int] = []
     msg = b""
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "scope_ebpf.loader", str(child.fileno())],
-                                stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                                pass_fds=[child.fileno()], text=True,
-                                cwd=str(Path(__file__).resolve().parent.parent))
-        child.close()
-        _, err = proc.communicate(json.dumps(request), timeout=120)
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 20, 256)
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+        if proc.returncode == 0:
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 1 << 20, 256)
     finally:
         parent.close()
     if proc.returncode != 0 or not msg:
