@@ -633,11 +633,10 @@ class Session:
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
         counts["breaker_trips"] = self.breaker.trips if self.breaker else 0
-        ru = resource.getrusage(resource.RUSAGE_SELF)  # the controller alone, not the target
-        counts["controller_cpu_ns"] = int(_cpu_seconds() * 1e9)
+        counts["controller_cpu_ns"] = int(_cpu_seconds() * 1e9)  # ours, not the target's
         # CPU of the event path alone: since the program was compiled and loaded
         counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open
-        counts["controller_peak_rss_bytes"] = ru.ru_maxrss * 1024
+        counts["controller_peak_rss_bytes"] = _peak_rss()
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
             counts[f"rows.{table}"] = self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
@@ -660,6 +659,19 @@ def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False) -> np.void:
         rec[f"signed{i}"] = int(a.signed)
         rec[f"disp{i}"] = a.disp
     return rec
+
+
+def _peak_rss() -> int:
+    """High-water RSS of this process image: VmHWM, which, unlike ru_maxrss, does
+    not inherit the peak of whatever process forked us before exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _cpu_seconds() -> float:

@@ -25,6 +25,11 @@ from .schema import TABLES, arrow_schema
 # Rows buffered before a row group is written: small probe batches would
 # otherwise become thousands of tiny row groups that DuckDB reads slowly.
 ROW_GROUP_ROWS = 64 * 1024
+
+try:  # give freed Arrow buffers back to the OS at once: a tracer's RSS must stay flat
+    pa.jemalloc_set_decay_ms(0)
+except (NotImplementedError, AttributeError, pa.ArrowException):
+    pass
 _STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key"}
 
 _PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
