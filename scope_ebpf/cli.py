@@ -83,6 +83,39 @@ class _Signals:
             signal.signal(s, h)
 
 
+class _Tracing:
+    """A command's session lifecycle: on every way out the session is closed
+    (flushed, detached) and the signal handlers restored; ScopeError -> one line."""
+
+    def __init__(self, sigs: _Signals) -> None:
+        self.sigs = sigs
+        self.session = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> _Tracing:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if isinstance(exc, ScopeError):
+                if self.session:
+                    self.session.close(f"error: {exc}")
+                _fail(exc)
+            if self.session:
+                self.session.close("error")  # no-op once closed
+        finally:
+            self.sigs.restore()
+
+    def finish(self, reason: str) -> None:
+        self.session.close(self.session.stop_reason or reason)
+        _summary(self.session, time.monotonic() - self.started)
+
+
+def _check_duration(duration: float | None) -> None:
+    if duration is not None and duration <= 0:
+        raise ScopeError("--duration must be positive")
+
+
 _OUTPUT = click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
                        help="Output directory (default: ./scope-YYYYmmdd-HHMMSS).")
 _PROBES = click.option("--probes", default="calls,gc,sched,imports,audit", show_default=True,
@@ -218,7 +251,6 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
       sudo scope-ebpf run -o out -- python3 app.py arg1 arg2
       sudo scope-ebpf run --root /srv/image -o out -- python3.15 /app/main.py
     """
-    started = time.monotonic()
     _preload()
     from .controller import Session
 
@@ -229,11 +261,10 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
             os.kill(child_pid, signal.SIGTERM)
 
     sigs = _Signals(forward)
-    session = None
-    try:
-        if duration is not None and duration <= 0:
-            raise ScopeError("--duration must be positive")
-        session = Session(_options(output, probes, **control), _status)
+    exit_status: list[int] = []
+    with _Tracing(sigs) as t:
+        _check_duration(duration)
+        session = t.session = Session(_options(output, probes, **control), _status)
         root = os.path.abspath(root)
         session.check_command(list(command), root)
         session.open()
@@ -241,7 +272,6 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
         child_pid = child.pid
         _status(f"tracing pid {child.pid} ({os.path.basename(child.interpreter)}) "
                 f"-> {session.opts.output}")
-        exit_status: list[int] = []
         deadline = None if duration is None else time.monotonic() + duration
 
         def done() -> bool:
@@ -255,18 +285,8 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
             return bool(pid)
 
         session.run(done)
-        reason = session.stop_reason or ("target exited" if exit_status else
-                                         "duration" if deadline and sigs.count < 2 else "signal")
-        session.close(reason)
-        _summary(session, time.monotonic() - started)
-    except ScopeError as e:
-        if session:
-            session.close(f"error: {e}")
-        _fail(e)
-    finally:
-        if session:
-            session.close("error")
-        sigs.restore()
+        t.finish("target exited" if exit_status else
+                 "duration" if deadline and sigs.count < 2 else "signal")
     if exit_status:
         from .spawn import exit_code
 
@@ -308,19 +328,16 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
       sudo scope-ebpf trace --exe /usr/bin/python3.11 -o out
       sudo scope-ebpf trace --all-python --probes gc,sched -d 300 -o out
     """
-    started = time.monotonic()
     _preload()
     from .controller import Session
 
     sigs = _Signals()
-    session = None
     reason = "signal"
-    try:
+    with _Tracing(sigs) as t:
         if not (pids or exes or all_python):
             raise ScopeError("nothing to trace: give --pid, --exe or --all-python")
-        if duration is not None and duration <= 0:
-            raise ScopeError("--duration must be positive")
-        session = Session(_options(output, probes, **control), _status)
+        _check_duration(duration)
+        session = t.session = Session(_options(output, probes, **control), _status)
         for pid in pids:
             session.check_pid(pid)
         session.open()
@@ -332,7 +349,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
         what = [f"pid {', '.join(map(str, pids))}"] if pids else []
         what += [f"{len(binaries)} interpreter file(s)"] if binaries else []
         _status(f"tracing {' and '.join(what)} -> {session.opts.output} (Ctrl-C to stop)")
-        deadline = None if duration is None else started + duration
+        deadline = None if duration is None else t.started + duration
         last_check = 0.0
         watch_pids = bool(pids) and not binaries
 
@@ -352,16 +369,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
             return False
 
         session.run(done)
-        session.close(session.stop_reason or reason)
-        _summary(session, time.monotonic() - started)
-    except ScopeError as e:
-        if session:
-            session.close(f"error: {e}")
-        _fail(e)
-    finally:
-        if session:
-            session.close("error")
-        sigs.restore()
+        t.finish(reason)
 
 
 @cli.command()
