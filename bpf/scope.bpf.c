@@ -532,11 +532,11 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     return e;
 }
 
-int on_entry(struct pt_regs *ctx)
+/* The start both entry programs share: the thread's shadow stack if the
+ * process is traced and the breaker lets the call in, else 0. */
+static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u32 tid,
+                                                     __u32 pid)
 {
-    __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = id, pid = id >> 32;
-    struct probe_spec *sp = spec_of(ctx);
     struct thread_stack *st;
     struct control ctl;
 
@@ -546,6 +546,30 @@ int on_entry(struct pt_regs *ctx)
     if (!st || breaker_blocks(ctl.b, ctl.c, bpf_ktime_get_ns()))
         return 0;
     stat_add(STAT_ENTRIES);
+    return st;
+}
+
+/* The start both return programs share: the completed call's record, or 0. */
+static __always_inline struct call_event *returning(void)
+{
+    __u64 now = bpf_ktime_get_ns();
+    __u64 id = bpf_get_current_pid_tgid();
+    struct control ctl;
+
+    if (!control_of(&ctl))
+        return 0;
+    return pop_call(now, id, id >> 32, &ctl);
+}
+
+int on_entry(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp = spec_of(ctx);
+    struct thread_stack *st = entering(sp, tid, pid);
+
+    if (!st)
+        return 0;
     __u64 file = ARG(ctx, sp, 0);
     __u64 name = ARG(ctx, sp, 1);
     __s32 line = ARG(ctx, sp, 2);
@@ -555,15 +579,9 @@ int on_entry(struct pt_regs *ctx)
 
 int on_return(struct pt_regs *ctx)
 {
-    __u64 now = bpf_ktime_get_ns();
-    __u64 id = bpf_get_current_pid_tgid();
+    struct call_event *e = returning();
     struct probe_spec *sp;
-    struct call_event *e;
-    struct control ctl;
 
-    if (!control_of(&ctl))
-        return 0;
-    e = pop_call(now, id, id >> 32, &ctl);
     if (!e)
         return 0;
     sp = spec_of(ctx);
@@ -580,22 +598,16 @@ int on_eval_entry(struct pt_regs *ctx)
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tid = id, pid = id >> 32;
     struct probe_spec *sp = spec_of(ctx);
+    struct thread_stack *st = entering(sp, tid, pid);
     struct frame_offsets *fo;
-    struct thread_stack *st;
-    struct control ctl;
-    __u32 idx;
+    __u32 idx = bpf_get_attach_cookie(ctx);
     __u64 code = 0;
 
-    if (!sp || !control_of(&ctl))
+    if (!st)
         return 0;
-    st = stack_of(tid, pid, sp, ctl.b->generation);
-    if (!st || breaker_blocks(ctl.b, ctl.c, bpf_ktime_get_ns()))
-        return 0;
-    idx = bpf_get_attach_cookie(ctx);
     fo = frame_offs.lookup(&idx);
     if (!fo)
         return 0;
-    stat_add(STAT_ENTRIES);
     __u64 frame = ARG(ctx, sp, 0);
     bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
     push_call(st, intern_code(pid, code & fo->executable_mask, fo));
@@ -604,14 +616,8 @@ int on_eval_entry(struct pt_regs *ctx)
 
 int on_eval_return(struct pt_regs *ctx)
 {
-    __u64 now = bpf_ktime_get_ns();
-    __u64 id = bpf_get_current_pid_tgid();
-    struct call_event *e;
-    struct control ctl;
+    struct call_event *e = returning();
 
-    if (!control_of(&ctl))
-        return 0;
-    e = pop_call(now, id, id >> 32, &ctl);
     if (!e)
         return 0;
     e->flags = CALL_NO_RETURN_LINE;
