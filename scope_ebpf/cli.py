@@ -41,8 +41,10 @@ def _summary(session, seconds: float) -> None:
     w = session.written
     stats = session.last_stats
     lost = sum(v for k, v in stats.items() if k.endswith("_lost"))
+    calls = session.calls_completed
+    rows = "" if w["calls"] == calls else f" ({w['calls']:,} rows)"
     _status(
-        f"traced {w['calls']:,} calls, {w['gc']:,} gc, {w['sched']:,} off-CPU intervals "
+        f"traced {calls:,} calls{rows}, {w['gc']:,} gc, {w['sched']:,} off-CPU intervals "
         f"in {seconds:.1f} s; lost {lost:,} -> {session.opts.output} "
         f"({_human_bytes(_du(session.opts.output))})")
     if lost:

@@ -642,6 +642,11 @@ class Session:
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
         return rows
 
+    @property
+    def calls_completed(self) -> int:
+        """Exact completed calls of traced functions, at the last functions snapshot."""
+        return int(self._totals.count.sum())
+
     def __enter__(self) -> Session:
         return self
 

@@ -68,7 +68,7 @@ ORDER BY duration_ns DESC LIMIT 5
 
 OVERVIEW = """
 SELECT
-    (SELECT count(*) FROM calls) AS calls,
+    (SELECT sum(calls) FROM functions) AS calls,
     (SELECT count(DISTINCT (function, file, line)) FROM calls) AS functions,
     (SELECT count(*) FROM gc) AS gcs,
     (SELECT count(*) FROM sched) AS offcpu,
@@ -77,8 +77,8 @@ SELECT
 """
 
 EXAMPLES = (
-    "SELECT function, count(*) AS calls, round(avg(duration_ns) / 1e3, 1) AS mean_us, "
-    "max(depth) AS max_depth FROM calls GROUP BY 1 ORDER BY calls DESC LIMIT 10",
+    "SELECT function, sum(calls) AS calls, round(sum(total_ns) / sum(calls) / 1e3, 1) AS mean_us "
+    "FROM functions GROUP BY 1 ORDER BY calls DESC LIMIT 10",
     "SELECT state, function, count(*) AS n, round(sum(duration_ns) / 1e6, 2) AS ms "
     "FROM sched GROUP BY ALL ORDER BY ms DESC LIMIT 10",
 )
@@ -131,7 +131,8 @@ def trace() -> subprocess.CompletedProcess:
         OUTPUT.unlink()
     elif OUTPUT.exists():
         shutil.rmtree(OUTPUT)
-    cmd = [str(SCOPE), "run", "-o", str(OUTPUT), "--", PYTHON, str(APP)]
+    # every call of this small program is kept (no sampling), so rows are exact
+    cmd = [str(SCOPE), "run", "-o", str(OUTPUT), "--max-rate", "0", "--", PYTHON, str(APP)]
     print("$ " + shlex.join([_shell_path(SCOPE), *cmd[1:-1], _shell_path(APP)]), flush=True)
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
