@@ -105,3 +105,16 @@ def test_query_errors(tmp_path):
     r = scope("query", str(tmp_path / "missing"), "SELECT 1")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "missing" in r.stderr
+
+
+def test_compile_error_is_one_line_and_leaves_nothing_loaded(tmp_path, monkeypatch):
+    # The loader child's compiler output becomes one ScopeError line.
+    from scope_ebpf import events
+
+    (tmp_path / "scope.h").write_text(events.HEADER.read_text())
+    (tmp_path / "scope.bpf.c").write_text('#include "scope.h"\nint broken( { return 0; }\n')
+    monkeypatch.setattr(events, "BPF_DIR", tmp_path)
+    program._pending.clear()
+    with pytest.raises(ScopeError, match="could not compile or load the BPF program") as e:
+        program.Program()
+    assert "\n" not in str(e.value)
