@@ -434,8 +434,9 @@ class Session:
             self._control_totals = totals
             f = self.decoder.functions
             kept = f.kept(totals.ids)
+            # id 0 collects calls whose function could not be interned: no verdict for it
             counts = {int(i): int(c) for i, c, k in zip(totals.ids, count, kept, strict=True)
-                      if c and k}
+                      if c and k and i != events.const("SCOPE_NO_FUNC")}
             changes = self.sampler.update(counts, seconds, time.time_ns())
             self._verdicts({fid: new for fid, _old, new, _r in changes})
             for fid, _old, new, _rate in changes:
