@@ -196,14 +196,13 @@ class Program:
         """(function ids, (n, cpus) struct fstat records) of the per-CPU aggregates."""
         dt = events.dtypes()["fstat"]
         m = self.maps["fstats"]
-        ids, recs = [], []
         cpus = possible_cpus()
-        for k, v in m.items():
-            ids.append(int.from_bytes(k, "little"))
-            recs.append(np.ndarray((cpus,), dt, v, 0, (m.cpu_size,)))
-        if not ids:
+        keys, values, n = m.dump()
+        if not n:
             return np.zeros(0, np.uint32), np.zeros((0, cpus), dt)
-        return np.array(ids, np.uint32), np.stack(recs)
+        ids = np.frombuffer(keys, "<u4", count=n).copy()
+        recs = np.ndarray((n, cpus), dt, values, 0, (m.value_size, m.cpu_size)).copy()
+        return ids, recs
 
     def open_frames(self) -> list[tuple[int, int, int, int, int]]:
         """(pid, tid, depth, start_ns, func_id) of every call not yet returned."""
