@@ -351,7 +351,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
         what = [f"pid {', '.join(map(str, pids))}"] if pids else []
         what += [f"{len(binaries)} interpreter file(s)"] if binaries else []
         _status(f"tracing {' and '.join(what)} -> {session.opts.output} (Ctrl-C to stop)")
-        deadline = None if duration is None else t.started + duration
+        deadline = None if duration is None else time.monotonic() + duration  # from attach
         last_check = 0.0
         watch_pids = bool(pids) and not binaries
 

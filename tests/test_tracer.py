@@ -259,3 +259,19 @@ def test_imports_and_audit_rows(tmp_path):
     assert rows(out, "SELECT count(*) FROM audit WHERE event = 'cpython.run_file'") == [(1,)]
     assert session_count(out, "kernel.audit_lost") == 0
     assert session_count(out, "rows.audit") == session_count(out, "kernel.audit")
+
+
+def test_all_python_attaches_every_running_interpreter(tmp_path):
+    target = _start_forever(20.0)
+    out = tmp_path / "out"
+    try:
+        r = scope("trace", "--all-python", "-d", "1.5", "-o", str(out))
+    finally:
+        target.kill()
+        target.wait()
+    assert r.returncode == 0, r.stderr
+    assert "/usr/bin/python3.11" in (session_value(out, "exe_mode") or "")
+    ticks = rows(out, f"SELECT count(*) FROM calls WHERE pid = {target.pid} AND function = 'tick'")
+    assert 80 <= ticks[0][0] <= 160  # about 100 per second for the 1.5 s traced
+    assert rows(out, f"SELECT count(*) FROM processes WHERE pid = {target.pid} "
+                     "AND event = 'start'") == [(1,)]
