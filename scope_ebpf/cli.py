@@ -309,7 +309,7 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
 @_OUTPUT
 @_PROBES
 @click.option("-d", "--duration", type=float, default=None,
-              help="Stop after this many seconds (default: until Ctrl-C, or until the "
+              help="Trace for this many seconds once attached (default: until Ctrl-C, or until the "
                    "--pid targets exit).")
 @click.option("--activate", is_flag=True,
               help="CPython 3.14 --pid targets: turn on the perf trampoline with "
