@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .errors import ScopeError
+from .units import human_bytes
 
 _PREFIX = "scope-ebpf: "
 
@@ -23,14 +24,6 @@ def _status(msg: str) -> None:
 
 def _default_output() -> Path:
     return Path(time.strftime("scope-%Y%m%d-%H%M%S"))
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def _du(path: Path) -> int:
@@ -46,7 +39,7 @@ def _summary(session, seconds: float) -> None:
     _status(
         f"traced {calls:,} calls{rows}, {w['gc']:,} gc, {w['sched']:,} off-CPU intervals "
         f"in {seconds:.1f} s; lost {lost:,} -> {session.opts.output} "
-        f"({_human_bytes(_du(session.opts.output))})")
+        f"({human_bytes(_du(session.opts.output))})")
     if lost:
         _status(f"warning: the kernel buffers overflowed: {lost:,} records lost "
                 "(see the session table)")

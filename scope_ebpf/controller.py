@@ -212,7 +212,7 @@ class Session:
                 if probe.name in wanted:
                     spec = _Link(PROGRAMS[probe.name], probe.path, probe.offset,
                                  probe.semaphore_offset, self._cookie(_spec(probe.args, any_pid)))
-                    if PROBE_SETS["calls"].count(probe.name):
+                    if probe.name in PROBE_SETS["calls"]:
                         calls.append(spec)
                     else:
                         links.append(spec.open(self.program))

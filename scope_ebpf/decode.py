@@ -86,9 +86,6 @@ class Functions:
         return list(zip(recs["func_id"].tolist(), names, files, strict=True))
 
     def find(self, func_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._find(func_ids)
-
-    def _find(self, func_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, known) of kernel ids in the sorted arrays."""
         if not len(self._ids):
             return np.zeros(len(func_ids), np.int64), np.zeros(len(func_ids), bool)
@@ -104,7 +101,7 @@ class Functions:
                 found: tuple[np.ndarray, np.ndarray] | None = None
                 ) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(function, file, line) columns for an array of kernel function ids."""
-        pos, known = found if found is not None else self._find(func_ids)
+        pos, known = found if found is not None else self.find(func_ids)
         name = np.where(known, self._name[pos] if len(self._ids) else -1, -1)
         file = np.where(known, self._file[pos] if len(self._ids) else -1, -1)
         line = np.where(known, self._line[pos] if len(self._ids) else 0, 0)
@@ -116,12 +113,12 @@ class Functions:
         )
 
     def pids(self, func_ids: np.ndarray) -> np.ndarray:
-        pos, known = self._find(func_ids)
+        pos, known = self.find(func_ids)
         return np.where(known, self._pid[pos] if len(self._ids) else 0, 0).astype(np.int32)
 
     def describe(self, func_id: int) -> tuple[int | None, str | None, str | None, int | None]:
         """(pid, name, file, line) of one function id."""
-        pos, known = self._find(np.array([func_id], np.uint32))
+        pos, known = self.find(np.array([func_id], np.uint32))
         if not known[0]:
             return None, None, None, None
         i = int(pos[0])
@@ -131,24 +128,24 @@ class Functions:
 
     def kept(self, func_ids: np.ndarray) -> np.ndarray:
         """Whether the matcher keeps each function (unknown ids: yes)."""
-        pos, known = self._find(func_ids)
+        pos, known = self.find(func_ids)
         if not len(self._ids):
             return np.ones(len(func_ids), bool)
         return np.where(known, self._keep[pos], True)
 
     def kernel_keys(self, func_ids: list[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
         """(id, (name, file, pid, line)) of known ids: the kernel's func_key fields."""
-        pos, known = self._find(np.array(func_ids, np.uint32))
+        pos, known = self.find(np.array(func_ids, np.uint32))
         return [(int(self._ids[p]), (int(self._key_name[p]), int(self._key_file[p]),
                                      int(self._pid[p]), int(self._line[p])))
                 for p in pos[known]]
 
     def set_keep(self, func_ids: list[int], keep: bool) -> None:
-        pos, known = self._find(np.array(func_ids, np.uint32))
+        pos, known = self.find(np.array(func_ids, np.uint32))
         self._keep[pos[known]] = keep
 
     def set_k(self, func_id: int, k: int) -> None:
-        pos, known = self._find(np.array([func_id], np.uint32))
+        pos, known = self.find(np.array([func_id], np.uint32))
         if known[0]:
             self._k[pos[0]] = k
 
