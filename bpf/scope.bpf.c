@@ -891,7 +891,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     offcpu.delete(&tid);
     gc_states.delete(&tid);
     imports.delete(&tid);
-    if (tid == pid)
+    if (tid == pid) {
         proc_event(PROC_EXIT, pid, tid, 0);
+        /* Its pid may be reused by anyone: and exe mode adopts processes for
+         * as long as it runs, so the set must not fill with the dead. */
+        targets.delete(&pid);
+    }
     return 0;
 }

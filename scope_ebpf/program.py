@@ -139,12 +139,6 @@ class Program:
     def add_target(self, pid: int) -> None:
         self.maps["targets"].update(u32(pid), u32(1))
 
-    def remove_target(self, pid: int) -> None:
-        self.maps["targets"].delete(u32(pid))
-
-    def targets(self) -> list[int]:
-        return [int.from_bytes(k, "little") for k in self.maps["targets"].keys()]
-
     def set_spec(self, index: int, spec: np.void) -> None:
         """Write one probe_spec record (events.dtypes()['probe_spec']) at a cookie."""
         self.maps["specs"].update(u32(index), spec.tobytes())

@@ -275,3 +275,20 @@ def test_all_python_attaches_every_running_interpreter(tmp_path):
     assert 80 <= ticks[0][0] <= 160  # about 100 per second for the 1.5 s traced
     assert rows(out, f"SELECT count(*) FROM processes WHERE pid = {target.pid} "
                      "AND event = 'start'") == [(1,)]
+
+
+def test_exited_targets_leave_the_kernel_target_set(tmp_path):
+    # exe mode adopts processes for as long as it runs: the set must not fill up
+    from scope_ebpf.controller import Options, Session
+
+    s = Session(Options(tmp_path / "out"))
+    s.open()
+    try:
+        child = s.launch([PY311, "-c", "pass"])
+        os.waitpid(child.pid, 0)
+        time.sleep(0.1)
+        assert list(s.program.maps["targets"].keys()) == []
+    finally:
+        s.close()
+    assert rows(tmp_path / "out", f"SELECT count(*) FROM processes WHERE pid = {child.pid} "
+                                  "AND event = 'exit'") == [(1,)]
