@@ -199,20 +199,15 @@ class Decoder:
         ], names=_schema("calls").names)
 
     def open_calls(self, frames: list[tuple[int, int, int, int, int]]) -> pa.RecordBatch:
-        """Rows for calls still open at stop: null duration and return line."""
-        a = np.array(frames, np.int64).reshape(-1, 5)
-        function, file, line = self.functions.columns(a[:, 4].astype(np.uint32))
-        n = len(a)
-        return pa.RecordBatch.from_arrays([
-            self._ts(a[:, 3]),
-            pa.nulls(n, pa.int64()),
-            pa.array(a[:, 0].astype(np.int32)),
-            pa.array(a[:, 1].astype(np.int32)),
-            pa.array(a[:, 2].astype(np.int32)),
-            function, file, line,
-            pa.nulls(n, pa.int32()),
-            pa.array(np.ones(n, np.int32)),
-        ], names=_schema("calls").names)
+        """Rows for calls still open at stop: call records flagged open, as the
+        kernel sends for a thread that exits mid-call (null duration, return line)."""
+        r = np.zeros(len(frames), events.dtypes()["call_event"])
+        if frames:
+            a = np.array(frames, np.int64)
+            r["pid"], r["tid"], r["depth"], r["start_ns"], r["func_id"] = a.T
+        r["flags"] = _C["CALL_OPEN"]
+        r["weight"] = 1
+        return self.calls(r)
 
     def gc(self, r: np.ndarray) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([
