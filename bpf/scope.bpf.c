@@ -291,22 +291,25 @@ static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 o
     proc_rb.ringbuf_submit(e, 0);
 }
 
-static __always_inline int is_target(__u32 pid, struct probe_spec *sp)
+/* The probe sets (PROBE_*) a process is traced with; 0 if it is not a target. */
+static __always_inline __u32 is_target(__u32 pid, struct probe_spec *sp)
 {
-    __u32 zero = 0, one = 1;
-    __u32 *self;
+    __u32 zero = 0;
+    __u32 *self, *mask = targets.lookup(&pid);
+    struct config *c;
 
-    if (targets.lookup(&pid))
-        return 1;
+    if (mask)
+        return *mask;
     if (!sp || !(sp->flags & SPEC_ANY_PID))
         return 0;
     self = tracer_pid.lookup(&zero);
-    if (!self || *self == pid)
+    c = config.lookup(&zero);
+    if (!self || *self == pid || !c)
         return 0;
     /* First hit of a process on a binary attached in exe mode. */
-    if (targets.insert(&pid, &one) == 0)
+    if (targets.insert(&pid, &c->any_pid_mask) == 0)
         proc_event(PROC_ATTACH, pid, pid, 0);
-    return 1;
+    return c->any_pid_mask;
 }
 
 static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
@@ -323,7 +326,7 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
         }
         return st;
     }
-    if (!is_target(pid, sp))
+    if (!(is_target(pid, sp) & PROBE_CALLS))
         return 0;
     /* New target thread (or a recycled tid): start from an empty stack. */
     st = zero_stack.lookup(&zero);
@@ -633,7 +636,7 @@ int on_gc_start(struct pt_regs *ctx)
     struct gc_state s = {};
 
     sp = spec_of(ctx);
-    if (!sp || !is_target(pid, sp))
+    if (!sp || !(is_target(pid, sp) & PROBE_GC))
         return 0;
     s.start_ns = bpf_ktime_get_ns();
     s.generation = ARG(ctx, sp, 0);
@@ -679,7 +682,7 @@ int on_import_start(struct pt_regs *ctx)
     struct probe_spec *sp = spec_of(ctx);
     struct import_stack *st;
 
-    if (!sp || !is_target(pid, sp))
+    if (!sp || !(is_target(pid, sp) & PROBE_IMPORTS))
         return 0;
     st = imports.lookup(&tid);
     if (!st) {
@@ -741,7 +744,7 @@ int on_audit(struct pt_regs *ctx)
     struct probe_spec *sp = spec_of(ctx);
     struct audit_event *e;
 
-    if (!sp || !is_target(pid, sp))
+    if (!sp || !(is_target(pid, sp) & PROBE_AUDIT))
         return 0;
     stat_add(STAT_AUDIT);
     e = audit_rb.ringbuf_reserve(sizeof(*e));
@@ -765,10 +768,11 @@ TRACEPOINT_PROBE(sched, sched_switch)
     __u64 now = bpf_ktime_get_ns();
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     __u32 prev = args->prev_pid, next = args->next_pid;
+    __u32 *mask = targets.lookup(&pid);
     struct offcpu_state *o;
     struct sched_event *e;
 
-    if (prev && targets.lookup(&pid)) {
+    if (prev && mask && (*mask & PROBE_SCHED)) {
         struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
         struct thread_stack *st = stacks.lookup(&prev);
         if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
@@ -812,25 +816,29 @@ TRACEPOINT_PROBE(sched, sched_wakeup)
 TRACEPOINT_PROBE(task, task_newtask)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 tid = id, pid = id >> 32, child = args->pid, one = 1;
+    __u32 tid = id, pid = id >> 32, child = args->pid;
+    __u32 *mask = targets.lookup(&pid);
 
-    if (!targets.lookup(&pid))
+    if (!mask)
         return 0;
     if (args->clone_flags & 0x00010000 /* CLONE_THREAD */) {
         proc_event(PROC_THREAD, pid, tid, child);
         return 0;
     }
-    targets.update(&child, &one);
+    targets.update(&child, mask);  /* with the parent's probe sets */
     proc_event(PROC_FORK, pid, tid, child);
     return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
-    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    __u32 pid = bpf_get_current_pid_tgid() >> 32, zero = 0;
+    struct config *c = config.lookup(&zero);
     struct proc_event *e;
 
-    if (!targets.lookup(&pid))
+    /* The daemon hears of every exec: it decides in user space (globs,
+     * regexes, users, cgroups) whether the new program becomes a target. */
+    if (!targets.lookup(&pid) && !(c && c->watch_exec))
         return 0;
     stat_add(STAT_PROC);
     e = proc_rb.ringbuf_reserve(sizeof(*e));

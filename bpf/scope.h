@@ -32,6 +32,14 @@
 #define PROC_THREAD 4
 #define PROC_ATTACH 5        /* an exe-mode probe found a new process and made it a target */
 
+/* The value of the `targets` map: which probe sets a process is traced with
+ * (the daemon gives each selector its own; a run or trace gives all alike). */
+#define PROBE_CALLS 1
+#define PROBE_GC 2
+#define PROBE_SCHED 4
+#define PROBE_IMPORTS 8
+#define PROBE_AUDIT 16
+
 /* Indexes into the per-CPU `stats` array; names in events.py STAT_NAMES. */
 #define STAT_ENTRIES 0          /* function__entry hits of target threads */
 #define STAT_RETURNS 1          /* function__return hits of target threads */
@@ -168,6 +176,8 @@ struct config {
     __u32 guard_k;           /* rows past ... */
     __u64 row_limit;         /* ... this many in a GUARD_WINDOW_NS (100 ms) window are sampled
                               * 1-in-guard_k more; 0 = off */
+    __u32 any_pid_mask;      /* PROBE_* of processes adopted by an exe-mode probe */
+    __u32 watch_exec;        /* 1: report every exec on the host, not only targets' (daemon) */
 };
 
 struct breaker {

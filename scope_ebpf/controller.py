@@ -56,6 +56,14 @@ GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms win
 _RETURN_PROGS = ("on_return", "on_eval_return")
 
 
+def probe_mask(probes: frozenset[str] | set[str]) -> int:
+    """The kernel's bits (PROBE_* in scope.h) for a set of probe set names."""
+    mask = 0
+    for name in probes:
+        mask |= events.const(f"PROBE_{name.upper()}")
+    return mask
+
+
 def parse_probes(text: str) -> frozenset[str]:
     names = frozenset(p.strip() for p in text.split(",") if p.strip())
     unknown = names - PROBE_SETS.keys()
@@ -168,7 +176,7 @@ class Session:
             tid_filter=int(bool(o.tids or o.thread_names)),
             row_limit=math.ceil(o.max_rate * events.const("GUARD_WINDOW_NS") / 1e9)
             if self.sampler else 0,
-            guard_k=GUARD_K)
+            guard_k=GUARD_K, any_pid_mask=probe_mask(o.probes))
         for tid in o.tids:
             self.program.select_tid(tid)
         self.breaker = safety.Breaker(self.program, o.breaker_rate,
@@ -300,7 +308,7 @@ class Session:
         if "calls" in self.opts.probes and b.calls_mode != "none" and not ok:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
                       f"not appear: {why}. gc, sched and process data are recorded either way")
-        self.program.add_target(pid)
+        self.program.add_target(pid, probe_mask(self.opts.probes))
         self._started(pid, binary)
 
     def add_exe(self, path: str) -> _Binary:
@@ -354,7 +362,7 @@ class Session:
             self.meta["perf_trampoline"] = "PYTHONPERFSUPPORT=1"
         pid, go, err = spawn.fork_held(exe, argv, env, root)
         try:
-            self.program.add_target(pid)
+            self.program.add_target(pid, probe_mask(self.opts.probes))
         except BaseException:
             spawn.cancel(pid, go, err)
             raise

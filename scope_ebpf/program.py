@@ -136,8 +136,12 @@ class Program:
     def set_tracer_pid(self, pid: int) -> None:
         self.maps["tracer_pid"].update(u32(0), u32(pid))
 
-    def add_target(self, pid: int) -> None:
-        self.maps["targets"].update(u32(pid), u32(1))
+    def add_target(self, pid: int, mask: int) -> None:
+        """Trace ``pid`` with the probe sets in ``mask`` (events PROBE_* bits)."""
+        self.maps["targets"].update(u32(pid), u32(mask))
+
+    def remove_target(self, pid: int) -> None:
+        self.maps["targets"].delete(u32(pid))
 
     def set_spec(self, index: int, spec: np.void) -> None:
         """Write one probe_spec record (events.dtypes()['probe_spec']) at a cookie."""
