@@ -92,6 +92,10 @@ class Options:
     sample_interval: float = 1.0      # seconds between psutil samples
     control_interval: float = 0.1     # seconds between sampling decisions
     snapshot_interval: float = 2.0    # seconds between functions snapshots
+    rotate_seconds: float = 60        # a Parquet part is closed this old ...
+    rotate_bytes: int = 0             # ... or this big (0: no size limit)
+    host: str | None = None           # set: Hive partitions host=H/date=D/hour=HH (daemon)
+    watch_exec: bool = False          # hear of every exec on the host (see on_exec)
 
 
 @dataclass
@@ -158,25 +162,30 @@ class Session:
         self.stop_reason: str | None = None  # set when a self-limit ends the session
         self.start_ns = time.time_ns()
         self.decoder = Decoder(_mono_to_wall())
+        # With watch_exec: called with (pid, filename) for every exec on the host,
+        # before its row is written; the daemon decides there what becomes a target.
+        self.on_exec: Callable[[int, str], None] | None = None
 
     # -- set-up -------------------------------------------------------------
 
     def open(self) -> None:
         """Create the output, compile and load the BPF program (tracepoints go live)."""
+        o = self.opts
         try:
-            self.out = OutputDir(self.opts.output)
+            self.out = OutputDir(o.output, rotate_seconds=o.rotate_seconds,
+                                 rotate_bytes=o.rotate_bytes,
+                                 partition=hive_partition(o.host) if o.host else None)
         except OutputError as e:
             raise ScopeError(str(e)) from None
         self.status("compiling BPF program")
         self.program = Program(self.opts.limits, sched="sched" in self.opts.probes)
-        o = self.opts
         limit = math.ceil(o.breaker_rate * safety.WINDOW_S) if o.breaker_rate > 0 else 0
         self.program.set_config(
             min_duration_ns=o.min_duration_ns, breaker_limit=limit,
             tid_filter=int(bool(o.tids or o.thread_names)),
             row_limit=math.ceil(o.max_rate * events.const("GUARD_WINDOW_NS") / 1e9)
             if self.sampler else 0,
-            guard_k=GUARD_K, any_pid_mask=probe_mask(o.probes))
+            guard_k=GUARD_K, any_pid_mask=probe_mask(o.probes), watch_exec=int(o.watch_exec))
         for tid in o.tids:
             self.program.select_tid(tid)
         self.breaker = safety.Breaker(self.program, o.breaker_rate,
@@ -287,17 +296,21 @@ class Session:
             raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
         return binary
 
-    def add_pid(self, pid: int, *, activate: bool = False) -> None:
+    def add_pid(self, pid: int, *, activate: bool = False,
+                probes: frozenset[str] | None = None) -> None:
         """Trace a running process from now on.
 
         ``activate`` turns the perf trampoline on in a 3.14 target (it runs code
         in the target, so only on request) so that its calls can be traced.
+        ``probes`` narrows the session's probe sets for this process (daemon
+        selectors); the session must have attached them.
         """
         assert self.program is not None
         binary = self.check_pid(pid)
         b = self.attach_binary(binary)
+        probes = self.opts.probes if probes is None else probes & self.opts.probes
         ok, why = capabilities.of_file(binary).calls(launched=False)
-        if activate and "calls" in self.opts.probes and b.calls_mode == "eval":
+        if activate and "calls" in probes and b.calls_mode == "eval":
             from . import activate as act
 
             self._cleanup += act.perf_trampoline(pid, binary,
@@ -305,11 +318,21 @@ class Session:
             self.meta["perf_trampoline"] = "activated with sys.remote_exec"
             self.status(f"activated the perf trampoline in process {pid}")
             ok = True
-        if "calls" in self.opts.probes and b.calls_mode != "none" and not ok:
+        if "calls" in probes and b.calls_mode != "none" and not ok:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
                       f"not appear: {why}. gc, sched and process data are recorded either way")
-        self.program.add_target(pid, probe_mask(self.opts.probes))
+        self.program.add_target(pid, probe_mask(probes))
+        self.exited.discard(pid)
         self._started(pid, binary)
+
+    def set_probes(self, pid: int, probes: frozenset[str]) -> None:
+        """Change a target's probe sets; none at all stops tracing it."""
+        probes &= self.opts.probes
+        if not probes:
+            self.program.remove_target(pid)
+            self.targets.pop(pid, None)
+        else:
+            self.program.add_target(pid, probe_mask(probes))
 
     def add_exe(self, path: str) -> _Binary:
         """Exe mode: trace every process that runs ``path``, now or started later."""
@@ -419,6 +442,7 @@ class Session:
             self._snapshot(now)
         if now - self._last_limits >= 0.25:
             self._limits(now)
+            self.out.tick()
         return sum(map(len, (calls, funcs, gc, sched, proc, imports, audit)))
 
     def _calls(self, calls: np.ndarray) -> None:
@@ -554,9 +578,7 @@ class Session:
     def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
         info = self.targets[pid] = procs.info(pid, binary)
         self._add("processes", rows_to_batch("processes", [{
-            "ts_ns": ts_ns or time.time_ns(), "pid": pid, "event": "start",
-            "parent_pid": info.parent_pid, "exe": info.exe, "cmdline": info.cmdline,
-            "python_version": info.python_version}]))
+            "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
 
     def _proc_events(self, rows: list[dict]) -> None:
         other = []
@@ -564,6 +586,11 @@ class Session:
             if row["event"] == "start":  # found by an exe-mode probe
                 self._started(row["pid"], ts_ns=row["ts_ns"])
                 continue
+            if row["event"] == "exec" and self.on_exec is not None:
+                traced = row["pid"] in self.targets
+                self.on_exec(row["pid"], row.get("exe") or "")
+                if not traced:  # the whole host's execs: only targets' are rows
+                    continue
             if row["event"] == "fork":
                 child = row["pid"]
                 self.targets.setdefault(child, procs.info(child))
@@ -661,6 +688,13 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close("error" if exc[0] else "stopped")
+
+
+def hive_partition(host: str) -> Callable[[], str]:
+    """``host=H/date=YYYY-MM-DD/hour=HH`` of the current UTC hour."""
+    def partition() -> str:
+        return time.strftime(f"host={host}/date=%Y-%m-%d/hour=%H", time.gmtime())
+    return partition
 
 
 def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False) -> np.void:

@@ -7,16 +7,23 @@ turn into missing values rather than exceptions.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import pwd
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import psutil
 
 from .errors import ScopeError
 
 _VERSION = re.compile(r"python(\d+\.\d+)")
+# docker/containerd/cri-o/podman put the 64-hex container id in the cgroup path
+_CONTAINER = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?:/|$)")
 MAX_CMDLINE = 4096
+MAX_CGROUP = 1024
+CLONE_NEWNET = 0x40000000
 
 
 @dataclass
@@ -26,6 +33,20 @@ class ProcInfo:
     cmdline: str | None
     python_version: str | None
     parent_pid: int | None
+    uid: int | None = None
+    user: str | None = None
+    cgroup: str | None = None
+    container_id: str | None = None
+    netns: int | None = None          # inode of /proc/PID/ns/net
+    addresses: list[str] = field(default_factory=list)  # "if=addr/len" in that namespace
+
+    def row(self) -> dict:
+        """The columns of a processes 'start' row."""
+        return {"pid": self.pid, "parent_pid": self.parent_pid, "exe": self.exe,
+                "cmdline": self.cmdline, "python_version": self.python_version,
+                "uid": self.uid, "user": self.user, "cgroup": self.cgroup,
+                "container_id": self.container_id, "netns": self.netns,
+                "addresses": self.addresses or None}
 
 
 def validate_pid(pid: int) -> psutil.Process:
@@ -82,16 +103,106 @@ def alive(pid: int) -> bool:
 
 def info(pid: int, binary: str | None = None) -> ProcInfo:
     """Static metadata of a process; fields it cannot read are None."""
+    uids = None
     try:
         p = psutil.Process(pid)
         with p.oneshot():
             exe = _safe(p.exe)
             cmd = _safe(p.cmdline)
             ppid = _safe(p.ppid)
+            uids = _safe(p.uids)
     except psutil.NoSuchProcess:
         exe = cmd = ppid = None
     cmdline = " ".join(cmd)[:MAX_CMDLINE] if cmd else None
-    return ProcInfo(pid, exe, cmdline, python_version(binary) or python_version(exe), ppid)
+    out = ProcInfo(pid, exe, cmdline, python_version(binary) or python_version(exe), ppid)
+    if uids is not None:
+        out.uid = uids.real
+        out.user = user_name(uids.real)
+    out.cgroup = cgroup(pid)
+    if out.cgroup:
+        m = _CONTAINER.search(out.cgroup)
+        out.container_id = m.group(1) if m else None
+    try:
+        out.netns = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        pass
+    else:
+        out.addresses = net_addresses(pid, out.netns)
+    return out
+
+
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def cgroup(pid: int) -> str | None:
+    """The process's cgroup v2 path ("0::/path"), else its first v1 path."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            lines = f.read(16 * MAX_CGROUP).decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    paths = [ln.split(":", 2)[2] for ln in lines if ln.count(":") >= 2]
+    v2 = [ln.split(":", 2)[2] for ln in lines if ln.startswith("0::")]
+    chosen = (v2 or paths or [None])[0]
+    return chosen[:MAX_CGROUP] if chosen else None
+
+
+_addresses: dict[int, list[str]] = {}  # netns inode -> addresses (few namespaces per host)
+_addresses_lock = threading.Lock()
+
+
+def net_addresses(pid: int, netns: int) -> list[str]:
+    """Interface addresses ("eth0=10.0.0.5/24") inside the network namespace of ``pid``.
+
+    Read with pyroute2 from a short-lived thread that enters the namespace:
+    network namespaces are per thread, so the rest of the tracer stays put.
+    Cached per namespace inode.
+    """
+    with _addresses_lock:
+        if netns in _addresses:
+            return _addresses[netns]
+    result: list[str] = []
+
+    def read() -> None:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if _libc().setns(fd, CLONE_NEWNET) != 0:
+                return
+        finally:
+            os.close(fd)
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ip:
+            names = {link["index"]: link.get("IFLA_IFNAME") for link in ip.get_links()}
+            for a in ip.get_addr():
+                name = a.get("IFA_LABEL") or names.get(a["index"]) or "?"
+                result.append(f"{name}={a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+
+    t = threading.Thread(target=read, name="scope-netns", daemon=True)
+    t.start()
+    t.join(5)
+    with _addresses_lock:
+        if len(_addresses) > 4096:
+            _addresses.clear()
+        _addresses[netns] = result[:64]
+    return result[:64]
+
+
+_LIBC = None
+
+
+def _libc() -> ctypes.CDLL:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 def sample(pid: int) -> dict | None:

@@ -1,5 +1,10 @@
 """Atomic, rotating Parquet parts: one directory of parts per table.
 
+With a ``partition`` function (the daemon), parts go to
+``ROOT/<table>/<partition()>/`` instead, e.g. ``host=H/date=D/hour=HH``, and a
+part is closed when its partition changes, so every closed file belongs to
+exactly one Hive partition.
+
 A part is written under a hidden ``.tmp`` name and renamed only after its footer
 is on disk, so a reader (or DuckDB glob) never sees a half-written file, and a
 crash leaves at most one ``.tmp`` per table instead of a corrupt part. Rotation
@@ -12,6 +17,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -77,12 +83,17 @@ class TableWriter:
         table: str,
         rotate_rows: int = 2_000_000,
         rotate_seconds: float = 60,
+        rotate_bytes: int = 0,
+        partition: Callable[[], str] | None = None,
     ) -> None:
         if rotate_rows < 1:
             raise ValueError("rotate_rows must be >= 1")
         self.table = table
         self.schema = arrow_schema(table)
-        self.dir = Path(root) / table
+        self.base = Path(root) / table
+        self.partition = partition
+        self.dir = self.base / partition() if partition else self.base
+        self.rotate_bytes = rotate_bytes
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.rows_written = 0
@@ -119,7 +130,7 @@ class TableWriter:
                         self._open_part(chunk)
                     self._append(chunk)
                     offset += chunk.num_rows
-                    if self._part_rows >= self.rotate_rows:
+                    if self._writer is not None and self._part_rows >= self.rotate_rows:
                         self._close_part()
 
     def close(self) -> None:
@@ -149,6 +160,12 @@ class TableWriter:
                 except OSError:
                     pass
                 self._tmp = None
+
+    def tick(self) -> None:
+        """Close the open part if it is due by age or partition, even with no new rows."""
+        with self._lock:
+            if not self._closed and self._writer is not None and self._part_is_old():
+                self._close_part()
 
     @property
     def closed(self) -> bool:
@@ -202,7 +219,9 @@ class TableWriter:
         return pa.RecordBatch.from_arrays(arrays, schema=self._part_schema)
 
     def _part_is_old(self) -> bool:
-        return time.monotonic() - self._part_started >= self.rotate_seconds
+        if time.monotonic() - self._part_started >= self.rotate_seconds:
+            return True
+        return self.partition is not None and self.base / self.partition() != self.dir
 
     def _next_seq(self) -> int:
         """Continue after any part (or leftover tmp) already in the directory."""
@@ -217,6 +236,10 @@ class TableWriter:
 
     def _open_part(self, first: pa.RecordBatch) -> None:
         try:
+            if self.partition is not None:
+                where = self.base / self.partition()
+                if where != self.dir:
+                    self.dir, self._seq = where, None
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             seq = self._next_seq()
             final = self.dir / f"part-{seq:05d}.parquet"
@@ -249,7 +272,7 @@ class TableWriter:
         if self._pending_rows >= ROW_GROUP_ROWS:
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, rotate: bool = True) -> None:
         if not self._pending:
             return
         assert self._writer is not None
@@ -259,13 +282,16 @@ class TableWriter:
         table = pa.Table.from_batches(batches, schema=self._part_schema)
         try:
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+            full = self.rotate_bytes and os.stat(self._tmp).st_size >= self.rotate_bytes
         except OSError as e:
             self._closed = True
             raise OutputError(f"cannot write {self._tmp}: {_reason(e)}") from e
+        if full and rotate:
+            self._close_part()
 
     def _close_part(self) -> None:
         assert self._writer is not None and self._tmp is not None and self._final is not None
-        self._flush()
+        self._flush(rotate=False)
         try:
             self._writer.close()
             self._writer = None
@@ -291,10 +317,14 @@ class OutputDir:
         root: str | Path,
         rotate_rows: int = 2_000_000,
         rotate_seconds: float = 60,
+        rotate_bytes: int = 0,
+        partition: Callable[[], str] | None = None,
     ) -> None:
         self.root = Path(root)
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
+        self.rotate_bytes = rotate_bytes
+        self.partition = partition
         self._writers: dict[str, TableWriter] = {}
         self._closed = False
         self._lock = threading.RLock()
@@ -322,16 +352,21 @@ class OutputDir:
             raise OutputError(f"output directory {root} is not writable: {_reason(e)}") from e
 
     def bytes_on_disk(self) -> int:
-        """Bytes of every part written so far, finished or in progress."""
+        """Bytes of every part under the root, finished or in progress."""
         total = 0
-        for d in self.root.iterdir():
-            if d.is_dir():
-                for f in d.iterdir():
-                    try:
-                        total += f.stat().st_size
-                    except OSError:
-                        continue
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    continue
         return total
+
+    def tick(self) -> None:
+        """Rotate every part that is due (the daemon calls this each loop)."""
+        with self._lock:
+            for w in self._writers.values():
+                w.tick()
 
     def writer(self, table: str) -> TableWriter:
         with self._lock:
@@ -341,7 +376,8 @@ class OutputDir:
                 raise KeyError(f"unknown table {table!r}")
             w = self._writers.get(table)
             if w is None:
-                w = TableWriter(self.root, table, self.rotate_rows, self.rotate_seconds)
+                w = TableWriter(self.root, table, self.rotate_rows, self.rotate_seconds,
+                                self.rotate_bytes, self.partition)
                 self._writers[table] = w
             return w
 

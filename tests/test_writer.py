@@ -248,3 +248,36 @@ def test_output_error_read_only_mount(tmp_path: Path) -> None:
     if proc.returncode != 0 and "mount" in proc.stderr:
         pytest.skip(f"cannot mount here: {proc.stderr.strip()}")
     assert proc.stdout == f"output directory {ro} is not writable: Read-only file system\n"
+
+
+def test_hive_partitions_rotate_on_partition_change_and_bytes(tmp_path):
+    """Each closed part lies in exactly one partition; a changed partition or a
+    part over rotate_bytes closes it, and tick() closes old parts with no new rows."""
+    where = ["host=a/date=2026-11-26/hour=01"]
+    w = TableWriter(tmp_path, "calls", rotate_bytes=1, partition=lambda: where[0])
+    w.write(calls_batch(10))
+    where[0] = "host=a/date=2026-11-26/hour=02"
+    w.write(calls_batch(5, start=10))
+    w.close()
+    parts = sorted(p.relative_to(tmp_path).as_posix() for p in w.parts)
+    assert parts == ["calls/host=a/date=2026-11-26/hour=01/part-00000.parquet",
+                     "calls/host=a/date=2026-11-26/hour=02/part-00000.parquet"]
+    got = duckdb.sql(
+        f"SELECT hour, count(*) FROM read_parquet('{tmp_path}/calls/**/*.parquet', "
+        "hive_partitioning=true) GROUP BY hour ORDER BY hour").fetchall()
+    assert got == [("01", 10), ("02", 5)]
+
+    # bytes: with 64k-row groups a part is checked at each row group written
+    w = TableWriter(tmp_path / "b", "calls", rotate_bytes=1)
+    w.write(calls_batch(70_000))
+    assert len(w.parts) == 1 and pq.read_metadata(w.parts[0]).num_rows == 65_536
+    w.close()
+    assert sum(pq.read_metadata(p).num_rows for p in w.parts) == 70_000
+
+    w = TableWriter(tmp_path / "t", "calls", rotate_seconds=0.01)
+    w.write(calls_batch(3))
+    import time
+    time.sleep(0.02)
+    w.tick()
+    assert len(w.parts) == 1 and not w.closed
+    w.close()
