@@ -269,7 +269,8 @@ def test_hive_partitions_rotate_on_partition_change_and_bytes(tmp_path):
 
     # bytes: with 64k-row groups a part is checked at each row group written
     w = TableWriter(tmp_path / "b", "calls", rotate_bytes=1)
-    w.write(calls_batch(70_000))
+    w.write(calls_batch(65_536))
+    w.write(calls_batch(4_464))
     assert len(w.parts) == 1 and pq.read_metadata(w.parts[0]).num_rows == 65_536
     w.close()
     assert sum(pq.read_metadata(p).num_rows for p in w.parts) == 70_000
