@@ -212,6 +212,7 @@ def cli() -> None:
       sudo scope-ebpf run -o out -- python3 app.py --port 8080
       sudo scope-ebpf trace --pid 1234 --duration 30 -o out
       scope-ebpf query out "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC"
+      sudo scope-ebpf daemon --config /etc/scope-ebpf/config.toml
       scope-ebpf probes --pid 1234
       scope-ebpf schema
     """
@@ -368,15 +369,61 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 
 
 @cli.command()
+@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
+              default=Path("/etc/scope-ebpf/config.toml"), show_default=True,
+              help="TOML config (see packaging/config.toml for every key).")
+@click.option("--check", is_flag=True, help="Validate the config and exit.")
+def daemon(config_path: Path, check: bool) -> None:
+    """Trace every Python process the config selects, now and started later.
+
+    Meant for a systemd unit (packaging/scope-ebpf.service, Type=notify). Output
+    is Hive-partitioned: ROOT/<table>/host=H/date=YYYY-MM-DD/hour=HH/part-*.parquet.
+    SIGTERM flushes, closes and detaches; SIGHUP reloads the config (a bad one
+    is refused and the running one kept).
+
+    \b
+    Examples:
+      sudo scope-ebpf daemon --config /etc/scope-ebpf/config.toml
+      sudo scope-ebpf daemon --config ./config.toml --check
+      scope-ebpf query /var/lib/scope-ebpf --host web-17 --date 2026-11-26 \\
+          "SELECT count(*) FROM gc"
+    """
+    from .daemon import Daemon, load_config
+
+    try:
+        if check:
+            cfg = load_config(config_path)
+            _status(f"{config_path}: ok ({len(cfg.selectors)} selector(s), probes "
+                    f"{','.join(sorted(cfg.probes))}, output {cfg.root})")
+            return
+        d = Daemon(config_path, status=_status)
+        d.install_signals()
+        try:
+            d.start()
+            d.run()
+        finally:
+            d.close("stopped")
+    except ScopeError as e:
+        _fail(e)
+
+
+@cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
-def query(directory: Path, sql: str, fmt: str) -> None:
+@click.option("--host", default=None, help="Daemon tree: only this host's partitions.")
+@click.option("--date", default=None, help="Daemon tree: only this UTC date (YYYY-MM-DD).")
+@click.option("--hour", default=None, help="Daemon tree: only this UTC hour (00-23).")
+def query(directory: Path, sql: str, fmt: str, host: str | None, date: str | None,
+          hour: str | None) -> None:
     """Run SQL with DuckDB over an output directory.
 
     Every table is a view (see `scope-ebpf schema`): calls, functions, gc, sched,
-    imports, audit, processes, sampling, breaker, session.
+    imports, audit, processes, sampling, breaker, session. DIRECTORY is a run's
+    output or a daemon's root (one host's or many hosts' copied together): its
+    views then have the columns host, date and hour, and --host/--date/--hour
+    read only the matching partitions.
 
     \b
     Example:
@@ -386,7 +433,9 @@ def query(directory: Path, sql: str, fmt: str) -> None:
     from .query import QueryError, run_query
 
     try:
-        text = run_query(directory, sql, fmt)
+        if hour is not None and hour.isdigit():
+            hour = f"{int(hour):02d}"
+        text = run_query(directory, sql, fmt, {"host": host, "date": date, "hour": hour})
         click.echo(text, nl=not text.endswith("\n"))
     except QueryError as e:
         _fail(ScopeError(str(e)))

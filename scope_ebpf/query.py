@@ -43,29 +43,65 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _has_parts(path: Path) -> bool:
-    return path.is_dir() and any(path.glob("*.parquet"))
+def _layout(path: Path) -> str | None:
+    """'flat' (run/trace: parts in the table directory), 'hive' (the daemon's
+    host=/date=/hour= partitions, or many hosts' copied together) or None."""
+    if not path.is_dir():
+        return None
+    if any(path.glob("*.parquet")):
+        return "flat"
+    if any(path.glob("host=*/**/*.parquet")):
+        return "hive"
+    return None
 
 
-def connect(root: str | Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory database whose views read the parts in place (nothing is copied)."""
+# Partition columns of a daemon tree, and the filters `query` accepts on them.
+PARTITIONS = ("host", "date", "hour")
+
+
+def connect(root: str | Path, where: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory database whose views read the parts in place (nothing is copied).
+
+    A daemon's Hive tree gains the columns host, date and hour; ``where``
+    (e.g. ``{"host": "web-17", "date": "2026-11-26"}``) keeps only those
+    partitions, and DuckDB then does not open the files of the others.
+    """
     root = Path(root)
     if not root.is_dir():
         raise QueryError(f"no such output directory: {root}")
-    present = [name for name in TABLES if _has_parts(root / name)]
+    where = {k: v for k, v in (where or {}).items() if v is not None}
+    unknown = set(where) - set(PARTITIONS)
+    if unknown:
+        raise QueryError(f"unknown partition filter {', '.join(sorted(unknown))}")
+    layouts = {name: _layout(root / name) for name in TABLES}
+    present = [name for name, lay in layouts.items() if lay]
     if not present:
-        raise QueryError(f"no scope-ebpf tables in {root} (expected e.g. {root}/calls/*.parquet)")
+        raise QueryError(f"no scope-ebpf tables in {root} (expected e.g. {root}/calls/*.parquet "
+                         f"or {root}/calls/host=H/date=D/hour=HH/*.parquet)")
+    if where and not any(layouts[n] == "hive" for n in present):
+        raise QueryError(f"{root} is not a daemon (host=/date=/hour=) tree: "
+                         "--host/--date/--hour do not apply")
     con = duckdb.connect(":memory:")
     try:
         # Timestamps are UTC; without this DuckDB renders them in the local zone.
         con.execute("SET TimeZone = 'UTC'")
         for name in TABLES:
-            if name in present:
+            if layouts[name] == "flat":
                 glob = str((root / name).resolve() / "*.parquet")
                 # union_by_name keeps old parts readable after a column is added.
                 con.execute(
                     f"CREATE VIEW {_ident(name)} AS SELECT * FROM "
                     f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+                )
+            elif layouts[name] == "hive":
+                glob = str((root / name).resolve() / "**" / "*.parquet")
+                # partition values stay strings ('01'): what the paths say
+                cond = " AND ".join(f"{k} = {_sql_str(str(v))}" for k, v in where.items())
+                con.execute(
+                    f"CREATE VIEW {_ident(name)} AS SELECT * FROM "
+                    f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
+                    f"hive_types_autocast = false, union_by_name = true)"
+                    + (f" WHERE {cond}" if cond else "")
                 )
             else:
                 con.execute(f"CREATE VIEW {_ident(name)} AS {_empty_select(con, name)}")
@@ -184,11 +220,12 @@ def format_json(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 _FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 
-def run_query(root: str | Path, sql: str, fmt: Format = "table") -> str:
+def run_query(root: str | Path, sql: str, fmt: Format = "table",
+              where: dict[str, str] | None = None) -> str:
     """Run one SQL statement over the trace and render its result."""
     if fmt not in _FORMATTERS:
         raise QueryError(f"unknown format {fmt!r}; use one of: {', '.join(_FORMATTERS)}")
-    con = connect(root)
+    con = connect(root, where)
     try:
         rel = con.sql(sql)
         if rel is None:  # a statement without a result, e.g. SET

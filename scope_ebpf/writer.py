@@ -237,10 +237,11 @@ class TableWriter:
     def _open_part(self, first: pa.RecordBatch) -> None:
         try:
             if self.partition is not None:
-                where = self.base / self.partition()
-                if where != self.dir:
-                    self.dir, self._seq = where, None
+                self.dir = self.base / self.partition()
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Looked up at every part: another writer (a daemon's session being
+            # replaced on reload) may share the directory.
+            self._seq = None
             seq = self._next_seq()
             final = self.dir / f"part-{seq:05d}.parquet"
             tmp = self.dir / f".{final.name}.tmp"

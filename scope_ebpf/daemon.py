@@ -1,0 +1,265 @@
+"""Fleet mode: one agent per host traces every Python process its config selects.
+
+The daemon drives the same Session as ``run``/``trace``. Probes are attached
+per interpreter file, so the kernel covers every process that maps it; which
+processes count is the kernel's ``targets`` map, with a probe-set mask per
+process. The daemon fills it from a psutil scan at start and from every exec
+on the host (the exec tracepoint reports them all), matching selectors in
+user space: a non-matching process costs one map lookup per probe hit.
+
+Output is Hive-partitioned (``ROOT/<table>/host=H/date=D/hour=HH/``), rotated,
+kept under the retention limits and optionally shipped to object storage.
+SIGTERM closes everything; SIGHUP reloads the config (a bad one is refused and
+the old one kept).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import config as cfgmod
+from . import notify, procs, retention
+from .config import Config, ConfigError
+from .controller import Options, Session
+from .errors import ScopeError
+from .program import Limits
+from .shipping import Shipper
+from .writer import OutputDir, OutputError
+
+CHEAP = frozenset({"gc", "sched", "imports", "audit"})  # always attached: they fire rarely
+EXEC_RETRY_S = 1.0      # an exec'd process whose Python is not mapped yet is retried this long
+RETENTION_EVERY_S = 5.0
+STATUS_EVERY_S = 10.0
+
+
+class Daemon:
+    def __init__(self, config_path: str | Path,
+                 status: Callable[[str], None] = lambda s: None) -> None:
+        self.config_path = Path(config_path)
+        self.status = status
+        self.cfg: Config = load_config(self.config_path)
+        self.session: Session | None = None
+        self.shipper: Shipper | None = None
+        self.matched: dict[int, frozenset[str]] = {}   # pid -> probe sets it is traced with
+        self._pending: dict[int, float] = {}           # exec'd pids to look at again
+        self._python: dict[tuple[int, int], bool] = {}  # (dev, ino) -> has probes
+        self._stop = False
+        self._reload = False
+        self.reloads = 0
+        self.reload_errors: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the output and the session, adopt running processes, say READY."""
+        prepare_root(self.cfg.root)
+        self.session = self._open_session(self.cfg)
+        self.scan()
+        if self.cfg.ship:
+            self.shipper = Shipper(self.cfg.ship, self.cfg.root, self.session.warn)
+            self.shipper.start()
+        n = len(self.matched)
+        notify.notify(f"READY=1\nSTATUS=tracing {n} Python process{'es' * (n != 1)}")
+        self.status(f"daemon ready: host {self.cfg.host}, {n} process(es) traced, "
+                    f"writing to {self.cfg.root}")
+
+    def _open_session(self, cfg: Config) -> Session:
+        probes = CHEAP | (frozenset({"calls"}) & cfg.probes)
+        opts = Options(
+            output=cfg.root, probes=probes, host=cfg.host, watch_exec=True,
+            rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
+            max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate, max_cpu=cfg.max_cpu,
+            limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads))
+        s = Session(opts, status=self.status)
+        try:
+            s.open()
+            s.meta["daemon_config"] = str(cfg.path)
+            s.meta["host_label"] = cfg.host
+            s.on_exec = self._on_exec
+        except BaseException:
+            s.close("error")
+            raise
+        return s
+
+    def request_stop(self, *_: object) -> None:
+        self._stop = True
+
+    def request_reload(self, *_: object) -> None:
+        self._reload = True
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def run(self) -> None:
+        """The loop: drain, adopt exec'd processes, reload, retention, watchdog."""
+        s = self.session
+        assert s is not None
+        watchdog = notify.watchdog_interval()
+        last_dog = last_retention = last_status = 0.0
+        rb = s.program.rings["calls_rb"]
+        while not self._stop and s.stop_reason is None:
+            s.poll()
+            now = time.monotonic()
+            if self._pending:
+                self._retry_pending(now)
+            if self._reload:
+                self._reload = False
+                self.reload()
+                s = self.session
+                rb = s.program.rings["calls_rb"]
+            if now - last_retention >= RETENTION_EVERY_S:
+                last_retention = now
+                self.enforce_retention()
+                if self.shipper:
+                    self.shipper.kick()
+            if watchdog and now - last_dog >= watchdog:
+                last_dog = now
+                notify.notify("WATCHDOG=1")
+            if now - last_status >= STATUS_EVERY_S:
+                last_status = now
+                alive = len([p for p in self.matched if p not in s.exited])
+                notify.notify(f"STATUS=tracing {alive} process(es), "
+                              f"{sum(s.written.values()):,} rows written")
+            if rb.pending_bytes() < rb.size // 4:
+                time.sleep(s.opts.poll_interval)
+
+    def close(self, reason: str = "stopped") -> None:
+        notify.notify("STOPPING=1")
+        try:
+            if self.session is not None:
+                self.session.close(reason)
+        finally:
+            if self.shipper is not None:
+                self.shipper.stop()
+
+    # -- discovery ------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Adopt every running process the selectors match."""
+        for pid in procs.python_pids():
+            if pid != os.getpid():
+                self.consider(pid)
+
+    def _on_exec(self, pid: int, filename: str) -> None:
+        self._pending.pop(pid, None)
+        if not self.consider(pid, after_exec=True) and pid not in self.matched:
+            self._pending[pid] = time.monotonic()
+
+    def _retry_pending(self, now: float) -> None:
+        for pid, since in list(self._pending.items()):
+            if self.consider(pid, after_exec=True) or now - since > EXEC_RETRY_S:
+                self._pending.pop(pid, None)
+
+    def consider(self, pid: int, after_exec: bool = False) -> bool:
+        """Trace ``pid`` if a selector matches it and it runs a CPython with probes.
+
+        True when the question is settled (traced, or certainly not), False when
+        it should be asked again shortly (a fresh exec not yet showing Python).
+        """
+        s = self.session
+        info = procs.info(pid)
+        if info.exe is None:
+            return True  # gone, or a kernel thread
+        probes = self.cfg.probes_for(info)
+        if after_exec and pid in self.matched and probes != self.matched[pid]:
+            self._retarget(pid, probes)
+            return True
+        if not probes or pid in self.matched:
+            return True
+        try:
+            binary = s.check_pid(pid)
+        except ScopeError:
+            return not after_exec  # exec'd: its libpython may not be mapped yet
+        try:
+            s.add_pid(pid, probes=probes)
+        except ScopeError as e:
+            s.warn(f"process {pid} ({info.exe}) matched but cannot be traced: {e}")
+            return True
+        self.matched[pid] = probes
+        self.status(f"tracing process {pid} ({binary}) with {','.join(sorted(probes))}")
+        return True
+
+    def _retarget(self, pid: int, probes: frozenset[str]) -> None:
+        if probes:
+            self.session.set_probes(pid, probes)
+            self.matched[pid] = probes
+        else:
+            self.session.set_probes(pid, frozenset())
+            self.matched.pop(pid, None)
+
+    # -- reload ---------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: a valid new config replaces the old; a bad one is refused."""
+        try:
+            new = load_config(self.config_path)
+            if new.root != self.cfg.root:
+                prepare_root(new.root)
+        except ScopeError as e:
+            self.reload_errors.append(str(e))
+            self.session.warn(f"config reload refused, keeping the previous config: {e}")
+            notify.notify(f"STATUS=config reload refused: {e}")
+            return
+        old, self.cfg = self.cfg, new
+        self.reloads += 1
+        notify.notify("RELOADING=1")
+        restart = (("calls" in old.probes) != ("calls" in new.probes)
+                   or (old.root, old.host, old.rotate_seconds, old.rotate_bytes,
+                       old.max_targets, old.max_threads)
+                   != (new.root, new.host, new.rotate_seconds, new.rotate_bytes,
+                       new.max_targets, new.max_threads))
+        if restart:
+            # The new session is live before the old one detaches: no gap.
+            previous, self.matched = self.session, {}
+            self.session = self._open_session(new)
+            self.scan()
+            previous.close("config reloaded")
+        else:
+            for pid in list(self.matched):
+                if pid in self.session.exited:
+                    continue
+                self._retarget(pid, new.probes_for(procs.info(pid)))
+            self.scan()
+        if self.shipper is None and new.ship:
+            self.shipper = Shipper(new.ship, new.root, self.session.warn)
+            self.shipper.start()
+        self.status(f"config reloaded ({len(self.matched)} process(es) traced)")
+        notify.notify("READY=1\nSTATUS=config reloaded")
+
+    def enforce_retention(self) -> None:
+        gone = retention.enforce(self.cfg.root, self.cfg.retain_bytes, self.cfg.retain_days)
+        if gone:
+            self.status(f"retention: deleted {len(gone)} oldest part(s)")
+
+
+def load_config(path: Path) -> Config:
+    """The config, refused (one line) if anyone but root may write to it."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise ConfigError(f"{path} must be owned by root and writable only by root "
+                          f"(it decides what a root daemon reads): chmod go-w, chown root")
+    return cfgmod.load(path)
+
+
+def prepare_root(root: Path) -> None:
+    """Check the root is writable and drop unfinished parts of a killed daemon."""
+    try:
+        OutputDir(root)  # validates and proves writability, creates nothing else
+    except OutputError as e:
+        raise ConfigError(f"output.root: {e}") from None
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(".part-") and name.endswith(".tmp"):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except OSError:
+                    pass
