@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean interpreters
+.PHONY: setup demo test lint bench clean interpreters install
 
 setup $(STAMP): pyproject.toml packaging/setup.sh
 	@bash packaging/setup.sh
@@ -23,6 +23,17 @@ test: $(STAMP) interpreters
 # bench/results.json (a few minutes; `make bench ARGS=--quick` for a sub-minute check).
 bench: $(STAMP)
 	@$(PY) bench/bench.py $(ARGS)
+
+# The daemon on this host: unit, commented default config (kept if present), console
+# script linked from this checkout's venv (keep the checkout where it is).
+install: $(STAMP)
+	install -d -m 0755 /etc/scope-ebpf
+	install -d -m 0750 /var/lib/scope-ebpf
+	test -e /etc/scope-ebpf/config.toml || install -m 0600 packaging/config.toml /etc/scope-ebpf/config.toml
+	install -m 0644 packaging/scope-ebpf.service /etc/systemd/system/scope-ebpf.service
+	ln -sf $(abspath $(VENV))/bin/scope-ebpf /usr/local/bin/scope-ebpf
+	-systemctl daemon-reload 2>/dev/null
+	@echo "installed: systemctl enable --now scope-ebpf (edit /etc/scope-ebpf/config.toml first)"
 
 lint: $(STAMP)
 	@$(PY) -m ruff check scope_ebpf tests bench

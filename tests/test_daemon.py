@@ -1,0 +1,318 @@
+"""Fleet mode: the daemon against real processes started after it, its
+Hive-partitioned output, reload, shutdown, retention, shipping and its unit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from conftest import PROGRAMS, PY311, SCOPE, scope
+
+from scope_ebpf import retention
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parent.parent
+SID = REPO / ".interpreters" / "sid"
+TARGET = str(PROGRAMS / "daemon_target.py")
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+class Daemon:
+    """A `scope-ebpf daemon` child with a NOTIFY_SOCKET the test reads."""
+
+    def __init__(self, tmp: Path, config: Path, env: dict | None = None) -> None:
+        self.sock_path = tmp / f"notify-{config.stem}.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.sock_path))
+        self.messages: list[str] = []
+        e = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), **(env or {}))
+        self.proc = subprocess.Popen([SCOPE, "daemon", "--config", str(config)], env=e,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(self, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(what in m for m in self.messages):
+                return
+            self.sock.settimeout(0.2)
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"daemon exited: {self.proc.stderr.read()}")
+        pytest.fail(f"no {what} from the daemon within {timeout} s: {self.messages}")
+
+    def stop(self, timeout: float = 20) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        _out, err = self.proc.communicate(timeout=timeout)
+        self.sock.close()
+        assert self.proc.returncode == 0, err
+        return err
+
+
+def query(root: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    tables = {p.name for p in root.iterdir() if p.is_dir()}
+    for t in tables:
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/{t}/**/*.parquet', "
+                    "hive_partitioning=true, hive_types_autocast=false, union_by_name=true)")
+    return con.execute(sql).fetchall()
+
+
+@pytest.fixture(scope="module")
+def sid_programs() -> Path:
+    if not (SID / ".scope-interpreters").exists():
+        pytest.fail("the sid root is missing: run `make interpreters`")
+    dest = SID / "tmp" / "scope-tests"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(PROGRAMS, dest)
+    return SID
+
+
+def test_daemon_adopts_later_processes_reloads_and_stops_clean(sid_programs, tmp_path):
+    root_a, root_b = tmp_path / "a", tmp_path / "b"
+    cfg_a = write_config(tmp_path / "a.toml", f"""
+host = "test-a"
+[output]
+root = "{root_a}"
+rotate_seconds = 2
+[[select]]
+exe = "*python3*"
+cmdline = "re:scope-match"
+probes = ["gc", "sched", "imports", "audit"]
+[[select]]
+exe = "*python3.15"
+cmdline = "re:scope-match"
+probes = ["calls", "gc"]
+max_rate = 1000000
+""")
+    cfg_b = write_config(tmp_path / "b.toml", f"""
+host = "test-b"
+[output]
+root = "{root_b}"
+[[select]]
+exe = "*python3.11"
+cmdline = "re:scope-match-311"
+probes = ["gc"]
+""")
+    a, b = Daemon(tmp_path, cfg_a), Daemon(tmp_path, cfg_b)
+    try:
+        a.wait_for("READY=1")
+        b.wait_for("READY=1")
+        procs = {
+            "311": subprocess.Popen([PY311, TARGET, "scope-match-311", "1.5", "20"]),
+            "315": subprocess.Popen(["chroot", str(SID), "python3.15",
+                                     "/tmp/scope-tests/daemon_target.py", "scope-match-315",
+                                     "1.5", "20"]),
+            "other": subprocess.Popen([PY311, TARGET, "not-selected", "1.5", "20"]),
+        }
+        # Not selected at first; the reload below selects it before it starts working.
+        late = subprocess.Popen([PY311, TARGET, "scope-late", "4", "15"])
+        for p in procs.values():
+            assert p.wait(timeout=60) == 0
+        first = 're:scope-match"\nprobes = ["gc", "sched"'
+        write_config(cfg_a, cfg_a.read_text().replace(
+            first, first.replace("scope-match", "scope-(match|late)")))
+        assert "scope-(match|late)" in cfg_a.read_text()
+        a.proc.send_signal(signal.SIGHUP)
+        a.wait_for("STATUS=config reloaded", timeout=10)
+        assert late.wait(timeout=60) == 0
+        time.sleep(0.5)
+        err_a = a.stop()
+        b.stop()
+    finally:
+        for d in (a, b):
+            if d.proc.poll() is None:
+                d.proc.kill()
+    pids = {k: p.pid for k, p in procs.items()}
+    assert "traceback" not in err_a.lower()
+
+    # Only complete files, each in its Hive partition.
+    files = [p.relative_to(root_a) for p in root_a.rglob("*") if p.is_file()]
+    assert files and not [f for f in files if f.name.endswith(".tmp")]
+    for f in files:
+        table, host, date, hour, name = f.parts
+        assert host == "host=test-a" and date.startswith("date=") and hour.startswith("hour=")
+        assert name.startswith("part-") and name.endswith(".parquet")
+
+    # Row counts equal the daemon's own counters.
+    counters = dict(query(root_a, "SELECT key, count FROM session WHERE key LIKE 'rows.%'"))
+    for table in ("gc", "calls", "processes", "sched", "imports"):
+        have = (root_a / table).is_dir()
+        n = query(root_a, f"SELECT count(*) FROM {table}")[0][0] if have else 0
+        assert n == counters[f"rows.{table}"], table
+
+    gc0 = dict(query(root_a, "SELECT pid, count(*) FROM gc WHERE generation = 0 GROUP BY pid"))
+    assert gc0.get(pids["311"], 0) >= 20 and gc0.get(pids["315"], 0) >= 20
+    assert pids["other"] not in gc0
+    assert gc0.get(late.pid, 0) >= 15  # selected by the reload
+    # calls only where a selector asks for them: 3.15, exactly
+    calls = dict(query(root_a, "SELECT pid, count(*) FROM calls WHERE function = 'work' "
+                               "GROUP BY pid"))
+    assert calls == {pids["315"]: 20}
+    start = query(root_a, f"""SELECT pid, python_version, "user", netns IS NOT NULL,
+        cgroup IS NOT NULL, cmdline LIKE '%scope-match%' FROM processes
+        WHERE event = 'start' AND pid IN ({pids['311']}, {pids['315']}) ORDER BY pid""")
+    assert sorted(start) == sorted([(pids["311"], "3.11", "root", True, True, True),
+                                    (pids["315"], "3.15", "root", True, True, True)])
+    assert query(root_a, f"SELECT count(*) FROM processes WHERE pid = {pids['other']}") == [(0,)]
+
+    # Two hosts' roots copied into one tree are one dataset.
+    fleet = tmp_path / "fleet"
+    shutil.copytree(root_a, fleet)
+    shutil.copytree(root_b, fleet, dirs_exist_ok=True)
+    by_host = dict(query(fleet, f"SELECT host, count(*) FROM gc WHERE pid = {pids['311']} "
+                                "GROUP BY host"))
+    assert set(by_host) == {"test-a", "test-b"} and by_host["test-b"] >= 20
+    r = scope("query", str(fleet), "--host", "test-b", "--format", "csv",
+              "SELECT DISTINCT host FROM gc")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["host", "test-b"]
+
+
+def test_bad_configs_fail_with_one_line(tmp_path):
+    good_root = tmp_path / "out"
+    cases = {
+        "unknown key": (f'[output]\nroot = "{good_root}"\nrotat_seconds = 5\n'
+                        '[[select]]\nexe = "*"\n', "output.rotat_seconds: unknown key"),
+        "bad regex": (f'[output]\nroot = "{good_root}"\n[[select]]\ncmdline = "re:(unclosed"\n',
+                      "select[0].cmdline: bad regular expression"),
+        "bad probes": (f'[output]\nroot = "{good_root}"\n[[select]]\nprobes = ["calls", "cpu"]\n',
+                       "unknown probe set cpu"),
+        "unwritable root": ('[output]\nroot = "/proc/scope-ebpf"\n[[select]]\nexe = "*"\n',
+                            "output.root"),
+        "not toml": ("host = \n", "not valid TOML"),
+    }
+    for name, (text, expected) in cases.items():
+        cfg = write_config(tmp_path / f"{name.replace(' ', '_')}.toml", text)
+        r = scope("daemon", "--config", str(cfg))
+        assert r.returncode != 0, name
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (name, r.stderr)
+    cfg = write_config(tmp_path / "loose.toml", f'[output]\nroot = "{good_root}"\n'
+                                                '[[select]]\nexe = "*"\n')
+    os.chmod(cfg, 0o666)
+    r = scope("daemon", "--config", str(cfg), "--check")
+    assert r.returncode != 0 and "writable only by root" in r.stderr
+    os.chmod(cfg, 0o600)
+    r = scope("daemon", "--config", str(cfg), "--check")
+    assert r.returncode == 0 and "ok" in r.stderr
+
+
+def test_retention_deletes_oldest_closed_parts_first(tmp_path):
+    now = time.time()
+    d = tmp_path / "gc" / "host=h" / "date=2026-11-20" / "hour=01"
+    d.mkdir(parents=True)
+    for i in range(5):
+        p = d / f"part-{i:05d}.parquet"
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (now - 100 + i, now - 100 + i))
+    (d / ".part-00005.parquet.tmp").write_bytes(b"x" * 1000)  # open: never deleted
+    old = tmp_path / "gc" / "host=h" / "date=2026-11-01" / "hour=00"
+    old.mkdir(parents=True)
+    (old / "part-00000.parquet").write_bytes(b"x")
+    os.utime(old / "part-00000.parquet", (now - 10 * 86400,) * 2)
+    gone = retention.enforce(tmp_path, retain_bytes=3500, retain_days=7, now=now)
+    assert [p.path.name for p in gone] == ["part-00000.parquet"] * 2 + ["part-00001.parquet",
+                                                                       "part-00002.parquet"]
+    assert not old.exists()  # empty partition directories go too
+    assert sorted(p.name for p in d.iterdir()) == [".part-00005.parquet.tmp",
+                                                   "part-00003.parquet", "part-00004.parquet"]
+
+
+def test_shipping_to_s3_compatible_storage(tmp_path):
+    from pyarrow import fs
+
+    port = _free_port()
+    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
+                             "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    os.environ.update(env)
+    try:
+        s3 = fs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                             region="us-east-1", allow_bucket_creation=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3.create_dir("traces")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        root = tmp_path / "root"
+        cfg = write_config(tmp_path / "ship.toml", f"""
+host = "shipper"
+[output]
+root = "{root}"
+rotate_seconds = 1
+[ship]
+endpoint = "http://127.0.0.1:{port}"
+bucket = "traces"
+prefix = "fleet"
+interval_seconds = 0.5
+[[select]]
+exe = "*python3.11"
+cmdline = "re:scope-ship"
+probes = ["gc"]
+""")
+        d = Daemon(tmp_path, cfg, env)
+        try:
+            d.wait_for("READY=1")
+            p = subprocess.Popen([PY311, TARGET, "scope-ship", "1.5", "25"])
+            assert p.wait(timeout=60) == 0
+            time.sleep(0.5)
+            d.stop()
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+        left = [f for f in root.rglob("*") if f.is_file()]
+        assert left == []  # every file confirmed uploaded, then deleted
+        keys = [i.path for i in s3.get_file_info(fs.FileSelector("traces/fleet", recursive=True))
+                if i.type == fs.FileType.File]
+        assert keys and all(k.startswith("traces/fleet/") and "/host=shipper/date=" in k
+                            for k in keys)
+        gc_keys = [k for k in keys if k.startswith("traces/fleet/gc/")]
+        pids = [pq.read_table(k, filesystem=s3)["pid"].to_pylist() for k in gc_keys]
+        assert sum(ps.count(p.pid) for ps in pids) >= 25
+    finally:
+        moto.kill()
+        moto.wait()
+        for k in env:
+            os.environ.pop(k, None)
+
+
+def test_systemd_unit_verifies(tmp_path):
+    unit = (REPO / "packaging" / "scope-ebpf.service").read_text()
+    assert "/usr/local/bin/scope-ebpf" in unit
+    # verify needs ExecStart to exist: point it at this checkout's console script
+    (tmp_path / "scope-ebpf.service").write_text(unit.replace("/usr/local/bin/scope-ebpf",
+                                                              SCOPE))
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "scope-ebpf.service")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Type=notify" in unit and "NoNewPrivileges=yes" in unit
+    assert "ProtectSystem=strict" in unit and "ReadWritePaths=/var/lib/scope-ebpf" in unit
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
