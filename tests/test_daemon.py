@@ -36,7 +36,7 @@ class Daemon:
     """A `scope-ebpf daemon` child with a NOTIFY_SOCKET the test reads."""
 
     def __init__(self, tmp: Path, config: Path, env: dict | None = None) -> None:
-        self.sock_path = tmp / f"notify-{config.stem}.sock"
+        self.sock_path = tmp / f"notify-{config.stem}-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.sock_path))
         self.messages: list[str] = []
@@ -316,3 +316,41 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
+    root = tmp_path / "root"
+    cfg = write_config(tmp_path / "kill.toml", f"""
+host = "killed"
+[output]
+root = "{root}"
+rotate_seconds = 1
+[[select]]
+exe = "*python3.11"
+cmdline = "re:scope-kill"
+probes = ["gc"]
+""")
+    d = Daemon(tmp_path, cfg)
+    target = subprocess.Popen([PY311, TARGET, "scope-kill", "1.0", "1", "10"])
+    try:
+        d.wait_for("READY=1")
+        time.sleep(3.5)  # a few rotations
+        d.proc.kill()
+        d.proc.wait(timeout=10)
+    finally:
+        target.kill()
+        target.wait()
+    closed = list(root.rglob("part-*.parquet"))
+    assert closed, "no part was closed before the kill"
+    for f in closed:
+        pq.read_metadata(f)  # every closed part is complete
+    # The kernel dropped the killed daemon's uprobes: a new one attaches cleanly,
+    # and removes the unfinished parts the killed one left.
+    d = Daemon(tmp_path, cfg)
+    try:
+        d.wait_for("READY=1")
+        assert not list(root.rglob("*.tmp"))
+        d.stop()
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
