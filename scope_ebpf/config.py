@@ -104,6 +104,10 @@ class Config:
                 out |= s.probes
         return out
 
+    def exe_may_match(self, exe: str) -> bool:
+        """Whether any selector's exe glob matches: decided before reading /proc."""
+        return any(fnmatch.fnmatchcase(exe, s.exe) for s in self.selectors)
+
     def _calls(self, attr: str) -> float:
         rates = [getattr(s, attr) for s in self.selectors if "calls" in s.probes]
         return min(rates) if rates else 0

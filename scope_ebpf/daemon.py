@@ -163,9 +163,15 @@ class Daemon:
         it should be asked again shortly (a fresh exec not yet showing Python).
         """
         s = self.session
+        try:  # the cheap test first: most execs on a host are not Python
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return True  # gone, or a kernel thread
+        if pid not in self.matched and not self.cfg.exe_may_match(exe):
+            return True
         info = procs.info(pid)
         if info.exe is None:
-            return True  # gone, or a kernel thread
+            return True
         probes = self.cfg.probes_for(info)
         if after_exec and pid in self.matched and probes != self.matched[pid]:
             self._retarget(pid, probes)
