@@ -117,9 +117,10 @@ probes = ["gc"]
         b.wait_for("READY=1")
         procs = {
             "311": subprocess.Popen([PY311, TARGET, "scope-match-311", "1.5", "20"]),
-            "315": subprocess.Popen(["chroot", str(SID), "python3.15",
-                                     "/tmp/scope-tests/daemon_target.py", "scope-match-315",
-                                     "1.5", "20"]),
+            # in a container-like setting: its own root and network namespace
+            "315": subprocess.Popen(["unshare", "--net", "sh", "-c",
+                                     f"ip link set lo up && exec chroot {SID} python3.15 "
+                                     "/tmp/scope-tests/daemon_target.py scope-match-315 1.5 20"]),
             "other": subprocess.Popen([PY311, TARGET, "not-selected", "1.5", "20"]),
         }
         # Not selected at first; the reload below selects it before it starts working.
@@ -172,6 +173,13 @@ probes = ["gc"]
     assert sorted(start) == sorted([(pids["311"], "3.11", "root", True, True, True),
                                     (pids["315"], "3.15", "root", True, True, True)])
     assert query(root_a, f"SELECT count(*) FROM processes WHERE pid = {pids['other']}") == [(0,)]
+    host_ns = os.stat("/proc/self/ns/net").st_ino
+    ns = {pid: (inode, addrs) for pid, inode, addrs in query(root_a, f"""
+        SELECT pid, netns, addresses FROM processes
+        WHERE event = 'start' AND pid IN ({pids['311']}, {pids['315']})""")}
+    assert ns[pids["311"]][0] == host_ns
+    assert ns[pids["315"]][0] != host_ns  # read inside the target's own namespace:
+    assert ns[pids["315"]][1] == ["lo=127.0.0.1/8", "lo=::1/128"]
 
     # Two hosts' roots copied into one tree are one dataset.
     fleet = tmp_path / "fleet"
@@ -354,3 +362,35 @@ probes = ["gc"]
     finally:
         if d.proc.poll() is None:
             d.proc.kill()
+
+
+def test_bad_config_on_reload_keeps_the_running_one(tmp_path):
+    root = tmp_path / "root"
+    good = f"""
+host = "reload"
+[output]
+root = "{root}"
+[[select]]
+exe = "*python3.11"
+cmdline = "re:scope-reload"
+probes = ["gc"]
+"""
+    cfg = write_config(tmp_path / "reload.toml", good)
+    d = Daemon(tmp_path, cfg)
+    try:
+        d.wait_for("READY=1")
+        write_config(cfg, good.replace('cmdline = "re:scope-reload"', 'cmdline = "re:(bad"'))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("STATUS=config reload refused", timeout=10)
+        # still running, still with the old selector
+        p = subprocess.run([PY311, TARGET, "scope-reload", "1.0", "5"], timeout=60)
+        assert p.returncode == 0
+        time.sleep(0.3)
+        err = d.stop()
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+    assert "config reload refused" in err and "bad regular expression" in err
+    assert query(root, "SELECT count(*) >= 5 FROM gc") == [(True,)]
+    assert query(root, "SELECT value FROM session WHERE key = 'warning'")[0][0].startswith(
+        "config reload refused")

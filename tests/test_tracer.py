@@ -82,7 +82,9 @@ def test_off_cpu_sleep_is_attributed_to_the_python_function(tmp_path):
     assert len(naps) == 1, got
     fn, state, dur, tid, pid = naps[0]
     assert state == "sleeping"
-    assert 100e6 <= dur < 160e6
+    # the 100 ms timer starts before the thread leaves the CPU: off-CPU time can
+    # be shorter by the switch-out latency (seen: 99.975 ms)
+    assert 99e6 <= dur < 160e6
     assert tid != pid  # the worker thread, not the main thread
     # the main thread waits in join() meanwhile, on its own tid
     assert rows(out, f"SELECT count(*) FROM calls WHERE function = 'nap' AND tid = {tid}") == [(1,)]
