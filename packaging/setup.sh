@@ -12,7 +12,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_apt=()
-for pkg in bpfcc-tools python3-bpfcc python3.11-venv linux-headers-amd64 debootstrap systemd; do
+for pkg in bpfcc-tools python3-bpfcc python3.11-venv linux-headers-amd64 debootstrap systemd \
+           chromium chromium-driver; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -213,6 +213,7 @@ def cli() -> None:
       sudo scope-ebpf trace --pid 1234 --duration 30 -o out
       scope-ebpf query out "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC"
       sudo scope-ebpf daemon --config /etc/scope-ebpf/config.toml
+      scope-ebpf report out -o report.html
       scope-ebpf probes --pid 1234
       scope-ebpf schema
     """
@@ -407,38 +408,129 @@ def daemon(config_path: Path, check: bool) -> None:
         _fail(e)
 
 
+def _filters(f):
+    """--pid/--since/--until and a daemon tree's --host/--date/--hour."""
+    opts = [
+        click.option("--pid", "pid", type=int, default=None, help="Only this process's rows."),
+        click.option("--since", default=None,
+                     help="Only rows from this time on: ISO UTC (2026-11-26T10:00:00) or "
+                          "+DURATION from the trace's first event (+1.5s)."),
+        click.option("--until", default=None, help="Only rows before this time (same forms)."),
+        click.option("--host", default=None, help="Daemon tree: only this host's partitions."),
+        click.option("--date", default=None,
+                     help="Daemon tree: only this UTC date (YYYY-MM-DD)."),
+        click.option("--hour", default=None, help="Daemon tree: only this UTC hour (00-23)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _connect_args(directory: Path, pid: int | None, since: str | None, until: str | None,
+                  host: str | None, date: str | None, hour: str | None) -> dict:
+    from .query import resolve_time
+
+    if hour is not None and hour.isdigit():
+        hour = f"{int(hour):02d}"
+    where = {"host": host, "date": date, "hour": hour}
+    return {"where": where, "pid": pid,
+            "since_ns": resolve_time(directory, where, since, "--since"),
+            "until_ns": resolve_time(directory, where, until, "--until")}
+
+
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.argument("sql")
+@click.argument("sql", required=False)
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True)
-@click.option("--host", default=None, help="Daemon tree: only this host's partitions.")
-@click.option("--date", default=None, help="Daemon tree: only this UTC date (YYYY-MM-DD).")
-@click.option("--hour", default=None, help="Daemon tree: only this UTC hour (00-23).")
-def query(directory: Path, sql: str, fmt: str, host: str | None, date: str | None,
-          hour: str | None) -> None:
+@click.option("--top", "named", flag_value="top",
+              help="Named query: functions by total time, exact counts.")
+@click.option("--gc", "named", flag_value="gc", help="Named query: GC pauses per generation.")
+@click.option("--offcpu", "named", flag_value="offcpu",
+              help="Named query: off-CPU time by function and state.")
+@_filters
+def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filters) -> None:
     """Run SQL with DuckDB over an output directory.
 
     Every table is a view (see `scope-ebpf schema`): calls, functions, gc, sched,
     imports, audit, processes, sampling, breaker, session. DIRECTORY is a run's
     output or a daemon's root (one host's or many hosts' copied together): its
     views then have the columns host, date and hour, and --host/--date/--hour
-    read only the matching partitions.
+    read only the matching partitions. --pid/--since/--until filter every view.
 
     \b
-    Example:
+    Examples:
       scope-ebpf query out "SELECT function, count(*) AS n, sum(duration_ns)/1e6 AS ms
                             FROM calls GROUP BY 1 ORDER BY ms DESC LIMIT 10"
+      scope-ebpf query out --top --pid 1234 --since +10s --until +20s
+      scope-ebpf query /var/lib/scope-ebpf --gc --host web-17 --date 2026-11-26
     """
-    from .query import QueryError, run_query
+    from .query import NAMED, QueryError, run_query
 
     try:
-        if hour is not None and hour.isdigit():
-            hour = f"{int(hour):02d}"
-        text = run_query(directory, sql, fmt, {"host": host, "date": date, "hour": hour})
+        if (sql is None) == (named is None):
+            raise ScopeError("give either SQL or one of --top, --gc, --offcpu")
+        args = _connect_args(directory, **filters)
+        text = run_query(directory, sql or NAMED[named], fmt, **args)
         click.echo(text, nl=not text.endswith("\n"))
     except QueryError as e:
         _fail(ScopeError(str(e)))
+    except ScopeError as e:
+        _fail(e)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"),
+              show_default=True, help="Where the HTML page (or the export) is written.")
+@click.option("--format", "fmt", type=click.Choice(["html", "folded", "speedscope"]),
+              default="html", show_default=True,
+              help="html: the page; folded / speedscope: the flame graph for other viewers.")
+@click.option("-q", "--quiet", is_flag=True, help="No terminal summary.")
+@_filters
+def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> None:
+    """Hot paths, flame graph, GC pauses, off-CPU time and anomalies of a trace.
+
+    Prints a summary and writes a self-contained HTML page (no network access
+    needed to view it). Works on a run's output or a daemon tree, with the same
+    filters as `query`.
+
+    \b
+    Examples:
+      scope-ebpf report out                          # summary + report.html
+      scope-ebpf report out -o app.html --pid 1234 --since +5s
+      scope-ebpf report out --format folded -o out.folded     # flamegraph.pl, inferno
+      scope-ebpf report out --format speedscope -o out.speedscope.json
+    """
+    from . import analysis
+    from . import report as rep
+    from .query import QueryError, connect
+
+    try:
+        con = connect(directory, **_connect_args(directory, **filters))
+        try:
+            a = analysis.analyze(con)
+        finally:
+            con.close()
+        if fmt == "folded":
+            body = rep.folded_text(a)
+        elif fmt == "speedscope":
+            body = rep.speedscope(a, str(directory))
+        else:
+            body = rep.page(a, f"scope-ebpf report: {directory}")
+        try:
+            tmp = output.with_name(f".{output.name}.tmp")
+            tmp.write_text(body)
+            tmp.replace(output)
+        except OSError as e:
+            raise ScopeError(f"cannot write {output}: {e.strerror}") from None
+        if not quiet:
+            click.echo(rep.text(a))
+        _status(f"wrote {output} ({human_bytes(output.stat().st_size)})")
+    except QueryError as e:
+        _fail(ScopeError(str(e)))
+    except ScopeError as e:
+        _fail(e)
 
 
 @cli.command()

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from .errors import ScopeError
 from .schema import TABLES, arrow_schema
+from .units import parse_duration
 
 Format = Literal["table", "csv", "json"]
 MAX_CELL = 60
@@ -59,12 +60,36 @@ def _layout(path: Path) -> str | None:
 PARTITIONS = ("host", "date", "hour")
 
 
-def connect(root: str | Path, where: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+def _time_column(table: str) -> str | None:
+    names = arrow_schema(table).names
+    return next((c for c in ("start_ns", "ts_ns") if c in names), None)
+
+
+def _row_filter(table: str, pid: int | None, since_ns: int | None,
+                until_ns: int | None) -> list[str]:
+    """Conditions of --pid/--since/--until on one table (session has none)."""
+    conds = []
+    names = arrow_schema(table).names
+    if pid is not None and "pid" in names:
+        conds.append(f"pid = {int(pid)}")
+    col = _time_column(table)
+    if col and since_ns is not None:
+        conds.append(f"epoch_ns({col}) >= {int(since_ns)}")
+    if col and until_ns is not None:
+        conds.append(f"epoch_ns({col}) < {int(until_ns)}")
+    return conds
+
+
+def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int | None = None,
+            since_ns: int | None = None,
+            until_ns: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory database whose views read the parts in place (nothing is copied).
 
     A daemon's Hive tree gains the columns host, date and hour; ``where``
     (e.g. ``{"host": "web-17", "date": "2026-11-26"}``) keeps only those
     partitions, and DuckDB then does not open the files of the others.
+    ``pid`` and ``since_ns``/``until_ns`` (UTC epoch ns, on each table's start_ns
+    or ts_ns) keep only those rows.
     """
     root = Path(root)
     if not root.is_dir():
@@ -86,25 +111,21 @@ def connect(root: str | Path, where: dict[str, str] | None = None) -> duckdb.Duc
         # Timestamps are UTC; without this DuckDB renders them in the local zone.
         con.execute("SET TimeZone = 'UTC'")
         for name in TABLES:
+            conds = _row_filter(name, pid, since_ns, until_ns)
             if layouts[name] == "flat":
                 glob = str((root / name).resolve() / "*.parquet")
                 # union_by_name keeps old parts readable after a column is added.
-                con.execute(
-                    f"CREATE VIEW {_ident(name)} AS SELECT * FROM "
-                    f"read_parquet({_sql_str(glob)}, union_by_name = true)"
-                )
+                source = f"read_parquet({_sql_str(glob)}, union_by_name = true)"
             elif layouts[name] == "hive":
                 glob = str((root / name).resolve() / "**" / "*.parquet")
                 # partition values stay strings ('01'): what the paths say
-                cond = " AND ".join(f"{k} = {_sql_str(str(v))}" for k, v in where.items())
-                con.execute(
-                    f"CREATE VIEW {_ident(name)} AS SELECT * FROM "
-                    f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-                    f"hive_types_autocast = false, union_by_name = true)"
-                    + (f" WHERE {cond}" if cond else "")
-                )
+                conds += [f"{k} = {_sql_str(str(v))}" for k, v in where.items()]
+                source = (f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
+                          "hive_types_autocast = false, union_by_name = true)")
             else:
-                con.execute(f"CREATE VIEW {_ident(name)} AS {_empty_select(con, name)}")
+                source = f"({_empty_select(con, name)})"
+            con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {source}"
+                        + (f" WHERE {' AND '.join(conds)}" if conds else ""))
     except duckdb.Error as e:
         con.close()
         raise QueryError(f"cannot open {root}: {_one_line(e)}") from e
@@ -220,12 +241,61 @@ def format_json(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 _FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 
+def resolve_time(root: str | Path, where: dict[str, str] | None, text: str | None,
+                 option: str) -> int | None:
+    """--since/--until: ISO UTC time, or +DURATION after the trace's first event."""
+    if text is None:
+        return None
+    if text.startswith("+"):
+        offset = parse_duration(text[1:], option)
+        con = connect(root, where)
+        try:
+            first = con.execute(
+                "SELECT min(t) FROM (SELECT epoch_ns(min(start_ns)) AS t FROM calls UNION ALL "
+                "SELECT epoch_ns(min(start_ns)) FROM gc UNION ALL "
+                "SELECT epoch_ns(min(start_ns)) FROM sched UNION ALL "
+                "SELECT epoch_ns(min(ts_ns)) FROM processes)").fetchone()[0]
+        finally:
+            con.close()
+        if first is None:
+            raise QueryError(f"{option} {text}: the trace has no events to count from")
+        return int(first) + offset
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(f"{option}: cannot read {text!r}: use ISO UTC time "
+                         "(2026-11-26T10:00:00) or +DURATION (+1.5s)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+
+# Named queries of `scope-ebpf query --top/--gc/--offcpu`.
+NAMED = {
+    "top": """
+        SELECT function, file, line, pid, sum(calls) AS calls, sum(total_ns) / 1e6 AS total_ms,
+               sum(total_ns) / nullif(sum(calls), 0) / 1e3 AS mean_us, max(max_ns) / 1e6 AS max_ms
+        FROM functions WHERE function IS DISTINCT FROM '<module>'
+        GROUP BY ALL ORDER BY total_ms DESC LIMIT 20""",
+    "gc": """
+        SELECT pid, generation, count(*) AS collections, sum(duration_ns) / 1e6 AS total_ms,
+               quantile_cont(duration_ns, 0.5) / 1e6 AS p50_ms, max(duration_ns) / 1e6 AS max_ms,
+               sum(collected) AS collected
+        FROM gc GROUP BY ALL ORDER BY pid, generation""",
+    "offcpu": """
+        SELECT coalesce(function, '(no Python frame)') AS function, file, line, state,
+               count(*) AS intervals, sum(duration_ns) / 1e6 AS off_cpu_ms,
+               quantile_cont(runq_ns, 0.9) / 1e3 AS runq_p90_us
+        FROM sched GROUP BY ALL ORDER BY off_cpu_ms DESC LIMIT 20""",
+}
+
+
 def run_query(root: str | Path, sql: str, fmt: Format = "table",
-              where: dict[str, str] | None = None) -> str:
+              where: dict[str, str] | None = None, **filters: Any) -> str:
     """Run one SQL statement over the trace and render its result."""
     if fmt not in _FORMATTERS:
         raise QueryError(f"unknown format {fmt!r}; use one of: {', '.join(_FORMATTERS)}")
-    con = connect(root, where)
+    con = connect(root, where, **filters)
     try:
         rel = con.sql(sql)
         if rel is None:  # a statement without a result, e.g. SET

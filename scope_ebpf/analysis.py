@@ -1,0 +1,449 @@
+"""What a trace says, computed in DuckDB from the Parquet output.
+
+Every figure of ``scope-ebpf report`` comes from here, as SQL over the views
+of :func:`scope_ebpf.query.connect` (a run's directory or a fleet tree, with
+its filters), so the work scales with DuckDB rather than with Python loops.
+The results are small: lists of dicts that report.py renders.
+
+Call nesting is recovered with an ASOF join: a call's parent is the latest
+call of the same thread, one level up, that started before it and had not
+ended. Self time is a call's duration minus its children's; with sampled rows
+(weight > 1) children can be missing, so self time is then an upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from .units import human_ns
+
+TOP_N = 15
+WINDOWS = 30            # rate and GC windows across the trace (at least 100 ms each)
+BUCKETS = 20            # latency windows per function, of consecutive calls
+OUTLIER_MADS = 5.0      # a window's median latency this many (scaled) MADs above ...
+OUTLIER_RATIO = 3.0     # ... and this many times the function's usual median
+RATE_RATIO = 5.0        # a window's call count this many times the usual
+MIN_CALLS = 5           # calls a window needs for its median to count
+GC_STORM_SHARE = 0.10   # GC pauses taking this share of a window
+TIMELINE_MAX_RECTS = 4000
+
+
+@dataclass
+class Finding:
+    kind: str           # 'latency', 'rate', 'gc storm'
+    subject: str        # function or 'gc'
+    text: str
+    sql: str            # the rows behind it
+    anchor: str = ""
+
+
+@dataclass
+class Analysis:
+    tables: dict[str, int]                  # rows per table
+    span_ns: tuple[int, int] | None         # first and last event
+    top: list[dict] = field(default_factory=list)
+    self_top: list[dict] = field(default_factory=list)
+    folded: list[tuple[str, int]] = field(default_factory=list)  # stack, weighted self ns
+    gc_by_gen: list[dict] = field(default_factory=list)
+    gc_series: list[dict] = field(default_factory=list)
+    gc_longest: list[dict] = field(default_factory=list)
+    gc_triggers: list[dict] = field(default_factory=list)
+    offcpu: list[dict] = field(default_factory=list)
+    runq: dict[str, Any] = field(default_factory=dict)
+    timeline: list[dict] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    recommendations: list[dict] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    session: dict[str, str] = field(default_factory=dict)
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
+    """Every section of the report from the views of ``con``."""
+    tables = {t: _count(con, t) for t in ("calls", "functions", "gc", "sched", "imports",
+                                          "processes", "breaker", "sampling", "session")}
+    a = Analysis(tables=tables, span_ns=_span(con))
+    a.session = {k: v for k, v in con.execute(
+        "SELECT key, value FROM session WHERE key <> 'warning'").fetchall()}
+    if not tables["calls"] and not tables["functions"]:
+        a.missing.append("no function calls were recorded (calls probes off, an interpreter "
+                         "without function probes, or the target exited at once)")
+    if not tables["gc"]:
+        a.missing.append("no garbage collections were recorded")
+    if not tables["sched"]:
+        a.missing.append("no off-CPU intervals were recorded (sched probes off?)")
+    if not tables["session"]:
+        a.missing.append("no session table: the trace was not closed (tracer killed?)")
+    if tables["calls"]:
+        _prepare_calls(con)
+        a.top = top_functions(con)
+        a.self_top = self_time(con)
+        a.folded = folded(con)
+    elif tables["functions"]:
+        a.top = top_functions(con)
+    if tables["gc"]:
+        a.gc_by_gen = _rows(con, """
+            SELECT generation, count(*) AS collections, sum(duration_ns) AS total_ns,
+                   max(duration_ns) AS max_ns, quantile_cont(duration_ns, 0.5) AS p50_ns,
+                   sum(collected) AS collected
+            FROM gc GROUP BY generation ORDER BY generation""")
+        a.gc_series = gc_series(con, a.span_ns)
+        a.gc_longest = gc_longest(con, tables["calls"] > 0)
+        if tables["calls"]:
+            a.gc_triggers = gc_triggers(con)
+    if tables["sched"]:
+        a.offcpu = _rows(con, f"""
+            SELECT coalesce(function, '(no Python frame)') AS function, file, line, state,
+                   count(*) AS intervals, sum(duration_ns) AS total_ns,
+                   max(duration_ns) AS max_ns
+            FROM sched GROUP BY ALL ORDER BY total_ns DESC LIMIT {TOP_N}""")
+        a.runq = _rows(con, """
+            SELECT count(*) AS intervals,
+                   quantile_cont(runq_ns, 0.5) AS p50_ns, quantile_cont(runq_ns, 0.9) AS p90_ns,
+                   quantile_cont(runq_ns, 0.99) AS p99_ns, max(runq_ns) AS max_ns
+            FROM sched""")[0]
+    a.timeline = timeline(con, a.span_ns, tables)
+    a.findings = anomalies(con, a.span_ns, tables)
+    a.recommendations = recommendations(con, a)
+    return a
+
+
+def _span(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
+    lo, hi = con.execute("""
+        SELECT min(t0), max(t1) FROM (
+            SELECT epoch_ns(min(start_ns)) AS t0,
+                   max(epoch_ns(start_ns) + coalesce(duration_ns, 0)) AS t1 FROM calls
+            UNION ALL SELECT epoch_ns(min(start_ns)), max(epoch_ns(start_ns) + duration_ns)
+                FROM gc
+            UNION ALL SELECT epoch_ns(min(start_ns)), max(epoch_ns(start_ns) + duration_ns)
+                FROM sched)""").fetchone()
+    return (int(lo), int(hi)) if lo is not None else None
+
+
+def _prepare_calls(con: duckdb.DuckDBPyConnection) -> None:
+    """Temp tables: c (calls with ids, open calls end at the trace's end) and
+    nest (each call with its parent id and self time)."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE c AS
+        WITH base AS (
+            SELECT epoch_ns(start_ns) AS s, duration_ns, pid, tid, depth,
+                   coalesce(function, '?') AS function, file, line, weight
+            FROM calls)
+        SELECT row_number() OVER (ORDER BY s, depth) AS id, s,
+               coalesce(duration_ns, max(s + coalesce(duration_ns, 0)) OVER () - s) AS d,
+               duration_ns IS NULL AS open, pid, tid, depth, function, file, line,
+               weight::BIGINT AS weight
+        FROM base""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE nest AS
+        WITH linked AS (
+            SELECT c.*, CASE WHEN p.id IS NOT NULL AND c.s < p.s + p.d THEN p.id END AS parent
+            FROM c ASOF LEFT JOIN c AS p
+              ON c.pid = p.pid AND c.tid = p.tid AND c.depth - 1 = p.depth AND c.s >= p.s),
+        kids AS (SELECT parent, sum(d) AS child_ns FROM linked WHERE parent IS NOT NULL
+                 GROUP BY parent)
+        SELECT linked.*, greatest(d - coalesce(child_ns, 0), 0) AS self_ns
+        FROM linked LEFT JOIN kids ON kids.parent = linked.id""")
+
+
+def top_functions(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """By total time: exact counts and totals from `functions` (every call, before
+    any sampling); latency percentiles from `calls` rows when there are any."""
+    has_calls = _count(con, "calls") > 0
+    pct = """
+        , pct AS (SELECT pid, function, file, line,
+                         quantile_cont(duration_ns, 0.5) AS p50_ns,
+                         quantile_cont(duration_ns, 0.9) AS p90_ns,
+                         quantile_cont(duration_ns, 0.99) AS p99_ns
+                  FROM calls WHERE duration_ns IS NOT NULL GROUP BY ALL)""" if has_calls else ""
+    join = "LEFT JOIN pct USING (pid, function, file, line)" if has_calls else ""
+    cols = "p50_ns, p90_ns, p99_ns" if has_calls else "NULL AS p50_ns, NULL AS p90_ns, " \
+                                                       "NULL AS p99_ns"
+    if _count(con, "functions"):
+        return _rows(con, f"""
+            WITH f AS (SELECT pid, function, file, line, sum(calls) AS calls,
+                              sum(total_ns) AS total_ns, max(max_ns) AS max_ns
+                       FROM functions GROUP BY ALL){pct}
+            SELECT f.pid, f.function, f.file, f.line, calls, total_ns,
+                   total_ns / nullif(calls, 0) AS mean_ns, max_ns, {cols}
+            FROM f {join}
+            WHERE function IS DISTINCT FROM '<module>'
+            ORDER BY total_ns DESC LIMIT {TOP_N}""")
+    return _rows(con, f"""
+        WITH f AS (SELECT pid, function, file, line, sum(weight) AS calls,
+                          sum(duration_ns * weight) AS total_ns, max(duration_ns) AS max_ns
+                   FROM calls GROUP BY ALL){pct}
+        SELECT f.pid, f.function, f.file, f.line, calls, total_ns,
+               total_ns / nullif(calls, 0) AS mean_ns, max_ns, {cols}
+        FROM f {join} WHERE function IS DISTINCT FROM '<module>'
+        ORDER BY total_ns DESC LIMIT {TOP_N}""")
+
+
+def self_time(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    return _rows(con, f"""
+        SELECT pid, function, file, line, sum(weight) AS calls,
+               sum(self_ns * weight) AS self_ns, sum(d * weight) AS total_ns
+        FROM nest GROUP BY ALL ORDER BY self_ns DESC LIMIT {TOP_N}""")
+
+
+def _frame_sql(alias: str) -> str:
+    return (f"replace({alias}.function, ';', ':') || ' (' || "
+            f"coalesce(regexp_extract({alias}.file, '[^/]*$'), '?') || ':' || "
+            f"coalesce({alias}.line::VARCHAR, '?') || ')'")
+
+
+def folded(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    """Folded stacks ("a;b;c weight") weighted by self time in ns x weight."""
+    multi = con.execute("SELECT count(DISTINCT pid) > 1 FROM nest").fetchone()[0]
+    root = "'pid ' || n.pid::VARCHAR || ';' || " if multi else ""
+    return [(p, int(w)) for p, w in con.execute(f"""
+        WITH RECURSIVE paths(id, path) AS (
+            SELECT n.id, {root}{_frame_sql('n')} FROM nest n WHERE n.parent IS NULL
+            UNION ALL
+            SELECT n.id, paths.path || ';' || {_frame_sql('n')}
+            FROM nest n JOIN paths ON n.parent = paths.id)
+        SELECT path, sum(self_ns * weight) AS w FROM paths JOIN nest USING (id)
+        GROUP BY path HAVING sum(self_ns * weight) > 0 ORDER BY path""").fetchall()]
+
+
+def _window_ns(span: tuple[int, int] | None) -> int:
+    if span is None:
+        return 1_000_000_000
+    return max(100_000_000, math.ceil((span[1] - span[0]) / WINDOWS))
+
+
+def gc_series(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None) -> list[dict]:
+    w = _window_ns(span)
+    t0 = span[0] if span else 0
+    return _rows(con, f"""
+        SELECT (epoch_ns(start_ns) - {t0}) // {w} AS win, generation,
+               count(*) AS collections, sum(duration_ns) AS total_ns, max(duration_ns) AS max_ns
+        FROM gc GROUP BY ALL ORDER BY win, generation""") if span else []
+
+
+def _running_at(source: str) -> str:
+    """SQL: the innermost traced call of the same thread running at source.s."""
+    return f"""(SELECT c.function || ' (' || coalesce(regexp_extract(c.file, '[^/]*$'), '?')
+                       || ':' || coalesce(c.line::VARCHAR, '?') || ')'
+                FROM c WHERE c.pid = {source}.pid AND c.tid = {source}.tid
+                  AND c.s <= {source}.s AND c.s + c.d >= {source}.s
+                ORDER BY c.depth DESC LIMIT 1)"""
+
+
+def gc_longest(con: duckdb.DuckDBPyConnection, with_calls: bool) -> list[dict]:
+    running = _running_at("g") if with_calls else "NULL"
+    return _rows(con, f"""
+        WITH g AS (SELECT *, epoch_ns(start_ns) AS s FROM gc
+                   ORDER BY duration_ns DESC LIMIT 10)
+        SELECT start_ns, pid, tid, generation, duration_ns, collected, {running} AS running
+        FROM g ORDER BY duration_ns DESC""")
+
+
+def gc_triggers(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Which Python functions were running when collections started."""
+    return _rows(con, f"""
+        WITH g AS (SELECT *, epoch_ns(start_ns) AS s FROM gc),
+        r AS (SELECT generation, duration_ns, {_running_at('g')} AS running FROM g)
+        SELECT coalesce(running, '(outside traced calls)') AS function,
+               count(*) AS collections, sum(duration_ns) AS total_ns,
+               max(generation) AS max_generation
+        FROM r GROUP BY 1 ORDER BY total_ns DESC LIMIT {TOP_N}""")
+
+
+def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
+             tables: dict[str, int]) -> list[dict]:
+    """Rectangles per thread (calls near the top of each stack, GC, off-CPU),
+    dropping the ones too short to see at this scale."""
+    if span is None:
+        return []
+    t0, t1 = span
+    min_ns = max(1, (t1 - t0) // 1500)
+    parts = []
+    if tables["calls"]:
+        parts.append(f"""
+            SELECT 'call' AS kind, pid, tid, s - {t0} AS start, d AS dur,
+                   depth - min(depth) OVER (PARTITION BY pid, tid) AS level,
+                   function AS label FROM c WHERE d >= {min_ns}""")
+    if tables["gc"]:
+        parts.append(f"""
+            SELECT 'gc', pid, tid, epoch_ns(start_ns) - {t0}, duration_ns, 0,
+                   'gen ' || generation::VARCHAR FROM gc WHERE duration_ns >= {min_ns}""")
+    if tables["sched"]:
+        parts.append(f"""
+            SELECT 'off-cpu ' || state, pid, tid, epoch_ns(start_ns) - {t0}, duration_ns, 0,
+                   coalesce(function, '') FROM sched WHERE duration_ns >= {min_ns}""")
+    if not parts:
+        return []
+    return _rows(con, f"""
+        SELECT * FROM ({' UNION ALL '.join(parts)})
+        WHERE kind <> 'call' OR level < 4
+        ORDER BY dur DESC LIMIT {TIMELINE_MAX_RECTS}""")
+
+
+def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
+              tables: dict[str, int]) -> list[Finding]:
+    """Latency outliers (window medians against the median and MAD of all
+    windows), sudden rate changes and GC storms."""
+    if span is None:
+        return []
+    w, t0 = _window_ns(span), span[0]
+    out: list[Finding] = []
+    if tables["calls"]:
+        # Windows of consecutive calls (1/BUCKETS of a function's calls each), so a
+        # function that runs only briefly still gets enough windows to compare.
+        for r in _rows(con, f"""
+            WITH numbered AS (
+                SELECT pid, function, file, line, s, d,
+                       (row_number() OVER (fn ORDER BY s) - 1) * {BUCKETS}
+                           // count(*) OVER fn AS win
+                FROM c WHERE NOT open
+                WINDOW fn AS (PARTITION BY pid, function, file, line)),
+            win AS (
+                SELECT pid, function, file, line, win, count(*) AS n, median(d) AS med,
+                       min(s) AS a, max(s + d) AS b
+                FROM numbered GROUP BY ALL),
+            usual AS (
+                SELECT pid, function, file, line, median(med) AS base, count(*) AS windows
+                FROM win WHERE n >= {MIN_CALLS} GROUP BY ALL),
+            spread AS (
+                SELECT win.pid, win.function, win.file, win.line, base, windows,
+                       median(abs(med - base)) AS mad
+                FROM win JOIN usual USING (pid, function, file, line)
+                WHERE n >= {MIN_CALLS} GROUP BY ALL),
+            flagged AS (
+                SELECT win.*, base, win - row_number() OVER (
+                           PARTITION BY pid, function, file, line ORDER BY win) AS island
+                FROM win JOIN spread USING (pid, function, file, line)
+                WHERE windows >= 4 AND n >= {MIN_CALLS}
+                  AND med > base + {OUTLIER_MADS} * 1.4826 * greatest(mad, 0.05 * base)
+                  AND med > {OUTLIER_RATIO} * base)
+            -- adjacent outlying windows are one finding
+            SELECT pid, function, file, line, any_value(base) AS base, sum(n) AS n,
+                   sum(med * n) / sum(n) AS med, min(a) AS a, max(b) AS b
+            FROM flagged GROUP BY pid, function, file, line, island
+            ORDER BY sum(med * n) / sum(n) / any_value(base) DESC LIMIT 20"""):
+            a, b = r["a"], r["b"]
+            out.append(Finding(
+                "latency", r["function"],
+                f"{r['function']} (pid {r['pid']}) was {r['med'] / r['base']:.0f}x slower "
+                f"(median {_ns(r['med'])} vs usually {_ns(r['base'])}, {r['n']} calls) "
+                f"from +{(a - t0) / 1e9:.3f} s to +{(b - t0) / 1e9:.3f} s",
+                _calls_sql(r, a, b)))
+        for r in _rows(con, f"""
+            WITH win AS (SELECT pid, function, file, line, (s - {t0}) // {w} AS win,
+                                sum(weight) AS n FROM c GROUP BY ALL),
+            usual AS (SELECT pid, function, file, line, median(n) AS base, count(*) AS windows
+                      FROM win GROUP BY ALL)
+            SELECT win.*, base FROM win JOIN usual USING (pid, function, file, line)
+            WHERE windows >= 4 AND n >= 50 AND n > {RATE_RATIO} * base
+            ORDER BY n / base DESC LIMIT 10"""):
+            a, b = t0 + r["win"] * w, t0 + (r["win"] + 1) * w
+            out.append(Finding(
+                "rate", r["function"],
+                f"{r['function']} (pid {r['pid']}) was called {r['n']:,} times in "
+                f"{w / 1e9:.1f} s from +{(a - t0) / 1e9:.1f} s, {r['n'] / r['base']:.0f}x its "
+                f"usual {r['base']:,.0f}", _calls_sql(r, a, b)))
+    if tables["gc"]:
+        for r in _rows(con, f"""
+            WITH win AS (
+                SELECT pid, (epoch_ns(start_ns) - {t0}) // {w} AS win, count(*) AS n,
+                       sum(duration_ns) AS pause_ns
+                FROM gc GROUP BY ALL HAVING sum(duration_ns) > {GC_STORM_SHARE} * {w}),
+            islands AS (SELECT *, win - row_number() OVER (PARTITION BY pid ORDER BY win)
+                                  AS island FROM win)
+            SELECT pid, min(win) AS first, max(win) + 1 AS last, sum(n) AS n,
+                   sum(pause_ns) AS pause_ns
+            FROM islands GROUP BY pid, island ORDER BY pause_ns DESC LIMIT 10"""):
+            a, b = t0 + r["first"] * w, t0 + r["last"] * w
+            out.append(Finding(
+                "gc storm", "gc",
+                f"GC storm in pid {r['pid']}: {r['n']} collections paused it for "
+                f"{_ns(r['pause_ns'])} ({r['pause_ns'] / (b - a):.0%} of the time) from "
+                f"+{(a - t0) / 1e9:.1f} s to +{(b - t0) / 1e9:.1f} s",
+                f"SELECT * FROM gc WHERE pid = {r['pid']} AND epoch_ns(start_ns) "
+                f"BETWEEN {a} AND {b} ORDER BY start_ns"))
+    for i, f in enumerate(out):
+        f.anchor = f"finding-{i}"
+    return out
+
+
+def _calls_sql(r: dict, a: int, b: int) -> str:
+    fn = str(r["function"]).replace("'", "''")
+    file = str(r["file"]).replace("'", "''")
+    return (f"SELECT * FROM calls WHERE pid = {r['pid']} AND function = '{fn}' "
+            f"AND file = '{file}' AND epoch_ns(start_ns) BETWEEN {a} AND {b} "
+            "ORDER BY start_ns")
+
+
+def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
+    """Rule-based advice, each with the evidence that triggered it."""
+    out = []
+    gen2 = [g for g in a.gc_by_gen if g["generation"] == 2]
+    if gen2 and gen2[0]["max_ns"] >= 20_000_000:
+        rss = con.execute("SELECT max(rss_bytes) FROM processes").fetchone()[0]
+        out.append({
+            "title": "Freeze the start-up heap: gc.freeze() after initialisation",
+            "evidence": f"gen-2 collections paused the process up to {_ns(gen2[0]['max_ns'])} "
+                        f"({gen2[0]['collections']} of them, {_ns(gen2[0]['total_ns'])} in all)"
+                        + (f" with an RSS of up to {rss / 2**20:,.0f} MiB" if rss else "")
+                        + ": objects that live for the whole run are scanned again each time",
+        })
+    for r in a.offcpu:
+        if r["state"] == "io" and r["function"] != "(no Python frame)":
+            total = _function_total(con, r["function"], r["file"])
+            if total and r["total_ns"] >= 0.5 * total:
+                out.append({
+                    "title": f"{r['function']} is I/O-bound",
+                    "evidence": f"{_ns(r['total_ns'])} of its {_ns(total)} wall time was spent "
+                                "off-CPU waiting for I/O: batch, cache, or make it concurrent",
+                })
+    for r in a.offcpu:
+        if r["state"] == "sleeping" and r["function"] != "(no Python frame)" \
+                and r["total_ns"] >= 100_000_000:
+            out.append({
+                "title": f"{r['function']} sleeps or waits",
+                "evidence": f"{r['intervals']} waits totalling {_ns(r['total_ns'])} "
+                            f"(longest {_ns(r['max_ns'])}) with the thread off-CPU",
+            })
+            break
+    trips = con.execute("SELECT count(*) FROM breaker WHERE state = 'open'").fetchone()[0]
+    if trips:
+        out.append({
+            "title": "Trace fewer functions: narrow --include (or raise --breaker-rate)",
+            "evidence": f"the circuit breaker opened {trips} time(s): the probe rate exceeded "
+                        "its limit and function probes were detached for a while",
+        })
+    lost = con.execute("SELECT coalesce(sum(count), 0) FROM session "
+                       "WHERE key LIKE 'kernel.%_lost'").fetchone()[0]
+    if lost:
+        out.append({"title": "Records were lost: lower --max-rate or filter with --include",
+                    "evidence": f"{lost:,} kernel records were dropped (buffers full)"})
+    sampled = con.execute("SELECT count(*) FROM sampling WHERE new_k > 1").fetchone()[0]
+    if sampled:
+        out.append({"title": "Call rows are sampled: use `functions` for exact counts",
+                    "evidence": f"{sampled} sampling decision(s) kept 1 call in k for hot "
+                                "functions; rows carry the weight k"})
+    return out
+
+
+def _function_total(con: duckdb.DuckDBPyConnection, function: str, file: str | None) -> int:
+    r = con.execute("SELECT sum(total_ns) FROM functions WHERE function = ? AND "
+                    "file IS NOT DISTINCT FROM ?", [function, file]).fetchone()[0]
+    return int(r or 0)
+
+
+def _ns(ns: float | int | None) -> str:
+    return "-" if ns is None else human_ns(int(ns))

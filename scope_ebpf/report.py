@@ -1,0 +1,277 @@
+"""``scope-ebpf report``: the analysis as terminal tables, a self-contained HTML
+page (inline CSS, JS and SVG; no network fetches), or flame graph exports in
+the folded and speedscope formats. The numbers come from analysis.py."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .analysis import Analysis, Finding
+from .query import format_table
+from .units import human_ns
+
+
+def _ns(v: Any) -> str:
+    return "-" if v is None else human_ns(int(v))
+
+
+def _loc(r: dict) -> str:
+    file = (r.get("file") or "?").rsplit("/", 1)[-1]
+    return f"{file}:{r.get('line') if r.get('line') is not None else '?'}"
+
+
+def _top_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["function", "where", "pid", "calls", "total", "mean", "p50", "p90", "p99", "max"]
+    return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}", _ns(r["total_ns"]),
+                    _ns(r["mean_ns"]), _ns(r["p50_ns"]), _ns(r["p90_ns"]), _ns(r["p99_ns"]),
+                    _ns(r["max_ns"])] for r in a.top]
+
+
+def _self_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["function", "where", "pid", "calls", "self", "total"]
+    return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}", _ns(r["self_ns"]),
+                    _ns(r["total_ns"])] for r in a.self_top]
+
+
+def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["generation", "collections", "total pause", "median", "longest", "collected"]
+    return names, [[r["generation"], r["collections"], _ns(r["total_ns"]), _ns(r["p50_ns"]),
+                    _ns(r["max_ns"]), r["collected"]] for r in a.gc_by_gen]
+
+
+def _longest_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["start", "pid", "tid", "gen", "pause", "collected", "running"]
+    return names, [[str(r["start_ns"]), r["pid"], r["tid"], r["generation"], _ns(r["duration_ns"]),
+                    r["collected"], r["running"] or ""] for r in a.gc_longest]
+
+
+def _trigger_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["running when GC started", "collections", "total pause", "max generation"]
+    return names, [[r["function"], r["collections"], _ns(r["total_ns"]), r["max_generation"]]
+                   for r in a.gc_triggers]
+
+
+def _offcpu_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["function", "where", "state", "intervals", "off-CPU", "longest"]
+    return names, [[r["function"], _loc(r) if r.get("file") else "", r["state"], r["intervals"],
+                    _ns(r["total_ns"]), _ns(r["max_ns"])] for r in a.offcpu]
+
+
+def text(a: Analysis) -> str:
+    """The terminal summary."""
+    out: list[str] = []
+
+    def section(title: str, table: tuple[list[str], list[list]] | None = None,
+                lines: Sequence[str] = ()) -> None:
+        out.append(f"== {title} ==")
+        if table is not None and table[1]:
+            out.append(format_table(*table).rstrip("\n"))
+        out.extend(lines)
+        out.append("")
+
+    if a.span_ns:
+        span = (a.span_ns[1] - a.span_ns[0])
+        out.append(f"trace: {_ns(span)} | " + ", ".join(
+            f"{t} {n:,}" for t, n in a.tables.items() if n) + "\n")
+    for m in a.missing:
+        out.append(f"missing: {m}")
+    if a.missing:
+        out.append("")
+    if a.top:
+        section("top functions by total time (exact counts)", _top_rows(a))
+    if a.self_top:
+        section("top functions by self time", _self_rows(a))
+    if a.gc_by_gen:
+        section("garbage collection", _gc_rows(a))
+        section("longest GC pauses", _longest_rows(a))
+    if a.gc_triggers:
+        section("functions running when collections started", _trigger_rows(a))
+    if a.offcpu:
+        rq = a.runq
+        section("off-CPU time", _offcpu_rows(a), [
+            f"run-queue latency: p50 {_ns(rq['p50_ns'])}, p90 {_ns(rq['p90_ns'])}, "
+            f"p99 {_ns(rq['p99_ns'])}, max {_ns(rq['max_ns'])} over {rq['intervals']:,} "
+            "wake-ups"])
+    section("anomalies", None, [f"- [{f.kind}] {f.text}" for f in a.findings] or ["none found"])
+    section("recommendations", None,
+            [f"- {r['title']}\n    because {r['evidence']}" for r in a.recommendations]
+            or ["none"])
+    return "\n".join(out)
+
+
+# -- exports ----------------------------------------------------------------
+
+def folded_text(a: Analysis) -> str:
+    """Brendan Gregg's folded format: one "frame;frame;frame weight" per line."""
+    return "".join(f"{stack} {w}\n" for stack, w in a.folded)
+
+
+def speedscope(a: Analysis, name: str) -> str:
+    """speedscope's file format: one sampled profile weighted by self time (ns)."""
+    frames: dict[str, int] = {}
+    samples, weights = [], []
+    for stack, w in a.folded:
+        samples.append([frames.setdefault(f, len(frames)) for f in stack.split(";")])
+        weights.append(w)
+    total = sum(weights)
+    return json.dumps({
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "shared": {"frames": [{"name": f} for f in frames]},
+        "profiles": [{"type": "sampled", "name": name, "unit": "nanoseconds",
+                      "startValue": 0, "endValue": total, "samples": samples,
+                      "weights": weights}],
+        "name": name, "exporter": f"scope-ebpf {__version__}", "activeProfileIndex": 0,
+    })
+
+
+# -- HTML -------------------------------------------------------------------
+
+def _table(table: tuple[list[str], list[list]], cls: str = "") -> str:
+    names, rows = table
+    if not rows:
+        return "<p class=none>none</p>"
+    head = "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
+                   for r in rows)
+    return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_GEN_COLORS = ("#4c78a8", "#f58518", "#e45756")
+
+
+def _gc_chart(a: Analysis) -> str:
+    """Pause time per window and generation: stacked bars, inline SVG."""
+    if not a.gc_series or not a.span_ns:
+        return ""
+    windows = max(r["win"] for r in a.gc_series) + 1
+    per: dict[int, list[int]] = {}
+    for r in a.gc_series:
+        per.setdefault(r["win"], [0, 0, 0])[min(r["generation"], 2)] += r["total_ns"]
+    peak = max(sum(v) for v in per.values()) or 1
+    w, h, bw = 720, 160, 720 / windows
+    bars = []
+    for win, gens in per.items():
+        y = h
+        for g, ns in enumerate(gens):
+            if not ns:
+                continue
+            bh = ns / peak * (h - 10)
+            y -= bh
+            bars.append(f"<rect x='{win * bw:.1f}' y='{y:.1f}' width='{max(bw - 1, 1):.1f}' "
+                        f"height='{bh:.1f}' fill='{_GEN_COLORS[g]}'><title>window {win}: "
+                        f"gen {g} {html.escape(_ns(ns))}</title></rect>")
+    legend = " ".join(f"<tspan fill='{c}'>&#9632; gen {g}</tspan>"
+                      for g, c in enumerate(_GEN_COLORS))
+    return (f"<svg class=chart width='{w}' height='{h + 20}' viewBox='0 0 {w} {h + 20}'>"
+            f"{''.join(bars)}<text x='0' y='{h + 16}' font-size='12'>{legend} — pause time "
+            f"per window (peak {html.escape(_ns(peak))})</text></svg>")
+
+
+_KIND_COLORS = {"call": "#6baed6", "gc": "#e45756", "off-cpu sleeping": "#bbbbbb",
+                "off-cpu io": "#9467bd", "off-cpu preempted": "#ff9896"}
+
+
+def _timeline(a: Analysis) -> str:
+    if not a.timeline or not a.span_ns:
+        return "<p class=none>nothing to show</p>"
+    span = max(1, a.span_ns[1] - a.span_ns[0])
+    lanes = sorted({(r["pid"], r["tid"]) for r in a.timeline})[:24]
+    lane_of = {k: i for i, k in enumerate(lanes)}
+    W, lane_h, row = 900, 64, 12
+    rects = []
+    for r in a.timeline:
+        lane = lane_of.get((r["pid"], r["tid"]))
+        if lane is None:
+            continue
+        x = r["start"] / span * W
+        width = max(r["dur"] / span * W, 0.5)
+        kind = r["kind"]
+        level = r["level"] if kind == "call" else (4 if kind == "gc" else 4)
+        y = lane * lane_h + 14 + level * row
+        color = _KIND_COLORS.get(kind, "#999")
+        rects.append(f"<rect x='{x:.2f}' y='{y}' width='{width:.2f}' height='{row - 1}' "
+                     f"fill='{color}'><title>{html.escape(kind)} {html.escape(r['label'])} "
+                     f"{html.escape(_ns(r['dur']))} at +{r['start'] / 1e6:.1f} ms</title></rect>")
+    labels = "".join(f"<text x='0' y='{i * lane_h + 10}' font-size='11'>pid {p} tid {t}</text>"
+                     for (p, t), i in lane_of.items())
+    height = len(lanes) * lane_h
+    legend = " ".join(f"<span style='color:{c}'>&#9632; {html.escape(k)}</span>"
+                      for k, c in _KIND_COLORS.items())
+    return (f"<div class=legend>{legend}</div><svg class=timeline width='{W}' height='{height}' "
+            f"viewBox='0 0 {W} {height}'>{labels}{''.join(rects)}</svg>")
+
+
+def _findings(findings: list[Finding]) -> str:
+    if not findings:
+        return "<p class=none>none found</p>"
+    items = "".join(
+        f"<li id='{f.anchor}'><b>{html.escape(f.kind)}</b> {html.escape(f.text)} "
+        f"<details><summary>rows behind it</summary><code>scope-ebpf query DIR "
+        f"&quot;{html.escape(f.sql)}&quot;</code></details></li>" for f in findings)
+    return f"<ul class=findings>{items}</ul>"
+
+
+
+_ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _asset(name: str) -> str:
+    """Inlined into the page: it must open with no network access."""
+    return (_ASSETS / name).read_text()
+
+
+
+
+def page(a: Analysis, title: str) -> str:
+    """The self-contained HTML report."""
+    flame_json = json.dumps(a.folded).replace("</", "<\\/")
+    missing = "".join(f"<p class=missing>{html.escape(m)}</p>" for m in a.missing)
+    span = f"{_ns(a.span_ns[1] - a.span_ns[0])}" if a.span_ns else "no events"
+    counts = ", ".join(f"{t} {n:,}" for t, n in a.tables.items() if n)
+    recs = "".join(f"<li><b>{html.escape(r['title'])}</b><br>because "
+                   f"{html.escape(r['evidence'])}</li>" for r in a.recommendations)
+    rq = a.runq
+    runq = (f"<p>Run-queue latency (wake-up to on-CPU): p50 {_ns(rq['p50_ns'])}, p90 "
+            f"{_ns(rq['p90_ns'])}, p99 {_ns(rq['p99_ns'])}, max {_ns(rq['max_ns'])} over "
+            f"{rq['intervals']:,} intervals.</p>") if rq else ""
+    flame = ("<p><button id=flame-reset>reset zoom</button> <span id=flame-zoom></span>"
+             "click a frame to zoom; width is self+children time (weighted by row weight)</p>"
+             "<div id=flame></div>") if a.folded else "<p class=none>no call rows</p>"
+    return f"""<!DOCTYPE html>
+<html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>
+<style>{_asset('report.css')}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Trace span {html.escape(span)} — {html.escape(counts)}. scope-ebpf {__version__}.</p>
+{missing}
+<h2 id=recommendations>Recommendations</h2>
+{f"<ul>{recs}</ul>" if recs else "<p class=none>none</p>"}
+<h2 id=anomalies>Anomalies</h2>
+{_findings(a.findings)}
+<h2 id=top>Top functions by total time</h2>
+{_table(_top_rows(a))}
+<h2 id=self>Top functions by self time</h2>
+{_table(_self_rows(a))}
+<h2 id=flamegraph>Flame graph</h2>
+{flame}
+<h2 id=gc>Garbage collection</h2>
+{_gc_chart(a)}
+{_table(_gc_rows(a))}
+<h3>Longest pauses</h3>
+{_table(_longest_rows(a))}
+<h3>Functions running when collections started</h3>
+{_table(_trigger_rows(a))}
+<h2 id=offcpu>Off-CPU time</h2>
+{_table(_offcpu_rows(a))}
+{runq}
+<h2 id=timeline>Timeline</h2>
+{_timeline(a)}
+<div id=tip></div>
+<script type="application/json" id="flame-data">{flame_json}</script>
+<script>{_asset("flame.js") if a.folded else ""}</script>
+</body></html>
+"""
