@@ -279,12 +279,14 @@ def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
                    function AS label FROM c WHERE d >= {min_ns}""")
     if tables["gc"]:
         parts.append(f"""
-            SELECT 'gc', pid, tid, epoch_ns(start_ns) - {t0}, duration_ns, 0,
-                   'gen ' || generation::VARCHAR FROM gc WHERE duration_ns >= {min_ns}""")
+            SELECT 'gc' AS kind, pid, tid, epoch_ns(start_ns) - {t0} AS start,
+                   duration_ns AS dur, 0 AS level, 'gen ' || generation::VARCHAR AS label
+            FROM gc WHERE duration_ns >= {min_ns}""")
     if tables["sched"]:
         parts.append(f"""
-            SELECT 'off-cpu ' || state, pid, tid, epoch_ns(start_ns) - {t0}, duration_ns, 0,
-                   coalesce(function, '') FROM sched WHERE duration_ns >= {min_ns}""")
+            SELECT 'off-cpu ' || state AS kind, pid, tid, epoch_ns(start_ns) - {t0} AS start,
+                   duration_ns AS dur, 0 AS level, coalesce(function, '') AS label
+            FROM sched WHERE duration_ns >= {min_ns}""")
     if not parts:
         return []
     return _rows(con, f"""
