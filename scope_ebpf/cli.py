@@ -157,6 +157,15 @@ def _control_options(f):
                           "breaker)."),
         click.option("--max-output", default=None, metavar="SIZE",
                      help="Stop cleanly once the output reaches SIZE (e.g. 500MB)."),
+        click.option("--group", default=None, metavar="NAME",
+                     help="Share the output with this group (0750/0640); by default it "
+                          "is private (0700/0600) to the user who ran sudo."),
+        click.option("--redact", multiple=True, metavar="REGEX",
+                     help="Also mask matches of REGEX in recorded command lines "
+                          "(repeatable)."),
+        click.option("--no-redact", is_flag=True,
+                     help="Record command lines as they are (by default credentials, "
+                          "URL passwords and random-looking tokens are masked)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -166,13 +175,17 @@ def _control_options(f):
 def _options(output: Path | None, probes: str, include: tuple[str, ...],
              exclude: tuple[str, ...], min_duration: str | None, tids: tuple[int, ...],
              thread_names: tuple[str, ...], max_rate: str, breaker_rate: str,
-             max_cpu: str | None, max_output: str | None):
+             max_cpu: str | None, max_output: str | None, group: str | None = None,
+             redact: tuple[str, ...] = (), no_redact: bool = False):
     """Validate every option before anything is attached."""
     from .controller import Options, parse_probes
     from .matchers import Matcher
+    from .redact import Redactor
+    from .safefs import invoking_user
     from .units import parse_duration, parse_size
 
     Matcher(list(include), list(exclude))  # raises on a bad glob or regex
+    Redactor(redact)
     sets = parse_probes(probes)
     if "calls" not in sets:
         for name, given in (("--include", include), ("--exclude", exclude),
@@ -189,6 +202,7 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
         breaker_rate=_number(breaker_rate, "--breaker-rate"),
         max_cpu=_number(max_cpu, "--max-cpu") if max_cpu is not None else 0,
         max_output=parse_size(max_output, "--max-output") if max_output else 0,
+        owner=invoking_user(group), redact=redact, no_redact=no_redact,
     )
 
 

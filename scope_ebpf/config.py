@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .errors import ScopeError
 from .procs import ProcInfo
+from .redact import Redactor
+from .safefs import group_id
 from .units import parse_size
 
 # The cheap probe sets every matching process gets unless its selector says otherwise.
@@ -26,8 +28,8 @@ DEFAULT_MAX_RATE = 50_000       # call rows/s, when a calls selector names none
 DEFAULT_BREAKER_RATE = 500_000  # probe hits/s
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-_TOP = {"host", "output", "select", "budget", "ship", "limits"}
-_OUTPUT = {"root", "rotate_seconds", "rotate_bytes", "retain_bytes", "retain_days"}
+_TOP = {"host", "output", "select", "budget", "ship", "limits", "redact", "no_redact"}
+_OUTPUT = {"root", "rotate_seconds", "rotate_bytes", "retain_bytes", "retain_days", "group"}
 _SELECT = {"exe", "cmdline", "user", "cgroup", "probes", "max_rate", "breaker_rate"}
 _BUDGET = {"max_cpu"}
 _SHIP = {"endpoint", "bucket", "prefix", "region", "interval_seconds", "delete_after_upload"}
@@ -86,6 +88,9 @@ class Config:
     ship: Shipping | None = None
     max_targets: int = 4096
     max_threads: int = 16384
+    group: str | None = None            # output root 0750 root:group (default root)
+    redact: tuple[str, ...] = ()        # extra regexes masked in command lines
+    no_redact: bool = False
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -178,6 +183,25 @@ def parse(raw: dict, path: Path = Path("<config>")) -> Config:
     root = out.get("root", "/var/lib/scope-ebpf")
     if not isinstance(root, str) or not os.path.isabs(root):
         raise fail("output.root", f"must be an absolute path, not {root!r}")
+    group = out.get("group")
+    if group is not None:
+        if not isinstance(group, str | int) or isinstance(group, bool):
+            raise fail("output.group", "must be a group name or gid")
+        group = str(group)
+        try:
+            group_id(group)
+        except ScopeError as e:
+            raise fail("output.group", str(e)) from None
+    redact = raw.get("redact", [])
+    if not isinstance(redact, list) or not all(isinstance(r, str) for r in redact):
+        raise fail("redact", "must be a list of regular expressions")
+    try:
+        Redactor(redact)
+    except ScopeError as e:
+        raise fail("redact", str(e).removeprefix("--redact: ")) from None
+    no_redact = raw.get("no_redact", False)
+    if not isinstance(no_redact, bool):
+        raise fail("no_redact", "must be true or false")
     budget = table("budget")
     known(budget, _BUDGET, "budget")
     limits = table("limits")
@@ -218,6 +242,7 @@ def parse(raw: dict, path: Path = Path("<config>")) -> Config:
         ship=ship,
         max_targets=int(number(limits, "max_targets", "limits", 4096, 16)),
         max_threads=int(number(limits, "max_threads", "limits", 16384, 64)),
+        group=group, redact=tuple(redact), no_redact=no_redact,
         raw=raw,
     )
 

@@ -30,6 +30,8 @@ from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
 from .matchers import Matcher
 from .program import Limits, Program, check_environment
+from .redact import Redactor
+from .safefs import AS_CREATED, Ownership
 from .sampling import Sampler
 from .writer import OutputDir, OutputError
 
@@ -96,6 +98,9 @@ class Options:
     rotate_bytes: int = 0             # ... or this big (0: no size limit)
     host: str | None = None           # set: Hive partitions host=H/date=D/hour=HH (daemon)
     watch_exec: bool = False          # hear of every exec on the host (see on_exec)
+    owner: Ownership = AS_CREATED     # who owns the output, and whether a group shares it
+    redact: tuple[str, ...] = ()      # extra regexes masked in command lines
+    no_redact: bool = False           # keep command lines as they are
 
 
 @dataclass
@@ -146,6 +151,7 @@ class Session:
         self._closed = False
         self._cleanup: list[str] = []  # files we left in targets' roots
         self.matcher = Matcher(list(options.include), list(options.exclude))
+        self.redactor = Redactor(options.redact, defaults=not options.no_redact)
         # The plan aims below the budget; the kernel's row guard enforces the budget
         # itself, and rarely needs to if the plan leaves it headroom.
         self.sampler = (Sampler(options.max_rate * PLAN_HEADROOM) if options.max_rate > 0
@@ -173,7 +179,7 @@ class Session:
         o = self.opts
         try:
             self.out = OutputDir(o.output, rotate_seconds=o.rotate_seconds,
-                                 rotate_bytes=o.rotate_bytes,
+                                 rotate_bytes=o.rotate_bytes, owner=o.owner,
                                  partition=hive_partition(o.host) if o.host else None)
         except OutputError as e:
             raise ScopeError(str(e)) from None
@@ -391,7 +397,7 @@ class Session:
             raise
         spawn.release(pid, go, err, exe)
         self._started(pid, interp)
-        self.meta["command"] = " ".join(argv)
+        self.meta["command"] = " ".join(self.redactor.argv(argv))
         return spawn.Child(pid, argv, exe, interp)
 
     def warn(self, msg: str) -> None:
@@ -576,7 +582,7 @@ class Session:
             self._add("processes", rows_to_batch("processes", rows))
 
     def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
-        info = self.targets[pid] = procs.info(pid, binary)
+        info = self.targets[pid] = procs.info(pid, binary, self.redactor)
         self._add("processes", rows_to_batch("processes", [{
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
 

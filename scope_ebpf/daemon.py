@@ -27,6 +27,7 @@ from .config import Config, ConfigError
 from .controller import Options, Session
 from .errors import ScopeError
 from .program import Limits
+from .safefs import Ownership, group_id
 from .shipping import Shipper
 from .writer import OutputDir, OutputError
 
@@ -56,7 +57,7 @@ class Daemon:
 
     def start(self) -> None:
         """Open the output and the session, adopt running processes, say READY."""
-        prepare_root(self.cfg.root)
+        prepare_root(self.cfg.root, daemon_owner(self.cfg))
         self.session = self._open_session(self.cfg)
         self.scan()
         if self.cfg.ship:
@@ -73,6 +74,7 @@ class Daemon:
             output=cfg.root, probes=probes, host=cfg.host, watch_exec=True,
             rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
             max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate, max_cpu=cfg.max_cpu,
+            owner=daemon_owner(cfg), redact=cfg.redact, no_redact=cfg.no_redact,
             limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads))
         s = Session(opts, status=self.status)
         try:
@@ -206,7 +208,7 @@ class Daemon:
         try:
             new = load_config(self.config_path)
             if new.root != self.cfg.root:
-                prepare_root(new.root)
+                prepare_root(new.root, daemon_owner(new))
         except ScopeError as e:
             self.reload_errors.append(str(e))
             self.session.warn(f"config reload refused, keeping the previous config: {e}")
@@ -244,6 +246,11 @@ class Daemon:
             self.status(f"retention: deleted {len(gone)} oldest part(s)")
 
 
+def daemon_owner(cfg: Config) -> Ownership:
+    """root:group (root by default), directories 0750 and files 0640."""
+    return Ownership(0, group_id(cfg.group) if cfg.group else 0, shared=True)
+
+
 def load_config(path: Path) -> Config:
     """The config, refused (one line) if anyone but root may write to it."""
     try:
@@ -256,10 +263,10 @@ def load_config(path: Path) -> Config:
     return cfgmod.load(path)
 
 
-def prepare_root(root: Path) -> None:
+def prepare_root(root: Path, owner: Ownership) -> None:
     """Check the root is writable and drop unfinished parts of a killed daemon."""
     try:
-        OutputDir(root)  # validates and proves writability, creates nothing else
+        OutputDir(root, owner=owner).close()  # validates and proves writability
     except OutputError as e:
         raise ConfigError(f"output.root: {e}") from None
     for dirpath, _dirs, files in os.walk(root):

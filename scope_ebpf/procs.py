@@ -101,8 +101,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def info(pid: int, binary: str | None = None) -> ProcInfo:
-    """Static metadata of a process; fields it cannot read are None."""
+def info(pid: int, binary: str | None = None, redactor=None) -> ProcInfo:
+    """Static metadata of a process; fields it cannot read are None.
+
+    ``redactor`` (redact.Redactor) masks secrets in the command line."""
     uids = None
     try:
         p = psutil.Process(pid)
@@ -113,6 +115,8 @@ def info(pid: int, binary: str | None = None) -> ProcInfo:
             uids = _safe(p.uids)
     except psutil.NoSuchProcess:
         exe = cmd = ppid = None
+    if cmd and redactor is not None and redactor.active:
+        cmd = redactor.argv(cmd)
     cmdline = " ".join(cmd)[:MAX_CMDLINE] if cmd else None
     out = ProcInfo(pid, exe, cmdline, python_version(binary) or python_version(exe), ppid)
     if uids is not None:

@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import safefs
 from .errors import ScopeError
+from .safefs import Ownership
 from .schema import TABLES, arrow_schema
 
 # Rows buffered before a row group is written: small probe batches would
@@ -52,23 +54,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Without this the rename itself may not survive a power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class TableWriter:
     """Appends batches of one table to ``ROOT/<table>/part-NNNNN.parquet``.
 
@@ -85,14 +70,25 @@ class TableWriter:
         rotate_seconds: float = 60,
         rotate_bytes: int = 0,
         partition: Callable[[], str] | None = None,
+        root_fd: int | None = None,
+        owner: Ownership = safefs.AS_CREATED,
     ) -> None:
         if rotate_rows < 1:
             raise ValueError("rotate_rows must be >= 1")
         self.table = table
         self.schema = arrow_schema(table)
-        self.base = Path(root) / table
+        self.root = Path(root)
+        self.base = self.root / table
         self.partition = partition
         self.dir = self.base / partition() if partition else self.base
+        self.owner = owner
+        # Everything is reached from the root's fd, never by path: see safefs.
+        self._own_root = root_fd is None
+        self._root_fd = safefs.open_root(str(root), owner) if root_fd is None else root_fd
+        self._dir_fd: int | None = None
+        self._dir_rel: str | None = None
+        self._file_fd: int | None = None
+        self._sink = None
         self.rotate_bytes = rotate_bytes
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
@@ -104,8 +100,8 @@ class TableWriter:
         self._seq: int | None = None
         self._writer: pq.ParquetWriter | None = None
         self._part_schema: pa.Schema | None = None
-        self._tmp: Path | None = None
-        self._final: Path | None = None
+        self._tmp: str | None = None    # names inside the part's directory
+        self._final: str | None = None
         self._part_rows = 0
         self._part_started = 0.0
         self._pending: list[pa.RecordBatch] = []
@@ -139,8 +135,19 @@ class TableWriter:
             if self._closed:
                 return
             self._closed = True
-            if self._writer is not None:
-                self._close_part()
+            try:
+                if self._writer is not None:
+                    self._close_part()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = self._dir_rel = None
+        if self._own_root and self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
 
     def abort(self) -> None:
         """Drop the unfinished part and its ``.tmp`` file; never raises for I/O."""
@@ -154,12 +161,14 @@ class TableWriter:
                 except (OSError, pa.ArrowException):
                     pass
                 self._writer = None
-            if self._tmp is not None:
+            self._close_file()
+            if self._tmp is not None and self._dir_fd is not None:
                 try:
-                    self._tmp.unlink()
+                    os.unlink(self._tmp, dir_fd=self._dir_fd)
                 except OSError:
                     pass
                 self._tmp = None
+            self._release()
 
     def tick(self) -> None:
         """Close the open part if it is due by age or partition, even with no new rows."""
@@ -228,7 +237,7 @@ class TableWriter:
         if self._seq is None:
             seqs = [
                 int(m.group(1))
-                for name in os.listdir(self.dir)
+                for name in os.listdir(self._dir_fd)
                 if (m := _PART_RE.match(name))
             ]
             self._seq = max(seqs, default=-1) + 1
@@ -236,18 +245,31 @@ class TableWriter:
 
     def _open_part(self, first: pa.RecordBatch) -> None:
         try:
-            if self.partition is not None:
-                self.dir = self.base / self.partition()
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            rel = self.table + (f"/{self.partition()}" if self.partition else "")
+            if rel != self._dir_rel or not self._dir_alive():
+                if self._dir_fd is not None:
+                    os.close(self._dir_fd)
+                    self._dir_fd = None
+                self._dir_fd = safefs.subdir(self._root_fd, rel, self.owner)
+                self._dir_rel, self.dir = rel, self.root / rel
             # Looked up at every part: another writer (a daemon's session being
             # replaced on reload) may share the directory.
             self._seq = None
             seq = self._next_seq()
-            final = self.dir / f"part-{seq:05d}.parquet"
-            tmp = self.dir / f".{final.name}.tmp"
+            while True:
+                final = f"part-{seq:05d}.parquet"
+                tmp = f".{final}.tmp"
+                try:
+                    self._file_fd = safefs.create(self._dir_fd, tmp, self.owner)
+                    break
+                except FileExistsError:
+                    seq += 1  # another writer took it meanwhile
+            self._seq = seq
+            self._tmp, self._final = tmp, final
+            self._sink = os.fdopen(os.dup(self._file_fd), "wb")
             self._part_schema = first.schema
             self._writer = pq.ParquetWriter(
-                tmp,
+                self._sink,
                 first.schema,
                 compression="zstd",
                 use_dictionary=self._string_cols,
@@ -258,12 +280,26 @@ class TableWriter:
                 # in-memory dictionary choice; Parquet types carry the rest.
                 store_schema=False,
             )
-        except OSError as e:
+        except (OSError, ScopeError) as e:
             self._closed = True
             raise OutputError(f"cannot create a part in {self.dir}: {_reason(e)}") from e
-        self._tmp, self._final = tmp, final
         self._part_rows = 0
         self._part_started = time.monotonic()
+
+    def _dir_alive(self) -> bool:
+        """False once retention or shipping removed the (empty) directory."""
+        return self._dir_fd is not None and os.fstat(self._dir_fd).st_nlink > 0
+
+    def _close_file(self) -> None:
+        if self._sink is not None:
+            try:
+                self._sink.close()
+            except OSError:
+                pass
+            self._sink = None
+        if self._file_fd is not None:
+            os.close(self._file_fd)
+            self._file_fd = None
 
     def _append(self, batch: pa.RecordBatch) -> None:
         self._pending.append(self._match_part(batch))
@@ -283,10 +319,11 @@ class TableWriter:
         table = pa.Table.from_batches(batches, schema=self._part_schema)
         try:
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
-            full = self.rotate_bytes and os.stat(self._tmp).st_size >= self.rotate_bytes
+            self._sink.flush()
+            full = self.rotate_bytes and os.fstat(self._file_fd).st_size >= self.rotate_bytes
         except OSError as e:
             self._closed = True
-            raise OutputError(f"cannot write {self._tmp}: {_reason(e)}") from e
+            raise OutputError(f"cannot write {self.dir / self._tmp}: {_reason(e)}") from e
         if full and rotate:
             self._close_part()
 
@@ -296,17 +333,26 @@ class TableWriter:
         try:
             self._writer.close()
             self._writer = None
-            _fsync_file(self._tmp)
-            os.replace(self._tmp, self._final)
-            _fsync_dir(self.dir)
+            self._sink.close()
+            self._sink = None
+            os.fsync(self._file_fd)
+            self._close_file()
+            while True:
+                try:
+                    safefs.publish(self._dir_fd, self._tmp, self._final)
+                    break
+                except FileExistsError:  # taken meanwhile (never replaced): the next one
+                    self._seq += 1
+                    self._final = f"part-{self._seq:05d}.parquet"
+            os.fsync(self._dir_fd)  # without this the rename may not survive a power loss
         except OSError as e:
-            # The part is unusable; keep the tmp path so abort() can remove it.
+            # The part is unusable; keep the tmp name so abort() can remove it.
             self._closed = True
-            raise OutputError(f"cannot finish {self._final}: {_reason(e)}") from e
-        self.parts.append(self._final)
+            raise OutputError(f"cannot finish {self.dir / self._final}: {_reason(e)}") from e
+        self.parts.append(self.dir / self._final)
         self._tmp = self._final = None
         self._part_schema = None
-        self._seq = self._next_seq() + 1
+        self._seq += 1
         self._part_rows = 0
 
 
@@ -320,37 +366,40 @@ class OutputDir:
         rotate_seconds: float = 60,
         rotate_bytes: int = 0,
         partition: Callable[[], str] | None = None,
+        owner: Ownership = safefs.AS_CREATED,
     ) -> None:
         self.root = Path(root)
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.rotate_bytes = rotate_bytes
         self.partition = partition
+        self.owner = owner
         self._writers: dict[str, TableWriter] = {}
         self._closed = False
         self._lock = threading.RLock()
-        self._prepare()
+        self._fd = self._prepare()
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> int:
         """Fail before tracing starts, not minutes later at the first rotation.
 
         Permission bits say little when running as root, so writability is
         proven by creating and deleting a real file (catches read-only mounts).
         """
         root = self.root
-        if root.exists() and not root.is_dir():
-            raise OutputError(f"output path {root} exists and is not a directory")
         try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = safefs.open_root(str(root), self.owner)
+        except ScopeError as e:
+            raise OutputError(str(e)) from None
         except OSError as e:
             raise OutputError(f"cannot create output directory {root}: {_reason(e)}") from e
-        probe = root / f".scope-ebpf-probe-{os.getpid()}"
+        probe = f".scope-ebpf-probe-{os.getpid()}"
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.close(fd)
-            probe.unlink()
+            os.close(safefs.create(fd, probe, safefs.AS_CREATED))
+            os.unlink(probe, dir_fd=fd)
         except OSError as e:
+            os.close(fd)
             raise OutputError(f"output directory {root} is not writable: {_reason(e)}") from e
+        return fd
 
     def bytes_on_disk(self) -> int:
         """Bytes of every part under the root, finished or in progress."""
@@ -378,7 +427,7 @@ class OutputDir:
             w = self._writers.get(table)
             if w is None:
                 w = TableWriter(self.root, table, self.rotate_rows, self.rotate_seconds,
-                                self.rotate_bytes, self.partition)
+                                self.rotate_bytes, self.partition, self._fd, self.owner)
                 self._writers[table] = w
             return w
 
@@ -396,6 +445,12 @@ class OutputDir:
                     first = first or e
             if first is not None:
                 raise first
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def abort_tmp(self) -> None:
         """Remove this session's unfinished ``.tmp`` parts, never those of other runs."""
@@ -403,6 +458,7 @@ class OutputDir:
             self._closed = True
             for w in self._writers.values():
                 w.abort()
+            self._close_fd()
 
     def __enter__(self) -> OutputDir:
         return self
