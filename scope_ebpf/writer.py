@@ -133,11 +133,16 @@ class TableWriter:
         """Finalize the open part; safe to repeat and to call after a failure."""
         with self._lock:
             if self._closed:
+                if self._tmp is not None:  # a write failed (disk full): drop the part
+                    self.abort()
                 return
             self._closed = True
             try:
                 if self._writer is not None:
                     self._close_part()
+            except OutputError:
+                self.abort()  # a part that cannot be finished leaves no .tmp behind
+                raise
             finally:
                 self._release()
 
