@@ -47,6 +47,12 @@ def frame_offsets(path: str) -> np.void:
         head = usdt.read_at(path, offset, min(size, 1024))
     except usdt.ProbeError as e:
         raise ScopeError(f"cannot read CPython's debug offsets: {e}") from None
+    return parse(head, path)
+
+
+def parse(head: bytes, path: str = "<bytes>") -> np.void:
+    """The record from the first bytes of ``_PyRuntime``; ScopeError if they are not
+    a _Py_DebugOffsets this code knows, whatever the bytes are."""
     if not head.startswith(COOKIE) or len(head) < 16:
         raise ScopeError(f"{path}: _PyRuntime does not start with _Py_DebugOffsets "
                          "(CPython older than 3.13?)")
