@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
-from . import notify, procs, retention
+from . import notify, privileges, procs, retention
 from .config import Config, ConfigError
 from .controller import Options, Session
 from .errors import ScopeError
@@ -63,6 +63,10 @@ class Daemon:
         if self.cfg.ship:
             self.shipper = Shipper(self.cfg.ship, self.cfg.root, self.session.warn)
             self.shipper.start()
+        try:
+            privileges.drop_capabilities()
+        except OSError as e:
+            self.session.warn(f"could not drop capabilities: {e}")
         n = len(self.matched)
         notify.notify(f"READY=1\nSTATUS=tracing {n} Python process{'es' * (n != 1)}")
         self.status(f"daemon ready: host {self.cfg.host}, {n} process(es) traced, "

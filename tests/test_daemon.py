@@ -394,3 +394,49 @@ probes = ["gc"]
     assert query(root, "SELECT count(*) >= 5 FROM gc") == [(True,)]
     assert query(root, "SELECT value FROM session WHERE key = 'warning'")[0][0].startswith(
         "config reload refused")
+
+
+def _caps(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    raise AssertionError(field)
+
+
+def test_daemon_drops_capabilities_and_still_reloads_into_a_new_session(sid_programs, tmp_path):
+    from scope_ebpf import privileges
+
+    root = tmp_path / "root"
+    text = f"""
+host = "caps"
+[output]
+root = "{root}"
+[[select]]
+exe = "*python3*"
+cmdline = "re:scope-caps"
+probes = ["gc"]
+"""
+    cfg = write_config(tmp_path / "caps.toml", text)
+    d = Daemon(tmp_path, cfg)
+    try:
+        d.wait_for("READY=1")
+        keep = sum(1 << c for c in privileges.KEEP)
+        for field in ("CapEff", "CapPrm", "CapBnd"):
+            assert _caps(d.proc.pid, field) & ~keep == 0, field
+        assert _caps(d.proc.pid, "CapEff") & (1 << privileges.CAP_BPF)
+        # the first calls selector: a new session (a new BPF program) with what is left
+        write_config(cfg, text + '[[select]]\nexe = "*python3.15"\ncmdline = "re:scope-caps"\n'
+                                 'probes = ["calls"]\n')
+        d.messages.clear()
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("STATUS=config reloaded", timeout=60)
+        p = subprocess.run(["chroot", str(SID), "python3.15", "/tmp/scope-tests/daemon_target.py",
+                            "scope-caps", "1.0", "7"], timeout=60)
+        assert p.returncode == 0
+        time.sleep(0.3)
+        d.stop()
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+    assert query(root, "SELECT count(*) FROM calls WHERE function = 'work'") == [(7,)]
