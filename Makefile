@@ -3,7 +3,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean interpreters install
+.PHONY: setup demo test lint bench clean interpreters install soak
 
 setup $(STAMP): pyproject.toml packaging/setup.sh
 	@bash packaging/setup.sh
@@ -34,6 +34,11 @@ install: $(STAMP)
 	ln -sf $(abspath $(VENV))/bin/scope-ebpf /usr/local/bin/scope-ebpf
 	-systemctl daemon-reload 2>/dev/null
 	@echo "installed: systemctl enable --now scope-ebpf (edit /etc/scope-ebpf/config.toml first)"
+
+# Minutes of exe-mode tracing under process and thread churn (SOAK_SECONDS=120):
+# fds, memory and kernel map sizes stay flat; prints the figures, writes soak.json.
+soak: $(STAMP)
+	@SOAK_RESULTS=$(CURDIR)/soak.json $(PY) -m pytest -q -s -m soak tests/test_soak.py
 
 lint: $(STAMP)
 	@$(PY) -m ruff check scope_ebpf tests bench

@@ -141,6 +141,8 @@ class Session:
         self.binaries: dict[tuple[int, int], _Binary] = {}
         self.targets: dict[int, procs.ProcInfo] = {}
         self.exited: set[int] = set()
+        self._completed = 0  # calls counted by the kernel, summed over snapshots
+        self._reap: set[int] = set()  # exited: their kernel-side functions go at the next snapshot
         self.warnings: list[str] = []
         self.written: Counter[str] = Counter()
         self.meta: dict[str, str] = {}
@@ -514,9 +516,16 @@ class Session:
         totals = aggregates.read(self.program)
         batch = aggregates.functions_batch(totals, self._totals, self.decoder.functions,
                                            time.time_ns())
+        self._completed += int(totals.since(self._totals)[0].clip(min=0).sum())
         self._totals = totals
         if batch is not None:
             self._add("functions", batch)
+        if self._reap:
+            # Their last calls are in the totals just written: forget their functions
+            # in the kernel, or the interning map fills with the dead (exe mode, daemon).
+            f = self.decoder.functions
+            self.program.forget_functions(f.kernel_keys(f.ids_of(self._reap)))
+            self._reap.clear()
 
     def _limits(self, now: float) -> None:
         """Self-limits, four times a second: kernel buffer loss, controller CPU, output size."""
@@ -602,6 +611,7 @@ class Session:
                 self.targets.setdefault(child, procs.info(child))
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])
+                self._reap.add(row["pid"])
             other.append(row)
         if other:
             self._add("processes", rows_to_batch("processes", other))
@@ -687,7 +697,7 @@ class Session:
     @property
     def calls_completed(self) -> int:
         """Exact completed calls of traced functions, at the last functions snapshot."""
-        return int(self._totals.count.sum())
+        return self._completed
 
     def __enter__(self) -> Session:
         return self

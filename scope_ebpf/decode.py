@@ -133,6 +133,12 @@ class Functions:
             return np.ones(len(func_ids), bool)
         return np.where(known, self._keep[pos], True)
 
+    def ids_of(self, pids: set[int]) -> list[int]:
+        """Function ids interned for these processes."""
+        if not pids or not len(self._ids):
+            return []
+        return self._ids[np.isin(self._pid, list(pids))].tolist()
+
     def kernel_keys(self, func_ids: list[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
         """(id, (name, file, pid, line)) of known ids: the kernel's func_key fields."""
         pos, known = self.find(np.array(func_ids, np.uint32))

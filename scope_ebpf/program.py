@@ -178,6 +178,17 @@ class Program:
         for fid, (name, file, pid, line), k in verdicts:
             m.update(_FUNC_KEY.pack(name, file, pid, line), struct.pack("<II", fid, k))
 
+    def forget_functions(self, keys: list[tuple[int, tuple[int, int, int, int]]]) -> None:
+        """Drop interned functions of exited processes (their ids and aggregates):
+        the interning map is keyed by pid, so it would fill with the dead."""
+        funcs, fstats = self.maps["funcs"], self.maps["fstats"]
+        for fid, (name, file, pid, line) in keys:
+            for m, key in ((funcs, _FUNC_KEY.pack(name, file, pid, line)), (fstats, u32(fid))):
+                try:
+                    m.delete(key)
+                except OSError:
+                    pass  # already gone
+
     def select_tid(self, tid: int) -> None:
         self.maps["tids"].update(u32(tid), u32(1))
 

@@ -209,6 +209,10 @@ class TableWriter:
             if pa.types.is_dictionary(arr.type) and pa.types.is_string(field.type):
                 if arr.type != _DICT_STRING:
                     arr = arr.cast(_DICT_STRING)
+                if arr.dictionary.null_count:
+                    # Parquet cannot store a null inside the dictionary (an undecodable
+                    # name): make those rows null instead
+                    arr = pc.dictionary_encode(arr.cast(pa.string())).cast(_DICT_STRING)
             elif arr.type != field.type:
                 arr = arr.cast(field.type)
             if not field.nullable and arr.null_count:

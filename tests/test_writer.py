@@ -282,3 +282,15 @@ def test_hive_partitions_rotate_on_partition_change_and_bytes(tmp_path):
     w.tick()
     assert len(w.parts) == 1 and not w.closed
     w.close()
+
+
+def test_a_null_inside_a_dictionary_becomes_a_null_row(tmp_path):
+    """Undecodable names arrive as a null dictionary entry, which Parquet cannot store."""
+    batch = calls_batch(3, dictionary=True)
+    function = pa.DictionaryArray.from_arrays(pa.array([0, 1, 0], pa.int32()),
+                                              pa.array(["f", None]))
+    batch = batch.set_column(batch.schema.get_field_index("function"), "function", function)
+    w = TableWriter(tmp_path, "calls")
+    w.write(batch)
+    w.close()
+    assert pq.read_table(w.parts[0])["function"].to_pylist() == ["f", None, "f"]
