@@ -259,3 +259,17 @@ def test_target_killed_or_execing_into_something_else(tmp_path, sentinel):
     assert session_value(out, "stop_reason") is not None
     assert rows(out, f"SELECT count(*) > 0 FROM calls WHERE pid = {pid}") == [(True,)]
     assert semaphore(sentinel.pid) == 0
+
+
+def test_forked_children_are_followed(tmp_path):
+    """Documented: a target's children are traced too (the kernel adds them)."""
+    out = tmp_path / "out"
+    r = scope("run", "-o", str(out), "--", PY311, program("forker.py"))
+    assert r.returncode == 0, r.stderr
+    child = int(r.stdout.split()[-1])
+    got = rows(out, "SELECT pid, function, count(*) FROM calls WHERE function IN "
+                    "('in_child', 'in_parent') GROUP BY ALL ORDER BY function")
+    parent = got[1][0]
+    assert got == [(child, "in_child", 7), (parent, "in_parent", 3)]
+    assert rows(out, f"SELECT parent_pid FROM processes WHERE event = 'fork' "
+                     f"AND pid = {child}") == [(parent,)]

@@ -126,6 +126,7 @@ def test_soak(tmp_path):
     assert warm[-1]["rss"] - warm[0]["rss"] < 32 * 2**20
     # the kernel's maps hold the living, not everyone ever seen
     assert figures["targets_max"] <= 64 and figures["stacks_max"] <= 256
+    assert max(x["funcs"] for x in samples) <= 2000  # the dead's functions are forgotten
     seen = {p for (p,) in rows(out, "SELECT DISTINCT pid FROM processes WHERE event = 'start'")}
     assert set(started) <= seen, sorted(set(started) - seen)[:10]
     completed = rows(out, "SELECT coalesce(sum(calls), 0) FROM functions")[0][0]
