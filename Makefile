@@ -35,7 +35,7 @@ install: $(STAMP)
 	-systemctl daemon-reload 2>/dev/null
 	@echo "installed: systemctl enable --now scope-ebpf (edit /etc/scope-ebpf/config.toml first)"
 
-# Minutes of exe-mode tracing under process and thread churn (SOAK_SECONDS=120):
+# Minutes of exe-mode tracing under process and thread churn (SOAK_SECONDS=150):
 # fds, memory and kernel map sizes stay flat; prints the figures, writes soak.json.
 soak: $(STAMP)
 	@SOAK_RESULTS=$(CURDIR)/soak.json $(PY) -m pytest -q -s -m soak tests/test_soak.py

@@ -2,7 +2,7 @@
 threads and short-lived Python processes churn. The tracer's fds, memory and
 the kernel-side maps stay flat, every process shows up, and rows plus counted
 losses equal the kernel's own counters. Prints its figures for comparison
-over time (SOAK_SECONDS, default 120)."""
+over time (SOAK_SECONDS, default 150)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from conftest import PY311, rows
 from scope_ebpf.controller import Options, Session
 
 pytestmark = [pytest.mark.kernel, pytest.mark.soak]
-SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "150"))  # two part rotations and more
 CHILD = """
 import gc, sys, threading
 sys.setprofile(slice)
@@ -113,6 +113,7 @@ def test_soak(tmp_path):
         "lost": {k: v for k, v in stats.items() if k.endswith("_lost")},
         "rss_mb_start": round(warm[0]["rss"] / 2**20, 1),
         "rss_mb_end": round(warm[-1]["rss"] / 2**20, 1),
+        "rss_mb_peak": round(max(x["rss"] for x in warm) / 2**20, 1),
         "fds_start": samples[1]["fds"], "fds_end": samples[-1]["fds"],
         "targets_max": max(x["targets"] for x in samples),
         "stacks_max": max(x["stacks"] for x in samples),
@@ -122,8 +123,14 @@ def test_soak(tmp_path):
     Path(os.environ.get("SOAK_RESULTS", tmp_path / "soak.json")).write_text(
         json.dumps({"figures": figures, "samples": samples}, indent=2))
 
-    assert samples[-1]["fds"] == samples[1]["fds"], (first_fds, _fd_targets())
-    assert warm[-1]["rss"] - warm[0]["rss"] < 32 * 2**20
+    # a transient fd (a psutil read, a netns thread) may be open at a sample
+    assert max(x["fds"] for x in samples[1:]) <= samples[1]["fds"] + 4, (first_fds,
+                                                                          _fd_targets())
+    # RSS is a sawtooth (an open part's writer state goes at each 60 s rotation):
+    # the second half's peak must not exceed the first half's
+    half = len(warm) // 2
+    assert (max(x["rss"] for x in warm[half:])
+            <= max(x["rss"] for x in warm[:half]) + 16 * 2**20), [x["rss"] >> 20 for x in warm]
     # the kernel's maps hold the living, not everyone ever seen
     assert figures["targets_max"] <= 64 and figures["stacks_max"] <= 256
     assert max(x["funcs"] for x in samples) <= 2000  # the dead's functions are forgotten
