@@ -87,6 +87,7 @@ BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
 BPF_HASH(imports, __u32, struct import_stack, MAX_THREADS);
 BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
+BPF_PERCPU_ARRAY(call_stage, struct call_batch, 1);   /* calls waiting for their batch */
 BPF_ARRAY(tracer_pid, __u32, 1);                      /* never trace ourselves in exe mode */
 BPF_ARRAY(config, struct config, 1);
 BPF_ARRAY(breaker, struct breaker, 1);
@@ -99,6 +100,49 @@ static __always_inline void stat_add(__u32 idx)
     __u64 *v = stats.lookup(&idx);
     if (v)
         (*v)++;
+}
+
+static __always_inline void stat_add_n(__u32 idx, __u64 n)
+{
+    __u64 *v = stats.lookup(&idx);
+    if (v)
+        *v += n;
+}
+
+/* This CPU's staging batch. */
+static __always_inline struct call_batch *stage(void)
+{
+    __u32 zero = 0;
+
+    return call_stage.lookup(&zero);
+}
+
+static __always_inline void flush_calls(struct call_batch *b)
+{
+    __u32 n = b->count;
+
+    if (!n)
+        return;
+    if (calls_rb.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP))
+        stat_add_n(STAT_CALLS_LOST, n);
+    b->count = 0;
+}
+
+/* The next free slot of the batch (filled by the caller, then committed). */
+static __always_inline struct call_event *stage_slot(struct call_batch *b, __u64 now)
+{
+    if (b->count >= CALL_BATCH)
+        flush_calls(b);  /* not reached: commit flushes a full batch */
+    if (!b->count)
+        b->first_ns = now;
+    return &b->ev[b->count & (CALL_BATCH - 1)];
+}
+
+static __always_inline void stage_commit(struct call_batch *b, __u64 now)
+{
+    b->count++;
+    if (b->count >= CALL_BATCH || now - b->first_ns >= CALL_BATCH_AGE_NS)
+        flush_calls(b);
 }
 
 /* The empty asm pins each load in its own case: otherwise clang merges the
@@ -482,10 +526,11 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
     st->depth = depth + 1;
 }
 
-/* Pop the thread's top frame: count it, and if it becomes a row, reserve the
- * record, which the caller completes (return line, flags) and submits. */
+/* Pop the thread's top frame: count it, and if it becomes a row, take a slot
+ * of the staging batch, which the caller completes (return line, flags) and
+ * commits. */
 static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid,
-                                                   struct control *ctl)
+                                                   struct control *ctl, struct call_batch *b)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     struct call_event *e;
@@ -518,11 +563,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     weight = row_weight(k, tid, duration, now, ctl);
     if (!weight)
         return 0;
-    e = calls_rb.ringbuf_reserve(sizeof(*e));
-    if (!e) {
-        stat_add(STAT_CALLS_LOST);
-        return 0;
-    }
+    e = stage_slot(b, now);
     e->start_ns = start_ns;
     e->duration_ns = duration;
     e->pid = pid;
@@ -553,15 +594,16 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
 }
 
 /* The start both return programs share: the completed call's record, or 0. */
-static __always_inline struct call_event *returning(void)
+static __always_inline struct call_event *returning(struct call_batch **b, __u64 *now)
 {
-    __u64 now = bpf_ktime_get_ns();
     __u64 id = bpf_get_current_pid_tgid();
     struct control ctl;
 
-    if (!control_of(&ctl))
+    *now = bpf_ktime_get_ns();
+    *b = stage();
+    if (!*b || !control_of(&ctl))
         return 0;
-    return pop_call(now, id, id >> 32, &ctl);
+    return pop_call(*now, id, id >> 32, &ctl, *b);
 }
 
 int on_entry(struct pt_regs *ctx)
@@ -582,14 +624,16 @@ int on_entry(struct pt_regs *ctx)
 
 int on_return(struct pt_regs *ctx)
 {
-    struct call_event *e = returning();
+    struct call_batch *b;
+    __u64 now;
+    struct call_event *e = returning(&b, &now);
     struct probe_spec *sp;
 
     if (!e)
         return 0;
     sp = spec_of(ctx);
     e->return_line = sp ? ARG(ctx, sp, 2) : 0;
-    calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    stage_commit(b, now);
     return 0;
 }
 
@@ -619,12 +663,14 @@ int on_eval_entry(struct pt_regs *ctx)
 
 int on_eval_return(struct pt_regs *ctx)
 {
-    struct call_event *e = returning();
+    struct call_batch *b;
+    __u64 now;
+    struct call_event *e = returning(&b, &now);
 
     if (!e)
         return 0;
     e->flags = CALL_NO_RETURN_LINE;
-    calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    stage_commit(b, now);
     return 0;
 }
 
@@ -769,9 +815,12 @@ TRACEPOINT_PROBE(sched, sched_switch)
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     __u32 prev = args->prev_pid, next = args->next_pid;
     __u32 *mask = targets.lookup(&pid);
+    struct call_batch *b = stage();
     struct offcpu_state *o;
     struct sched_event *e;
 
+    if (b)
+        flush_calls(b);  /* the thread whose calls these are leaves this CPU */
     if (prev && mask && (*mask & PROBE_SCHED)) {
         struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
         struct thread_stack *st = stacks.lookup(&prev);
@@ -872,16 +921,13 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         /* Calls still open when the thread dies (os._exit, a signal): write
          * them with the CALL_OPEN flag rather than lose them. */
         __u32 depth = st->depth;
+        struct call_batch *b = stage();
         for (__u32 i = 0; i < SCOPE_MAX_DEPTH; i++) {
             struct call_event *e;
-            if (i >= depth)
+            if (i >= depth || !b)
                 break;
             stat_add(STAT_OPEN_AT_EXIT);
-            e = calls_rb.ringbuf_reserve(sizeof(*e));
-            if (!e) {
-                stat_add(STAT_CALLS_LOST);
-                continue;
-            }
+            e = stage_slot(b, now);
             struct frame *f = &st->frames[i & (SCOPE_MAX_DEPTH - 1)];
             e->start_ns = f->start_ns;
             e->duration_ns = now - f->start_ns;
@@ -892,7 +938,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
             e->depth = i;
             e->flags = CALL_OPEN;
             e->weight = 1;
-            calls_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+            stage_commit(b, now);
         }
         stacks.delete(&tid);
     }

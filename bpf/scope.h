@@ -5,7 +5,7 @@
  * build the numpy dtypes that decode the ring buffers. Keep to the subset
  * that parser understands: `#define NAME NUMBER`, and structs whose members
  * are `__u8/__u16/__u32/__u64/__s32/__s64 name;`, `name[N]` arrays of those,
- * or `char name[N];`.
+ * `char name[N];`, or `struct earlier name[N];` of a struct defined above.
  * Members are ordered so that no padding is ever inserted.
  */
 #ifndef SCOPE_H
@@ -90,6 +90,20 @@ struct call_event {
     __u16 depth;
     __u16 flags;
     __u32 weight;        /* k of the 1-in-k sampling the call was kept under */
+};
+
+/* Completed calls are staged per CPU and reach the calls ring buffer as one
+ * record per batch: one reservation, and one cache-hot copy, per 64 calls.
+ * A batch is sent when full, when its oldest call is CALL_BATCH_AGE_NS old,
+ * and whenever a task leaves that CPU (sched_switch), so no call waits on a
+ * CPU whose thread is gone. Slots at count and beyond are stale. */
+#define CALL_BATCH 64
+#define CALL_BATCH_AGE_NS 50000000
+struct call_batch {
+    __u32 count;
+    __u32 pad;
+    __u64 first_ns;      /* when the batch's first call was staged */
+    struct call_event ev[CALL_BATCH];
 };
 
 /* Sent once per interned function: later events carry only func_id. */

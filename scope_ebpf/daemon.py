@@ -79,6 +79,7 @@ class Daemon:
             rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
             max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate, max_cpu=cfg.max_cpu,
             owner=daemon_owner(cfg), redact=cfg.redact, no_redact=cfg.no_redact,
+            net_addresses=True,
             limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads))
         s = Session(opts, status=self.status)
         try:
@@ -175,7 +176,7 @@ class Daemon:
             return True  # gone, or a kernel thread
         if pid not in self.matched and not self.cfg.exe_may_match(exe):
             return True
-        info = procs.info(pid)
+        info = procs.info(pid, addresses=False)
         if info.exe is None:
             return True
         probes = self.cfg.probes_for(info)
@@ -236,7 +237,7 @@ class Daemon:
             for pid in list(self.matched):
                 if pid in self.session.exited:
                     continue
-                self._retarget(pid, new.probes_for(procs.info(pid)))
+                self._retarget(pid, new.probes_for(procs.info(pid, addresses=False)))
             self.scan()
         if self.shipper is None and new.ship:
             self.shipper = Shipper(new.ship, new.root, self.session.warn)

@@ -25,7 +25,7 @@ _CTYPES = {
 }
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", re.M)
 _STRUCT = re.compile(r"^struct\s+(\w+)\s*\{(.*?)^\};", re.M | re.S)
-_MEMBER = re.compile(r"^(\w+)\s+(\w+)(?:\[(\w+)\])?;$")
+_MEMBER = re.compile(r"^(?:struct\s+)?(\w+)\s+(\w+)(?:\[(\w+)\])?;$")
 
 
 class LayoutError(Exception):
@@ -65,6 +65,8 @@ def dtypes(path: Path = HEADER) -> dict[str, np.dtype]:
                     raise LayoutError(f"{path.name}: unknown array size {count!r}")
             if ctype == "char":
                 fields.append((field, f"S{n or 1}"))
+            elif ctype in out and line.startswith("struct "):  # an earlier struct
+                fields.append((field, out[ctype], (n,)) if n else (field, out[ctype]))
             elif ctype in _CTYPES:
                 fields.append((field, _CTYPES[ctype], (n,)) if n else (field, _CTYPES[ctype]))
             else:
@@ -73,7 +75,8 @@ def dtypes(path: Path = HEADER) -> dict[str, np.dtype]:
         for field, *_ in fields:  # the C compiler would pad these; the header must not need it
             ftype, offset = dt.fields[field][:2]
             base = ftype.base if ftype.subdtype else ftype
-            if base.kind != "S" and offset % base.itemsize:
+            align = 8 if base.names else base.itemsize  # a struct: its widest member
+            if base.kind != "S" and offset % align:
                 raise LayoutError(f"struct {name}: {field} is misaligned")
         if dt.itemsize % 8:
             raise LayoutError(f"struct {name}: size {dt.itemsize} is not a multiple of 8")

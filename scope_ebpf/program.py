@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ TRACEFS = "/sys/kernel/tracing"
 
 # Ring buffer name -> struct it carries.
 RINGS = {
-    "calls_rb": "call_event",
+    "calls_rb": "call_batch",
     "funcs_rb": "func_event",
     "gc_rb": "gc_event",
     "sched_rb": "sched_event",
@@ -118,7 +119,8 @@ class Program:
                 m = self.maps[name]
                 self.rings[name] = RingReader(m.fd, m.max_entries, dts[struct_name])
             for tp in TRACEPOINTS:
-                if sched or tp not in SCHED_TRACEPOINTS:
+                # sched_switch always: it also sends the calls staged on a CPU
+                if sched or tp not in SCHED_TRACEPOINTS or tp == "sched:sched_switch":
                     self._links.append(TracepointLink(self._progs[tp], tp, TRACEFS))
         except (AttachError, OSError) as e:
             self.close()
@@ -126,6 +128,21 @@ class Program:
         except BaseException:
             self.close()
             raise
+
+    def flush_staged_calls(self) -> None:
+        """Make every CPU send its staged calls now: a context switch on a CPU
+        runs the sched_switch program there, which flushes that CPU's batch.
+        Used once the function probes are detached, so nothing is staged after."""
+        mine = os.sched_getaffinity(0)
+        try:
+            for cpu in sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))):
+                try:
+                    os.sched_setaffinity(0, {cpu})
+                except OSError:
+                    continue  # offline or not ours to use
+                time.sleep(0.001)  # off this CPU and back: two switches there
+        finally:
+            os.sched_setaffinity(0, mine)
 
     def prog_fd(self, func: str) -> int:
         """fd of a uprobe program, for attach.UprobeLink."""

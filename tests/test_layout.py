@@ -52,6 +52,8 @@ def _c_program(dtypes: dict[str, np.dtype], consts: dict[str, int]) -> str:
                     f'    printf("member {name} {field} %zu %zu S%zu\\n", {where}, '
                     f"sizeof(MEMBER({name}, {field})[0]));"
                 )
+            elif ftype.base.names:  # an array of an earlier struct: its layout is checked too
+                out.append(f'    printf("member {name} {field} %zu %zu V\\n", {where});')
             else:
                 signed = "IS_SIGNED_EL" if ftype.subdtype else "IS_SIGNED"
                 out.append(
