@@ -49,3 +49,19 @@ def _root_and_interpreter():
         pytest.exit("the suite loads BPF programs: run it as root (make test)", returncode=2)
     if not os.path.exists(PY311):
         pytest.exit(f"{PY311} missing: run make setup", returncode=2)
+
+
+SID = Path(__file__).resolve().parent.parent / ".interpreters" / "sid"
+
+
+@pytest.fixture(scope="module")
+def sid() -> Path:
+    """The Debian sid root (3.13/3.14/3.15) with the test programs in /tmp/scope-tests."""
+    import shutil
+
+    if not (SID / ".scope-interpreters").exists():
+        pytest.fail("the sid root is missing: run `make interpreters`")
+    dest = SID / "tmp" / "scope-tests"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(PROGRAMS, dest)
+    return SID

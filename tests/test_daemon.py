@@ -3,6 +3,7 @@ Hive-partitioned output, reload, shutdown, retention, shipping and its unit."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -15,14 +16,14 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from conftest import PROGRAMS, PY311, SCOPE, scope
+from conftest import PROGRAMS, PY311, SCOPE, SID, scope
 
 from scope_ebpf import retention
 
 pytestmark = pytest.mark.kernel
 
 REPO = Path(__file__).resolve().parent.parent
-SID = REPO / ".interpreters" / "sid"
+
 TARGET = str(PROGRAMS / "daemon_target.py")
 
 
@@ -30,6 +31,32 @@ def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     os.chmod(path, 0o600)
     return path
+
+
+def gc_config(root: Path, host: str, tag: str, exe: str = "*python3.11") -> str:
+    """A config with one selector: gc of processes whose argv has ``tag``."""
+    return f"""
+host = "{host}"
+[output]
+root = "{root}"
+[[select]]
+exe = "{exe}"
+cmdline = "re:{tag}"
+probes = ["gc"]
+"""
+
+
+@contextlib.contextmanager
+def running(tmp: Path, config: Path, env: dict | None = None):
+    """A daemon that has said READY; killed if the test leaves it running."""
+    d = Daemon(tmp, config, env)
+    try:
+        d.wait_for("READY=1")
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
 
 
 class Daemon:
@@ -75,17 +102,7 @@ def query(root: Path, sql: str) -> list[tuple]:
     return con.execute(sql).fetchall()
 
 
-@pytest.fixture(scope="module")
-def sid_programs() -> Path:
-    if not (SID / ".scope-interpreters").exists():
-        pytest.fail("the sid root is missing: run `make interpreters`")
-    dest = SID / "tmp" / "scope-tests"
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(PROGRAMS, dest)
-    return SID
-
-
-def test_daemon_adopts_later_processes_reloads_and_stops_clean(sid_programs, tmp_path):
+def test_daemon_adopts_later_processes_reloads_and_stops_clean(sid, tmp_path):
     root_a, root_b = tmp_path / "a", tmp_path / "b"
     cfg_a = write_config(tmp_path / "a.toml", f"""
 host = "test-a"
@@ -328,23 +345,15 @@ def _free_port() -> int:
 
 def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     root = tmp_path / "root"
-    cfg = write_config(tmp_path / "kill.toml", f"""
-host = "killed"
-[output]
-root = "{root}"
-rotate_seconds = 1
-[[select]]
-exe = "*python3.11"
-cmdline = "re:scope-kill"
-probes = ["gc"]
-""")
-    d = Daemon(tmp_path, cfg)
+    text = gc_config(root, "killed", "scope-kill").replace("[[select]]",
+                                                            "rotate_seconds = 1\n[[select]]")
+    cfg = write_config(tmp_path / "kill.toml", text)
     target = subprocess.Popen([PY311, TARGET, "scope-kill", "1.0", "1", "10"])
     try:
-        d.wait_for("READY=1")
-        time.sleep(3.5)  # a few rotations
-        d.proc.kill()
-        d.proc.wait(timeout=10)
+        with running(tmp_path, cfg) as d:
+            time.sleep(3.5)  # a few rotations
+            d.proc.kill()
+            d.proc.wait(timeout=10)
     finally:
         target.kill()
         target.wait()
@@ -354,31 +363,16 @@ probes = ["gc"]
         pq.read_metadata(f)  # every closed part is complete
     # The kernel dropped the killed daemon's uprobes: a new one attaches cleanly,
     # and removes the unfinished parts the killed one left.
-    d = Daemon(tmp_path, cfg)
-    try:
-        d.wait_for("READY=1")
+    with running(tmp_path, cfg) as d:
         assert not list(root.rglob("*.tmp"))
         d.stop()
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
 
 
 def test_bad_config_on_reload_keeps_the_running_one(tmp_path):
     root = tmp_path / "root"
-    good = f"""
-host = "reload"
-[output]
-root = "{root}"
-[[select]]
-exe = "*python3.11"
-cmdline = "re:scope-reload"
-probes = ["gc"]
-"""
+    good = gc_config(root, "reload", "scope-reload")
     cfg = write_config(tmp_path / "reload.toml", good)
-    d = Daemon(tmp_path, cfg)
-    try:
-        d.wait_for("READY=1")
+    with running(tmp_path, cfg) as d:
         write_config(cfg, good.replace('cmdline = "re:scope-reload"', 'cmdline = "re:(bad"'))
         d.proc.send_signal(signal.SIGHUP)
         d.wait_for("STATUS=config reload refused", timeout=10)
@@ -387,9 +381,6 @@ probes = ["gc"]
         assert p.returncode == 0
         time.sleep(0.3)
         err = d.stop()
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
     assert "config reload refused" in err and "bad regular expression" in err
     assert query(root, "SELECT count(*) >= 5 FROM gc") == [(True,)]
     assert query(root, "SELECT value FROM session WHERE key = 'warning'")[0][0].startswith(
@@ -404,23 +395,13 @@ def _caps(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-def test_daemon_drops_capabilities_and_still_reloads_into_a_new_session(sid_programs, tmp_path):
+def test_daemon_drops_capabilities_and_still_reloads_into_a_new_session(sid, tmp_path):
     from scope_ebpf import privileges
 
     root = tmp_path / "root"
-    text = f"""
-host = "caps"
-[output]
-root = "{root}"
-[[select]]
-exe = "*python3*"
-cmdline = "re:scope-caps"
-probes = ["gc"]
-"""
+    text = gc_config(root, "caps", "scope-caps", exe="*python3*")
     cfg = write_config(tmp_path / "caps.toml", text)
-    d = Daemon(tmp_path, cfg)
-    try:
-        d.wait_for("READY=1")
+    with running(tmp_path, cfg) as d:
         keep = sum(1 << c for c in privileges.KEEP)
         for field in ("CapEff", "CapPrm", "CapBnd"):
             assert _caps(d.proc.pid, field) & ~keep == 0, field
@@ -436,7 +417,4 @@ probes = ["gc"]
         assert p.returncode == 0
         time.sleep(0.3)
         d.stop()
-    finally:
-        if d.proc.poll() is None:
-            d.proc.kill()
     assert query(root, "SELECT count(*) FROM calls WHERE function = 'work'") == [(7,)]

@@ -8,29 +8,18 @@ the target sees under another root.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PROGRAMS, PY311, SCOPE, rows, scope, session_value
+from conftest import PROGRAMS, PY311, SCOPE, SID, rows, scope, session_value
 
 pytestmark = pytest.mark.kernel
 
-ROOT = Path(__file__).resolve().parent.parent / ".interpreters" / "sid"
+ROOT = SID
 VERSIONS = ["3.11", "3.13", "3.14", "3.15"]
 MODES = {"3.11": "usdt+hook", "3.13": "eval", "3.14": "eval", "3.15": "usdt"}
-
-
-@pytest.fixture(scope="module")
-def sid() -> Path:
-    if not (ROOT / ".scope-interpreters").exists():
-        pytest.fail("the sid root is missing: run `make interpreters`")
-    dest = ROOT / "tmp" / "scope-tests"
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(PROGRAMS, dest)
-    return ROOT
 
 
 def run_version(version: str, tmp_path: Path, script: str, *args: str,
