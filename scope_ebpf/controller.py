@@ -429,11 +429,12 @@ class Session:
             self.decoder.functions.set_keep(drop, False)
             self._verdicts({fid: 0 for fid in drop})
         ncalls = 0
-        for i in range(0, len(calls), _BATCHES_PER_DECODE):
-            # in slices: a full ring decoded at once would double the peak memory
-            chunk = _unbatch(calls[i:i + _BATCHES_PER_DECODE])
-            ncalls += len(chunk)
-            self._calls(chunk)
+        for part in calls:
+            for i in range(0, len(part), _BATCHES_PER_DECODE):
+                # in slices: a full ring decoded at once would double the peak memory
+                chunk = _unbatch(part[i:i + _BATCHES_PER_DECODE])
+                ncalls += len(chunk)
+                self._calls(chunk)
         p.rings["calls_rb"].release(calls_pos)
         if len(gc):
             self._add("gc", self.decoder.gc(gc))
