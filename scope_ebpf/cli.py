@@ -391,10 +391,12 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 def daemon(config_path: Path, check: bool) -> None:
     """Trace every Python process the config selects, now and started later.
 
-    Meant for a systemd unit (packaging/scope-ebpf.service, Type=notify). Output
-    is Hive-partitioned: ROOT/<table>/host=H/date=YYYY-MM-DD/hour=HH/part-*.parquet.
+    Meant for a systemd unit (packaging/scope-ebpf.service, Type=notify).
     SIGTERM flushes, closes and detaches; SIGHUP reloads the config (a bad one
-    is refused and the running one kept).
+    is refused and the running one kept). Output is Hive-partitioned:
+
+    \b
+      ROOT/<table>/host=H/date=YYYY-MM-DD/hour=HH/part-NNNNN.parquet
 
     \b
     Examples:
