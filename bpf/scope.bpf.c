@@ -131,8 +131,8 @@ static __always_inline void flush_calls(struct call_batch *b)
 /* The next free slot of the batch (filled by the caller, then committed). */
 static __always_inline struct call_event *stage_slot(struct call_batch *b, __u64 now)
 {
-    if (b->count >= CALL_BATCH)
-        flush_calls(b);  /* not reached: commit flushes a full batch */
+    /* stage_commit flushes a full batch, so count < CALL_BATCH here; the mask
+     * below is for the verifier */
     if (!b->count)
         b->first_ns = now;
     return &b->ev[b->count & (CALL_BATCH - 1)];
@@ -530,7 +530,7 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
  * of the staging batch, which the caller completes (return line, flags) and
  * commits. */
 static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid,
-                                                   struct control *ctl, struct call_batch *b)
+                                                   struct control *ctl, struct call_batch **b)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     struct call_event *e;
@@ -563,7 +563,10 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     weight = row_weight(k, tid, duration, now, ctl);
     if (!weight)
         return 0;
-    e = stage_slot(b, now);
+    *b = stage();  /* looked up only for a call that becomes a row */
+    if (!*b)
+        return 0;
+    e = stage_slot(*b, now);
     e->start_ns = start_ns;
     e->duration_ns = duration;
     e->pid = pid;
@@ -600,10 +603,9 @@ static __always_inline struct call_event *returning(struct call_batch **b, __u64
     struct control ctl;
 
     *now = bpf_ktime_get_ns();
-    *b = stage();
-    if (!*b || !control_of(&ctl))
+    if (!control_of(&ctl))
         return 0;
-    return pop_call(*now, id, id >> 32, &ctl, *b);
+    return pop_call(*now, id, id >> 32, &ctl, b);
 }
 
 int on_entry(struct pt_regs *ctx)
@@ -814,14 +816,14 @@ TRACEPOINT_PROBE(sched, sched_switch)
     __u64 now = bpf_ktime_get_ns();
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     __u32 prev = args->prev_pid, next = args->next_pid;
-    __u32 *mask = targets.lookup(&pid);
     struct call_batch *b = stage();
     struct offcpu_state *o;
     struct sched_event *e;
+    __u32 *mask;
 
     if (b)
         flush_calls(b);  /* the thread whose calls these are leaves this CPU */
-    if (prev && mask && (*mask & PROBE_SCHED)) {
+    if (prev && (mask = targets.lookup(&pid)) && (*mask & PROBE_SCHED)) {
         struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
         struct thread_stack *st = stacks.lookup(&prev);
         if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
