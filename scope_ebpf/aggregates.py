@@ -68,10 +68,11 @@ def read(program) -> Totals:
     )
 
 
-def functions_batch(now: Totals, before: Totals, functions: Functions,
-                    ts_ns: int) -> pa.RecordBatch | None:
-    """``functions`` rows for what happened between two reads (None if nothing)."""
-    count, total, hist = now.since(before)
+def functions_batch(now: Totals, delta: tuple[np.ndarray, np.ndarray, np.ndarray],
+                    functions: Functions, ts_ns: int) -> pa.RecordBatch | None:
+    """``functions`` rows for what happened between two reads (None if nothing):
+    ``delta`` is ``now.since(before)``."""
+    count, total, hist = delta
     sel = count > 0
     if not sel.any():
         return None

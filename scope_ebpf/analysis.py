@@ -341,7 +341,7 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
             out.append(Finding(
                 "latency", r["function"],
                 f"{r['function']} (pid {r['pid']}) was {r['med'] / r['base']:.0f}x slower "
-                f"(median {_ns(r['med'])} vs usually {_ns(r['base'])}, {r['n']} calls) "
+                f"(median {ns_text(r['med'])} vs usually {ns_text(r['base'])}, {r['n']} calls) "
                 f"from +{(a - t0) / 1e9:.3f} s to +{(b - t0) / 1e9:.3f} s",
                 _calls_sql(r, a, b)))
         for r in _rows(con, f"""
@@ -373,7 +373,7 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
             out.append(Finding(
                 "gc storm", "gc",
                 f"GC storm in pid {r['pid']}: {r['n']} collections paused it for "
-                f"{_ns(r['pause_ns'])} ({r['pause_ns'] / (b - a):.0%} of the time) from "
+                f"{ns_text(r['pause_ns'])} ({r['pause_ns'] / (b - a):.0%} of the time) from "
                 f"+{(a - t0) / 1e9:.1f} s to +{(b - t0) / 1e9:.1f} s",
                 f"SELECT * FROM gc WHERE pid = {r['pid']} AND epoch_ns(start_ns) "
                 f"BETWEEN {a} AND {b} ORDER BY start_ns"))
@@ -398,8 +398,8 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
         rss = con.execute("SELECT max(rss_bytes) FROM processes").fetchone()[0]
         out.append({
             "title": "Freeze the start-up heap: gc.freeze() after initialisation",
-            "evidence": f"gen-2 collections paused the process up to {_ns(gen2[0]['max_ns'])} "
-                        f"({gen2[0]['collections']} of them, {_ns(gen2[0]['total_ns'])} in all)"
+            "evidence": f"gen-2 collections paused the process up to {ns_text(gen2[0]['max_ns'])} "
+                        f"({gen2[0]['collections']} of them, {ns_text(gen2[0]['total_ns'])} in all)"
                         + (f" with an RSS of up to {rss / 2**20:,.0f} MiB" if rss else "")
                         + ": objects that live for the whole run are scanned again each time",
         })
@@ -409,16 +409,17 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
             if total and r["total_ns"] >= 0.5 * total:
                 out.append({
                     "title": f"{r['function']} is I/O-bound",
-                    "evidence": f"{_ns(r['total_ns'])} of its {_ns(total)} wall time was spent "
-                                "off-CPU waiting for I/O: batch, cache, or make it concurrent",
+                    "evidence": f"{ns_text(r['total_ns'])} of its {ns_text(total)} wall time "
+                                "was spent off-CPU waiting for I/O: batch, cache, or make it "
+                                "concurrent",
                 })
     for r in a.offcpu:
         if r["state"] == "sleeping" and r["function"] != "(no Python frame)" \
                 and r["total_ns"] >= 100_000_000:
             out.append({
                 "title": f"{r['function']} sleeps or waits",
-                "evidence": f"{r['intervals']} waits totalling {_ns(r['total_ns'])} "
-                            f"(longest {_ns(r['max_ns'])}) with the thread off-CPU",
+                "evidence": f"{r['intervals']} waits totalling {ns_text(r['total_ns'])} "
+                            f"(longest {ns_text(r['max_ns'])}) with the thread off-CPU",
             })
             break
     trips = con.execute("SELECT count(*) FROM breaker WHERE state = 'open'").fetchone()[0]
@@ -447,5 +448,6 @@ def _function_total(con: duckdb.DuckDBPyConnection, function: str, file: str | N
     return int(r or 0)
 
 
-def _ns(ns: float | int | None) -> str:
+def ns_text(ns: float | int | None) -> str:
+    """human_ns for a value that may be missing ("-")."""
     return "-" if ns is None else human_ns(int(ns))

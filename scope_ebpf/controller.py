@@ -307,16 +307,17 @@ class Session:
         return binary
 
     def add_pid(self, pid: int, *, activate: bool = False,
-                probes: frozenset[str] | None = None) -> None:
+                probes: frozenset[str] | None = None, binary: str | None = None) -> None:
         """Trace a running process from now on.
 
         ``activate`` turns the perf trampoline on in a 3.14 target (it runs code
         in the target, so only on request) so that its calls can be traced.
         ``probes`` narrows the session's probe sets for this process (daemon
-        selectors); the session must have attached them.
+        selectors); the session must have attached them. ``binary``: what
+        check_pid() already returned for ``pid``, not to check it twice.
         """
         assert self.program is not None
-        binary = self.check_pid(pid)
+        binary = binary or self.check_pid(pid)
         b = self.attach_binary(binary)
         probes = self.opts.probes if probes is None else probes & self.opts.probes
         ok, why = capabilities.of_file(binary).calls(launched=False)
@@ -521,9 +522,10 @@ class Session:
     def _snapshot(self, now: float) -> None:
         self._last_snapshot = now
         totals = aggregates.read(self.program)
-        batch = aggregates.functions_batch(totals, self._totals, self.decoder.functions,
+        delta = totals.since(self._totals)
+        batch = aggregates.functions_batch(totals, delta, self.decoder.functions,
                                            time.time_ns())
-        self._completed += int(totals.since(self._totals)[0].clip(min=0).sum())
+        self._completed += int(delta[0].clip(min=0).sum())
         self._totals = totals
         if batch is not None:
             self._add("functions", batch)

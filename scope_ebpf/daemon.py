@@ -47,7 +47,6 @@ class Daemon:
         self.shipper: Shipper | None = None
         self.matched: dict[int, frozenset[str]] = {}   # pid -> probe sets it is traced with
         self._pending: dict[int, float] = {}           # exec'd pids to look at again
-        self._python: dict[tuple[int, int], bool] = {}  # (dev, ino) -> has probes
         self._stop = False
         self._reload = False
         self.reloads = 0
@@ -190,7 +189,7 @@ class Daemon:
         except ScopeError:
             return not after_exec  # exec'd: its libpython may not be mapped yet
         try:
-            s.add_pid(pid, probes=probes)
+            s.add_pid(pid, probes=probes, binary=binary)
         except ScopeError as e:
             s.warn(f"process {pid} ({info.exe}) matched but cannot be traced: {e}")
             return True

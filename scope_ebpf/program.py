@@ -135,7 +135,7 @@ class Program:
         Used once the function probes are detached, so nothing is staged after."""
         mine = os.sched_getaffinity(0)
         try:
-            for cpu in sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1))):
+            for cpu in range(possible_cpus()):  # every CPU that has a staging batch
                 try:
                     os.sched_setaffinity(0, {cpu})
                 except OSError:

@@ -8,16 +8,11 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .analysis import Analysis, Finding
+from .analysis import ns_text as _ns
 from .query import format_table
-from .units import human_ns
-
-
-def _ns(v: Any) -> str:
-    return "-" if v is None else human_ns(int(v))
 
 
 def _loc(r: dict) -> str:

@@ -97,7 +97,7 @@ class TableWriter:
         self._string_cols = [f.name for f in self.schema if pa.types.is_string(f.type)]
         self._lock = threading.RLock()
         self._closed = False
-        self._seq: int | None = None
+        self._seq = 0  # of the open part
         self._writer: pq.ParquetWriter | None = None
         self._part_schema: pa.Schema | None = None
         self._tmp: str | None = None    # names inside the part's directory
@@ -242,15 +242,13 @@ class TableWriter:
         return self.partition is not None and self.base / self.partition() != self.dir
 
     def _next_seq(self) -> int:
-        """Continue after any part (or leftover tmp) already in the directory."""
-        if self._seq is None:
-            seqs = [
-                int(m.group(1))
-                for name in os.listdir(self._dir_fd)
-                if (m := _PART_RE.match(name))
-            ]
-            self._seq = max(seqs, default=-1) + 1
-        return self._seq
+        """Continue after any part (or leftover tmp) already in the directory.
+
+        Looked up at every part: another writer (a daemon's session being
+        replaced on reload) may share the directory."""
+        seqs = [int(m.group(1)) for name in os.listdir(self._dir_fd)
+                if (m := _PART_RE.match(name))]
+        return max(seqs, default=-1) + 1
 
     def _open_part(self, first: pa.RecordBatch) -> None:
         try:
@@ -261,9 +259,6 @@ class TableWriter:
                     self._dir_fd = None
                 self._dir_fd = safefs.subdir(self._root_fd, rel, self.owner)
                 self._dir_rel, self.dir = rel, self.root / rel
-            # Looked up at every part: another writer (a daemon's session being
-            # replaced on reload) may share the directory.
-            self._seq = None
             seq = self._next_seq()
             while True:
                 final = f"part-{seq:05d}.parquet"
@@ -361,7 +356,6 @@ class TableWriter:
         self.parts.append(self.dir / self._final)
         self._tmp = self._final = None
         self._part_schema = None
-        self._seq += 1
         self._part_rows = 0
 
 
@@ -447,14 +441,16 @@ class OutputDir:
                 return
             self._closed = True
             first: OutputError | None = None
-            for w in self._writers.values():
-                try:
-                    w.close()
-                except OutputError as e:
-                    first = first or e
+            try:
+                for w in self._writers.values():
+                    try:
+                        w.close()
+                    except OutputError as e:
+                        first = first or e
+            finally:
+                self._close_fd()
             if first is not None:
                 raise first
-            self._close_fd()
 
     def _close_fd(self) -> None:
         if self._fd is not None:
