@@ -33,11 +33,12 @@ from .schema import TABLES, arrow_schema
 # Rows buffered before a row group is written: small probe batches would
 # otherwise become thousands of tiny row groups that DuckDB reads slowly.
 ROW_GROUP_ROWS = 64 * 1024
+# Small batches waiting for a row group are merged once this many pile up: a
+# sparse table (sched, gc) gets one tiny batch per poll, and each batch's
+# Arrow objects cost kilobytes, which grew RSS by ~0.2 MB/s until rotation.
+MAX_PENDING_BATCHES = 64
 
-try:  # give freed Arrow buffers back to the OS at once: a tracer's RSS must stay flat
-    pa.jemalloc_set_decay_ms(0)
-except (NotImplementedError, AttributeError, pa.ArrowException):
-    pass
+
 _STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key"}
 
 _PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
@@ -312,6 +313,9 @@ class TableWriter:
         self.rows_written += batch.num_rows
         if self._pending_rows >= ROW_GROUP_ROWS:
             self._flush()
+        elif len(self._pending) >= MAX_PENDING_BATCHES:
+            # one batch again (differing dictionaries are unified)
+            self._pending = [pa.concat_batches(self._pending)]
 
     def _flush(self, rotate: bool = True) -> None:
         if not self._pending:

@@ -3,6 +3,7 @@ atomic renames, rotation names and clear failures on unusable directories."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scope_ebpf.schema import TABLES, arrow_schema, describe
-from scope_ebpf.writer import OutputDir, OutputError, TableWriter
+from scope_ebpf.writer import MAX_PENDING_BATCHES, OutputDir, OutputError, TableWriter
 
 T0 = 1_700_000_000_123_456_789
 
@@ -294,3 +295,39 @@ def test_a_null_inside_a_dictionary_becomes_a_null_row(tmp_path):
     w.write(batch)
     w.close()
     assert pq.read_table(w.parts[0])["function"].to_pylist() == ["f", None, "f"]
+
+
+def test_many_small_batches_are_merged_while_they_wait(tmp_path: Path) -> None:
+    """A sparse table gets a tiny batch per poll; they must not pile up until the
+    row group fills (their Arrow objects grew RSS by ~0.2 MB/s), and merging
+    batches whose dictionaries differ must keep every value."""
+    w = TableWriter(tmp_path, "calls")
+    n = MAX_PENDING_BATCHES * 3 + 5
+    for i in range(n):
+        b = calls_batch(2, start=2 * i, dictionary=True)
+        names = pa.array([f"f{i}", f"g{i}"])  # a dictionary that grows, as the decoder's
+        b = b.set_column(b.schema.get_field_index("function"), "function",
+                         pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), names))
+        w.write(b)
+        assert len(w._pending) <= MAX_PENDING_BATCHES
+    w.close()
+    back = pq.read_table(w.parts[0]).sort_by("start_ns")
+    assert back.num_rows == 2 * n
+    assert back["function"].to_pylist() == [f"{p}{i}" for i in range(n) for p in "fg"]
+    assert back["line"].to_pylist() == list(range(1, 2 * n + 1))
+
+
+def test_tracer_arrow_pool_returns_memory_and_is_not_inherited() -> None:
+    """Importing scope_ebpf picks jemalloc for Arrow's C++ side without leaving
+    ARROW_DEFAULT_MEMORY_POOL in the environment the traced program inherits."""
+    code = ("import os, scope_ebpf, pyarrow as pa; "
+            "print(pa.default_memory_pool().backend_name, "
+            "os.environ.get('ARROW_DEFAULT_MEMORY_POOL'))")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["jemalloc", "None"]
+    env["ARROW_DEFAULT_MEMORY_POOL"] = "system"  # an explicit choice is kept
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.split()
+    assert out == ["system", "system"]
