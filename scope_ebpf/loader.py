@@ -8,7 +8,8 @@ one is, and exits; the kernel objects live on in the tracer's fds. The child
 attaches nothing that outlives it (bcc's automatic tracepoint attachments
 die with it); the tracer attaches everything itself.
 
-Run as ``python -m scope_ebpf.loader FD`` with a JSON request on stdin.
+Run as ``python -P loader.py FD`` with a JSON request on stdin; it imports
+nothing from this package.
 """
 
 from __future__ import annotations

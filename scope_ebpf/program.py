@@ -282,10 +282,12 @@ def start_loading(limits: Limits | None = None) -> tuple:
     request = {"src": str(events.BPF_DIR / "scope.bpf.c"), "cflags": cflags,
                "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS, "maps": MAPS}
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    proc = subprocess.Popen([sys.executable, "-m", "scope_ebpf.loader", str(child.fileno())],
+    # Run as a file, not ``-m``: the package's __init__ would load pyarrow, ~70 ms
+    # on the attach path for nothing; -P keeps this directory off sys.path.
+    proc = subprocess.Popen([sys.executable, "-P", str(Path(__file__).with_name("loader.py")),
+                             str(child.fileno())],
                             stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            pass_fds=[child.fileno()], text=True,
-                            cwd=str(Path(__file__).resolve().parent.parent))
+                            pass_fds=[child.fileno()], text=True)
     child.close()
     proc.stdin.write(json.dumps(request))
     proc.stdin.close()

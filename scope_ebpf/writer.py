@@ -33,6 +33,9 @@ from .schema import TABLES, arrow_schema
 # Rows buffered before a row group is written: small probe batches would
 # otherwise become thousands of tiny row groups that DuckDB reads slowly.
 ROW_GROUP_ROWS = 64 * 1024
+# ... or once this much waits: a wide table (functions, a 64-bucket histogram
+# per row) would otherwise hold ~40 MB before its row group fills.
+ROW_GROUP_BYTES = 8 << 20
 # Small batches waiting for a row group are merged once this many pile up: a
 # sparse table (sched, gc) gets one tiny batch per poll, and each batch's
 # Arrow objects cost kilobytes, which grew RSS by ~0.2 MB/s until rotation.
@@ -107,6 +110,7 @@ class TableWriter:
         self._part_started = 0.0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
 
     # -- public -----------------------------------------------------------
 
@@ -160,7 +164,7 @@ class TableWriter:
         with self._lock:
             self._closed = True
             self._pending.clear()
-            self._pending_rows = 0
+            self._pending_rows = self._pending_bytes = 0
             if self._writer is not None:
                 try:
                     self._writer.close()
@@ -309,9 +313,10 @@ class TableWriter:
     def _append(self, batch: pa.RecordBatch) -> None:
         self._pending.append(self._match_part(batch))
         self._pending_rows += batch.num_rows
+        self._pending_bytes += batch.nbytes
         self._part_rows += batch.num_rows
         self.rows_written += batch.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
+        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
         elif len(self._pending) >= MAX_PENDING_BATCHES:
             # one batch again (differing dictionaries are unified)
@@ -324,6 +329,7 @@ class TableWriter:
         # Detach first: a signal handler calling close() mid-flush must not
         # write the same rows a second time.
         batches, self._pending, self._pending_rows = self._pending, [], 0
+        self._pending_bytes = 0
         table = pa.Table.from_batches(batches, schema=self._part_schema)
         try:
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))

@@ -331,3 +331,20 @@ def test_tracer_arrow_pool_returns_memory_and_is_not_inherited() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.split()
     assert out == ["system", "system"]
+
+
+def test_row_groups_are_bounded_by_bytes_as_well_as_rows(tmp_path: Path, monkeypatch) -> None:
+    """Wide rows (the functions table's histograms) reach disk by size, not only
+    after 64k rows, so what waits in memory stays bounded."""
+    import scope_ebpf.writer as writer
+
+    w = TableWriter(tmp_path, "calls")
+    one = w._conform(calls_batch(1000, dictionary=True)).nbytes  # as stored: int32 pid...
+    monkeypatch.setattr(writer, "ROW_GROUP_BYTES", 2 * one)  # a row group every 2 batches
+    for i in range(9):
+        w.write(calls_batch(1000, start=1000 * i, dictionary=True))
+        assert w._pending_bytes < 2 * one
+    w.close()
+    md = pq.ParquetFile(w.parts[0]).metadata
+    assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [2000] * 4 + [1000]
+    assert pq.read_table(w.parts[0])["line"].to_pylist() == list(range(1, 9001))
