@@ -143,6 +143,8 @@ class Session:
         self.binaries: dict[tuple[int, int], _Binary] = {}
         self.targets: dict[int, procs.ProcInfo] = {}
         self.exited: set[int] = set()
+        self._traced: dict[int, None] = {}  # pids for the session row, in order
+        self.traced_count = 0
         self._completed = 0  # calls counted by the kernel, summed over snapshots
         self._reap: set[int] = set()  # exited: their kernel-side functions go at the next snapshot
         self.warnings: list[str] = []
@@ -530,11 +532,22 @@ class Session:
         if batch is not None:
             self._add("functions", batch)
         if self._reap:
-            # Their last calls are in the totals just written: forget their functions
-            # in the kernel, or the interning map fills with the dead (exe mode, daemon).
-            f = self.decoder.functions
-            self.program.forget_functions(f.kernel_keys(f.ids_of(self._reap)))
+            self._forget(self._reap)
             self._reap.clear()
+
+    def _forget(self, pids: set[int]) -> None:
+        """Exited processes' last calls are in the totals just written: drop what
+        is kept about them, in the kernel (the interning map would fill with the
+        dead) and here (exe mode and the daemon see processes come and go for days)."""
+        f = self.decoder.functions
+        ids = f.ids_of(pids)
+        self.program.forget_functions(f.kernel_keys(ids))
+        f.forget(ids)
+        if self.sampler is not None:
+            self.sampler.forget(ids)
+        for pid in pids:
+            self.targets.pop(pid, None)
+            self.exited.discard(pid)
 
     def _limits(self, now: float) -> None:
         """Self-limits, four times a second: kernel buffer loss, controller CPU, output size."""
@@ -593,6 +606,7 @@ class Session:
             s = procs.sample(pid)
             if s is None:
                 self.exited.add(pid)
+                self._reap.add(pid)
                 continue
             rows.append({"ts_ns": ts, "pid": pid, "event": "sample", "exe": info.exe,
                          "python_version": info.python_version, **s})
@@ -600,10 +614,18 @@ class Session:
             self._add("processes", rows_to_batch("processes", rows))
 
     def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
+        if pid not in self.targets:
+            self._seen(pid)
         info = self.targets[pid] = procs.info(pid, binary, self.redactor,
                                               self.opts.net_addresses or None)
         self._add("processes", rows_to_batch("processes", [{
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
+
+    def _seen(self, pid: int) -> None:
+        # for the session row; the first ones only: the daemon sees processes for days
+        self.traced_count += 1
+        if len(self._traced) < _TRACED_LISTED:
+            self._traced[pid] = None
 
     def _proc_events(self, rows: list[dict]) -> None:
         other = []
@@ -618,7 +640,9 @@ class Session:
                     continue
             if row["event"] == "fork":
                 child = row["pid"]
-                self.targets.setdefault(child, procs.info(child))
+                if child not in self.targets:
+                    self._seen(child)
+                    self.targets[child] = procs.info(child)
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])
                 self._reap.add(row["pid"])
@@ -683,7 +707,8 @@ class Session:
             "host": socket.gethostname(),
             "kernel": platform.release(),
             "tracer_version": __version__,
-            "targets": ",".join(str(p) for p in self.targets),
+            "targets": ",".join(map(str, self._traced))
+                       + (",..." if self.traced_count > len(self._traced) else ""),
             "probes": ",".join(sorted(self.opts.probes)),
             "binaries": ",".join(b.path for b in self.binaries.values()),
             "start_ns": str(self.start_ns),
@@ -695,6 +720,7 @@ class Session:
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
+        counts["processes_traced"] = self.traced_count
         counts["breaker_trips"] = self.breaker.trips if self.breaker else 0
         counts["controller_cpu_ns"] = int(_cpu_seconds() * 1e9)  # ours, not the target's
         # CPU of the event path alone: since the program was compiled and loaded
@@ -726,6 +752,7 @@ def hive_partition(host: str) -> Callable[[], str]:
 
 _BATCH_SLOTS = np.arange(events.const("CALL_BATCH"))
 _BATCHES_PER_DECODE = 512  # 32k calls
+_TRACED_LISTED = 1000  # pids named in the session row
 _CALL = events.dtypes()["call_event"]
 _CALL_BYTES = np.dtype((np.void, _CALL.itemsize))
 

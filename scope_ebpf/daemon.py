@@ -129,6 +129,8 @@ class Daemon:
                 notify.notify("WATCHDOG=1")
             if now - last_status >= STATUS_EVERY_S:
                 last_status = now
+                # the session forgets exited processes at its snapshots: so do we
+                self.matched = {p: v for p, v in self.matched.items() if p in s.targets}
                 alive = len([p for p in self.matched if p not in s.exited])
                 notify.notify(f"STATUS=tracing {alive} process(es), "
                               f"{sum(s.written.values()):,} rows written")

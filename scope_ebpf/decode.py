@@ -139,6 +139,30 @@ class Functions:
             return []
         return self._ids[np.isin(self._pid, list(pids))].tolist()
 
+    def forget(self, func_ids: list[int]) -> None:
+        """Drop functions (of exited processes); strings no function uses any more
+        go too once they are half the table, so a host running ever-new scripts
+        keeps a bounded registry."""
+        if not func_ids or not len(self._ids):
+            return
+        keep = ~np.isin(self._ids, np.array(func_ids, np.uint32))
+        for attr in ("_ids", "_pid", "_name", "_file", "_line", "_keep", "_key_name",
+                     "_key_file", "_k"):
+            setattr(self, attr, getattr(self, attr)[keep])
+        used = np.unique(np.concatenate([self._name, self._file]))
+        used = used[used >= 0]
+        if len(used) * 2 > len(self._strings):
+            return
+        remap = np.full(len(self._strings) + 1, -1, np.int32)  # [-1] stays -1
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        self._name, self._file = remap[self._name], remap[self._file]
+        self._strings = [self._strings[i] for i in used.tolist()]
+        self._string_index = {x: i for i, x in enumerate(self._strings)}
+        self._dictionary = None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
     def kernel_keys(self, func_ids: list[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
         """(id, (name, file, pid, line)) of known ids: the kernel's func_key fields."""
         pos, known = self.find(np.array(func_ids, np.uint32))

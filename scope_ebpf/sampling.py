@@ -103,6 +103,11 @@ class Sampler:
         self.k: dict[int, int] = {}
         self.last_update_ns: int | None = None
 
+    def forget(self, func_ids: list[int]) -> None:
+        """Drop the decisions for functions of exited processes."""
+        for fid in func_ids:
+            self.k.pop(fid, None)
+
     def update(
         self, counts: dict[int, int], seconds: float, now_ns: int
     ) -> list[tuple[int, int, int, float]]:

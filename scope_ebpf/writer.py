@@ -36,6 +36,9 @@ ROW_GROUP_ROWS = 64 * 1024
 # ... or once this much waits: a wide table (functions, a 64-bucket histogram
 # per row) would otherwise hold ~40 MB before its row group fills.
 ROW_GROUP_BYTES = 8 << 20
+# ... or once the oldest waiting row is this old: a sparse table (sched, ~1k
+# rows/s on a busy host) would otherwise keep a whole part's rows in memory.
+ROW_GROUP_SECONDS = 10.0
 # Small batches waiting for a row group are merged once this many pile up: a
 # sparse table (sched, gc) gets one tiny batch per poll, and each batch's
 # Arrow objects cost kilobytes, which grew RSS by ~0.2 MB/s until rotation.
@@ -111,6 +114,7 @@ class TableWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._pending_bytes = 0
+        self._pending_since = 0.0  # monotonic time of the oldest waiting batch
 
     # -- public -----------------------------------------------------------
 
@@ -181,10 +185,15 @@ class TableWriter:
             self._release()
 
     def tick(self) -> None:
-        """Close the open part if it is due by age or partition, even with no new rows."""
+        """Close the open part if it is due by age or partition, or write the waiting
+        rows as a row group once they are ROW_GROUP_SECONDS old; even with no new rows."""
         with self._lock:
-            if not self._closed and self._writer is not None and self._part_is_old():
+            if self._closed or self._writer is None:
+                return
+            if self._part_is_old():
                 self._close_part()
+            elif self._pending and time.monotonic() - self._pending_since >= ROW_GROUP_SECONDS:
+                self._flush()
 
     @property
     def closed(self) -> bool:
@@ -311,6 +320,8 @@ class TableWriter:
             self._file_fd = None
 
     def _append(self, batch: pa.RecordBatch) -> None:
+        if not self._pending:
+            self._pending_since = time.monotonic()
         self._pending.append(self._match_part(batch))
         self._pending_rows += batch.num_rows
         self._pending_bytes += batch.nbytes

@@ -71,3 +71,32 @@ def test_row_filter_drops_and_thins_without_bias():
     assert (w[200:-1] == 10).all()
     # each row stood for 2 calls; now each kept one stands for 10: same estimate
     assert abs(hot.sum() * 10 - 200_000) < 0.05 * 200_000
+
+
+def test_forgotten_functions_and_their_strings_go_and_the_rest_decode_the_same():
+    d = Decoder(0)
+    f = d.functions
+    # pid 1 runs /keep.py; pids 2..9 each ran their own script and exited
+    recs = _funcs((0x101, b"main", b"/keep.py", 0), (0x102, b"", b"/keep.py",
+                                                     C["FUNC_NAME_NULL"]),
+                  *[(0x200 + i, f"f{i}".encode(), f"/tmp/s{i}.py".encode(), 0)
+                    for i in range(8)])
+    recs["pid"] = [1, 1] + list(range(2, 10))
+    f.add(recs)
+    f.set_keep([0x101], False)
+    f.set_k(0x102, 4)
+    f.forget(f.ids_of({3, 4}))
+    assert len(f) == 8 and len(f._strings) == 18  # few strings unused: kept
+    f.forget(f.ids_of(set(range(2, 10))))
+    assert len(f) == 2
+    assert f._strings == ["main", "/keep.py"]  # the dead's strings are gone
+    t = d.calls(_calls((0x101, 0), (0x102, 0), (0x205, 0))).to_pydict()
+    assert t["function"] == ["main", None, None]
+    assert t["file"] == ["/keep.py", "/keep.py", None]
+    # the decisions stay with their functions
+    keep, w = f.row_filter(f.find(np.array([0x101, 0x102], np.uint32)),
+                           np.array([1, 4], np.int32), np.random.default_rng(0))
+    assert keep.tolist() == [False, True] and w.tolist() == [1, 4]
+    # a function learnt afterwards interns its strings again
+    f.add(_funcs((0x301, b"f3", b"/tmp/s3.py", 0)))
+    assert d.calls(_calls((0x301, 0))).to_pydict()["function"] == ["f3"]

@@ -95,6 +95,7 @@ def test_soak(tmp_path):
                     "targets": sum(1 for _ in m["targets"].keys()),
                     "stacks": sum(1 for _ in m["stacks"].keys()),
                     "funcs": sum(1 for _ in m["funcs"].keys()),
+                    "registry": len(s.decoder.functions), "tracked": len(s.targets),
                 })
             time.sleep(0.05)
         for p in children:
@@ -118,6 +119,8 @@ def test_soak(tmp_path):
         "targets_max": max(x["targets"] for x in samples),
         "stacks_max": max(x["stacks"] for x in samples),
         "funcs_end": samples[-1]["funcs"],
+        "registry_max": max(x["registry"] for x in samples),
+        "tracked_max": max(x["tracked"] for x in samples),
     }
     print("\nsoak figures:", json.dumps(figures, indent=2))
     Path(os.environ.get("SOAK_RESULTS", tmp_path / "soak.json")).write_text(
@@ -134,6 +137,7 @@ def test_soak(tmp_path):
     # the kernel's maps hold the living, not everyone ever seen
     assert figures["targets_max"] <= 64 and figures["stacks_max"] <= 256
     assert max(x["funcs"] for x in samples) <= 2000  # the dead's functions are forgotten
+    assert figures["registry_max"] <= 2000 and figures["tracked_max"] <= 64  # here too
     seen = {p for (p,) in rows(out, "SELECT DISTINCT pid FROM processes WHERE event = 'start'")}
     assert set(started) <= seen, sorted(set(started) - seen)[:10]
     completed = rows(out, "SELECT coalesce(sum(calls), 0) FROM functions")[0][0]

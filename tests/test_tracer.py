@@ -245,6 +245,51 @@ def test_exe_mode_traces_a_process_started_later_from_its_first_call(tmp_path):
     assert rows(out, f"SELECT count(*) FROM gc WHERE pid = {pid}")[0][0] >= 1
 
 
+SHORT = """
+import os, sys
+sys.setprofile(slice)
+def work(i):
+    return i
+for i in range(50):
+    work(i)
+print(os.getpid())
+"""
+
+
+def test_exe_mode_forgets_exited_processes_but_not_their_rows(tmp_path):
+    """What is kept per process, in the kernel and in the tracer, goes once it
+    has exited (a daemon sees processes come and go for days); its rows stay."""
+    from scope_ebpf.controller import Options, Session
+
+    py = tmp_path / "python3.11"
+    py.write_bytes(Path(PY311).read_bytes())
+    py.chmod(0o755)
+    out = tmp_path / "out"
+    s = Session(Options(output=out, snapshot_interval=0.2))
+    pids = []
+    try:
+        s.open()
+        s.add_exe(str(py))
+        for _ in range(4):
+            r = subprocess.run([str(py), "-c", SHORT], capture_output=True, text=True,
+                               env={"PYTHONHOME": "/usr"}, timeout=30, check=True)
+            pids.append(int(r.stdout))
+            s.poll()
+        deadline = time.monotonic() + 10
+        while (s.targets or len(s.decoder.functions)) and time.monotonic() < deadline:
+            s.poll()
+            time.sleep(0.05)
+        assert s.targets == {} and len(s.decoder.functions) == 0
+        assert sum(1 for _ in s.program.maps["funcs"].keys()) == 0
+    finally:
+        s.close()
+    for pid in pids:
+        assert rows(out, f"SELECT count(*), min(line) FROM calls WHERE pid = {pid} "
+                         "AND function = 'work'") == [(50, 4)]
+    assert session_count(out, "processes_traced") == 4
+    assert session_value(out, "targets") == ",".join(map(str, pids))
+
+
 def test_imports_and_audit_rows(tmp_path):
     target = tmp_path / "written.txt"
     out, r = run(tmp_path, PY311, program("importer.py"), str(target),
