@@ -129,11 +129,11 @@ def test_soak(tmp_path):
     # a transient fd (a psutil read, a netns thread) may be open at a sample
     assert max(x["fds"] for x in samples[1:]) <= samples[1]["fds"] + 4, (first_fds,
                                                                           _fd_targets())
-    # RSS is a sawtooth (an open part's writer state goes at each 60 s rotation):
-    # the second half's peak must not exceed the first half's
+    # RSS is flat once warm (144-150 MB here over 150 s): waiting rows become a
+    # row group within 10 s and the dead are forgotten; a few MB of allocator noise
     half = len(warm) // 2
     assert (max(x["rss"] for x in warm[half:])
-            <= max(x["rss"] for x in warm[:half]) + 16 * 2**20), [x["rss"] >> 20 for x in warm]
+            <= max(x["rss"] for x in warm[:half]) + 6 * 2**20), [x["rss"] >> 20 for x in warm]
     # the kernel's maps hold the living, not everyone ever seen
     assert figures["targets_max"] <= 64 and figures["stacks_max"] <= 256
     assert max(x["funcs"] for x in samples) <= 2000  # the dead's functions are forgotten
