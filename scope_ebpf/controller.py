@@ -335,7 +335,6 @@ class Session:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
                       f"not appear: {why}. gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes))
-        self.exited.discard(pid)
         self._started(pid, binary)
 
     def set_probes(self, pid: int, probes: frozenset[str]) -> None:
@@ -614,14 +613,19 @@ class Session:
             self._add("processes", rows_to_batch("processes", rows))
 
     def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
-        if pid not in self.targets:
-            self._seen(pid)
+        self._new_target(pid)
         info = self.targets[pid] = procs.info(pid, binary, self.redactor,
                                               self.opts.net_addresses or None)
         self._add("processes", rows_to_batch("processes", [{
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
 
-    def _seen(self, pid: int) -> None:
+    def _new_target(self, pid: int) -> None:
+        if pid in self.targets and pid not in self.exited:
+            return  # already traced (the daemon retargets, a fork row after a start)
+        # A reused pid is a new process: not exited, and not to be forgotten at
+        # the next snapshot (the old one's functions go when this one exits).
+        self.exited.discard(pid)
+        self._reap.discard(pid)
         # for the session row; the first ones only: the daemon sees processes for days
         self.traced_count += 1
         if len(self._traced) < _TRACED_LISTED:
@@ -640,8 +644,8 @@ class Session:
                     continue
             if row["event"] == "fork":
                 child = row["pid"]
-                if child not in self.targets:
-                    self._seen(child)
+                if child not in self.targets or child in self.exited:
+                    self._new_target(child)
                     self.targets[child] = procs.info(child)
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])

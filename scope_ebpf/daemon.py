@@ -131,7 +131,7 @@ class Daemon:
                 last_status = now
                 # the session forgets exited processes at its snapshots: so do we
                 self.matched = {p: v for p, v in self.matched.items() if p in s.targets}
-                alive = len([p for p in self.matched if p not in s.exited])
+                alive = sum(map(self._traced, self.matched))
                 notify.notify(f"STATUS=tracing {alive} process(es), "
                               f"{sum(s.written.values()):,} rows written")
             if rb.pending_bytes() < rb.size // 4:
@@ -154,9 +154,14 @@ class Daemon:
             if pid != os.getpid():
                 self.consider(pid)
 
+    def _traced(self, pid: int) -> bool:
+        """Matched and not exited: a pid reused after an exit is a new process."""
+        s = self.session
+        return pid in self.matched and pid in s.targets and pid not in s.exited
+
     def _on_exec(self, pid: int, filename: str) -> None:
         self._pending.pop(pid, None)
-        if not self.consider(pid, after_exec=True) and pid not in self.matched:
+        if not self.consider(pid, after_exec=True) and not self._traced(pid):
             self._pending[pid] = time.monotonic()
 
     def _retry_pending(self, now: float) -> None:
@@ -175,16 +180,17 @@ class Daemon:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             return True  # gone, or a kernel thread
-        if pid not in self.matched and not self.cfg.exe_may_match(exe):
+        traced = self._traced(pid)
+        if not traced and not self.cfg.exe_may_match(exe):
             return True
         info = procs.info(pid, addresses=False)
         if info.exe is None:
             return True
         probes = self.cfg.probes_for(info)
-        if after_exec and pid in self.matched and probes != self.matched[pid]:
+        if after_exec and traced and probes != self.matched[pid]:
             self._retarget(pid, probes)
             return True
-        if not probes or pid in self.matched:
+        if not probes or traced:
             return True
         try:
             binary = s.check_pid(pid)
@@ -236,7 +242,7 @@ class Daemon:
             previous.close("config reloaded")
         else:
             for pid in list(self.matched):
-                if pid in self.session.exited:
+                if not self._traced(pid):
                     continue
                 self._retarget(pid, new.probes_for(procs.info(pid, addresses=False)))
             self.scan()

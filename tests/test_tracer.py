@@ -290,6 +290,36 @@ def test_exe_mode_forgets_exited_processes_but_not_their_rows(tmp_path):
     assert session_value(out, "targets") == ",".join(map(str, pids))
 
 
+def test_a_reused_pid_is_a_new_process_not_one_to_forget(tmp_path):
+    """A pid that exits and comes back (pid reuse) before the next snapshot must
+    be traced as new: not left exited, and not forgotten at that snapshot."""
+    from scope_ebpf.controller import Options, Session
+
+    py = tmp_path / "python3.11"
+    py.write_bytes(Path(PY311).read_bytes())
+    py.chmod(0o755)
+    s = Session(Options(output=tmp_path / "out", snapshot_interval=3600))
+    try:
+        s.open()
+        s.add_exe(str(py))
+        r = subprocess.run([str(py), "-c", SHORT], capture_output=True, text=True,
+                           env={"PYTHONHOME": "/usr"}, timeout=30, check=True)
+        pid = int(r.stdout)
+        deadline = time.monotonic() + 10
+        while pid not in s.exited and time.monotonic() < deadline:
+            s.poll()
+            time.sleep(0.05)
+        assert pid in s.exited and pid in s._reap
+        # the kernel reports a process start under the same pid
+        s._proc_events([{"event": "start", "pid": pid, "ts_ns": time.time_ns()}])
+        assert pid in s.targets and pid not in s.exited and pid not in s._reap
+        assert s.traced_count == 2
+        s._snapshot(time.monotonic())
+        assert pid in s.targets
+    finally:
+        s.close()
+
+
 def test_imports_and_audit_rows(tmp_path):
     target = tmp_path / "written.txt"
     out, r = run(tmp_path, PY311, program("importer.py"), str(target),
