@@ -481,7 +481,7 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
       scope-ebpf query out --top --pid 1234 --since +10s --until +20s
       scope-ebpf query /var/lib/scope-ebpf --gc --host web-17 --date 2026-11-26
     """
-    from .query import NAMED, QueryError, run_query
+    from .query import NAMED, run_query
 
     try:
         if (sql is None) == (named is None):
@@ -489,9 +489,7 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
         args = _connect_args(directory, **filters)
         text = run_query(directory, sql or NAMED[named], fmt, **args)
         click.echo(text, nl=not text.endswith("\n"))
-    except QueryError as e:
-        _fail(ScopeError(str(e)))
-    except ScopeError as e:
+    except ScopeError as e:  # QueryError included
         _fail(e)
 
 
@@ -520,7 +518,7 @@ def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> N
     """
     from . import analysis
     from . import report as rep
-    from .query import QueryError, connect
+    from .query import connect
 
     try:
         con = connect(directory, **_connect_args(directory, **filters))
@@ -543,9 +541,7 @@ def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> N
         if not quiet:
             click.echo(rep.text(a))
         _status(f"wrote {output} ({human_bytes(output.stat().st_size)})")
-    except QueryError as e:
-        _fail(ScopeError(str(e)))
-    except ScopeError as e:
+    except ScopeError as e:  # QueryError included
         _fail(e)
 
 

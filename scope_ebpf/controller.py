@@ -619,9 +619,10 @@ class Session:
         self._add("processes", rows_to_batch("processes", [{
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
 
-    def _new_target(self, pid: int) -> None:
+    def _new_target(self, pid: int) -> bool:
+        """Count ``pid`` as a new target unless it is one already; True if new."""
         if pid in self.targets and pid not in self.exited:
-            return  # already traced (the daemon retargets, a fork row after a start)
+            return False  # already traced (the daemon retargets, a fork row after a start)
         # A reused pid is a new process: not exited, and not to be forgotten at
         # the next snapshot (the old one's functions go when this one exits).
         self.exited.discard(pid)
@@ -630,6 +631,7 @@ class Session:
         self.traced_count += 1
         if len(self._traced) < _TRACED_LISTED:
             self._traced[pid] = None
+        return True
 
     def _proc_events(self, rows: list[dict]) -> None:
         other = []
@@ -644,8 +646,7 @@ class Session:
                     continue
             if row["event"] == "fork":
                 child = row["pid"]
-                if child not in self.targets or child in self.exited:
-                    self._new_target(child)
+                if self._new_target(child):
                     self.targets[child] = procs.info(child)
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])

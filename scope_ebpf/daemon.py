@@ -131,7 +131,7 @@ class Daemon:
                 last_status = now
                 # the session forgets exited processes at its snapshots: so do we
                 self.matched = {p: v for p, v in self.matched.items() if p in s.targets}
-                alive = sum(map(self._traced, self.matched))
+                alive = sum(p not in s.exited for p in self.matched)
                 notify.notify(f"STATUS=tracing {alive} process(es), "
                               f"{sum(s.written.values()):,} rows written")
             if rb.pending_bytes() < rb.size // 4:
@@ -206,11 +206,10 @@ class Daemon:
         return True
 
     def _retarget(self, pid: int, probes: frozenset[str]) -> None:
+        self.session.set_probes(pid, probes)  # none: no longer traced
         if probes:
-            self.session.set_probes(pid, probes)
             self.matched[pid] = probes
         else:
-            self.session.set_probes(pid, frozenset())
             self.matched.pop(pid, None)
 
     # -- reload ---------------------------------------------------------------

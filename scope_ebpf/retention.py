@@ -41,6 +41,8 @@ def enforce(root: Path, retain_bytes: int, retain_days: float,
             now: float | None = None) -> list[Part]:
     """Delete closed parts older than ``retain_days``, then the oldest until the
     root holds at most ``retain_bytes`` (0 = no limit). Returns what was deleted."""
+    if retain_bytes <= 0 and retain_days <= 0:
+        return []  # no limits: no need to walk the tree every few seconds
     now = time.time() if now is None else now
     parts, total = scan(root)
     deleted: list[Part] = []
@@ -57,11 +59,11 @@ def enforce(root: Path, retain_bytes: int, retain_days: float,
             continue
         total -= p.size
         deleted.append(p)
-        _prune(p.path.parent, root)
+        prune_empty_dirs(p.path.parent, root)
     return deleted
 
 
-def _prune(d: Path, root: Path) -> None:
+def prune_empty_dirs(d: Path, root: Path) -> None:
     """Remove partition directories left empty, up to the table directory."""
     while d != root and d.parent != root:
         try:

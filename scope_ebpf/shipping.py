@@ -86,7 +86,7 @@ class Shipper:
                 raise OSError(f"upload of {key} not confirmed (size {info.size} != {part.size})")
             if self.cfg.delete_after_upload:
                 part.path.unlink(missing_ok=True)
-                retention._prune(part.path.parent, self.root)
+                retention.prune_empty_dirs(part.path.parent, self.root)
             self.stats["files"] += 1
             self.stats["bytes"] += part.size
             shipped += 1
