@@ -217,12 +217,18 @@ def test_query_and_schema_commands(tmp_path):
     assert "return_line" in s.stdout and "runq_ns" in s.stdout
 
 
-def test_exe_mode_traces_a_process_started_later_from_its_first_call(tmp_path):
-    # A private copy of the interpreter: exe mode covers every process running
-    # the file, and the test suite itself runs on /usr/bin/python3.11.
+@pytest.fixture
+def private_py311(tmp_path) -> Path:
+    """A private copy of the interpreter: exe mode covers every process running
+    the file, and the test suite itself runs on /usr/bin/python3.11."""
     py = tmp_path / "python3.11"
     py.write_bytes(Path(PY311).read_bytes())
     py.chmod(0o755)
+    return py
+
+
+def test_exe_mode_traces_a_process_started_later_from_its_first_call(tmp_path, private_py311):
+    py = private_py311
     out = tmp_path / "out"
     tracer = subprocess.Popen([SCOPE, "trace", "--exe", str(py), "-o", str(out)],
                               stderr=subprocess.PIPE, text=True)
@@ -256,29 +262,36 @@ print(os.getpid())
 """
 
 
-def test_exe_mode_forgets_exited_processes_but_not_their_rows(tmp_path):
+def _run_short(py: Path) -> int:
+    """Run SHORT on ``py`` to its end; its pid."""
+    r = subprocess.run([str(py), "-c", SHORT], capture_output=True, text=True,
+                       env={"PYTHONHOME": "/usr"}, timeout=30, check=True)
+    return int(r.stdout)
+
+
+def _poll_until(s, cond, timeout: float = 10) -> None:
+    """Drain the session until ``cond()`` holds (the caller asserts it after)."""
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        s.poll()
+        time.sleep(0.05)
+
+
+def test_exe_mode_forgets_exited_processes_but_not_their_rows(tmp_path, private_py311):
     """What is kept per process, in the kernel and in the tracer, goes once it
     has exited (a daemon sees processes come and go for days); its rows stay."""
     from scope_ebpf.controller import Options, Session
 
-    py = tmp_path / "python3.11"
-    py.write_bytes(Path(PY311).read_bytes())
-    py.chmod(0o755)
     out = tmp_path / "out"
     s = Session(Options(output=out, snapshot_interval=0.2))
     pids = []
     try:
         s.open()
-        s.add_exe(str(py))
+        s.add_exe(str(private_py311))
         for _ in range(4):
-            r = subprocess.run([str(py), "-c", SHORT], capture_output=True, text=True,
-                               env={"PYTHONHOME": "/usr"}, timeout=30, check=True)
-            pids.append(int(r.stdout))
+            pids.append(_run_short(private_py311))
             s.poll()
-        deadline = time.monotonic() + 10
-        while (s.targets or len(s.decoder.functions)) and time.monotonic() < deadline:
-            s.poll()
-            time.sleep(0.05)
+        _poll_until(s, lambda: not s.targets and not len(s.decoder.functions))
         assert s.targets == {} and len(s.decoder.functions) == 0
         assert sum(1 for _ in s.program.maps["funcs"].keys()) == 0
     finally:
@@ -290,25 +303,17 @@ def test_exe_mode_forgets_exited_processes_but_not_their_rows(tmp_path):
     assert session_value(out, "targets") == ",".join(map(str, pids))
 
 
-def test_a_reused_pid_is_a_new_process_not_one_to_forget(tmp_path):
+def test_a_reused_pid_is_a_new_process_not_one_to_forget(tmp_path, private_py311):
     """A pid that exits and comes back (pid reuse) before the next snapshot must
     be traced as new: not left exited, and not forgotten at that snapshot."""
     from scope_ebpf.controller import Options, Session
 
-    py = tmp_path / "python3.11"
-    py.write_bytes(Path(PY311).read_bytes())
-    py.chmod(0o755)
     s = Session(Options(output=tmp_path / "out", snapshot_interval=3600))
     try:
         s.open()
-        s.add_exe(str(py))
-        r = subprocess.run([str(py), "-c", SHORT], capture_output=True, text=True,
-                           env={"PYTHONHOME": "/usr"}, timeout=30, check=True)
-        pid = int(r.stdout)
-        deadline = time.monotonic() + 10
-        while pid not in s.exited and time.monotonic() < deadline:
-            s.poll()
-            time.sleep(0.05)
+        s.add_exe(str(private_py311))
+        pid = _run_short(private_py311)
+        _poll_until(s, lambda: pid in s.exited)
         assert pid in s.exited and pid in s._reap
         # the kernel reports a process start under the same pid
         s._proc_events([{"event": "start", "pid": pid, "ts_ns": time.time_ns()}])
