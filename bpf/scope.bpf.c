@@ -81,7 +81,10 @@ BPF_ARRAY(specs, struct probe_spec, MAX_SPECS);       /* cookie -> argument loca
 BPF_ARRAY(frame_offs, struct frame_offsets, MAX_SPECS); /* cookie -> CPython struct offsets */
 BPF_HASH(funcs, struct func_key, struct func_info, MAX_FUNCS); /* interned functions */
 BPF_PERCPU_ARRAY(func_seq, __u32, 1);                 /* per-CPU id sequence: no atomics needed */
-BPF_HASH(stacks, __u32, struct thread_stack, MAX_THREADS); /* tid -> shadow stack */
+/* tid -> shadow stack: 16 KiB each, so allocated per traced thread, not up front */
+/* tid -> shadow stack: 16 KiB each, so allocated per traced thread, not up front */
+BPF_F_TABLE("hash", __u32, struct thread_stack, stacks, MAX_THREADS, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", __u32, struct thread_stack, exited_stacks, MAX_THREADS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(zero_stack, struct thread_stack, 1); /* never written: template for new stacks */
 BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
@@ -123,8 +126,21 @@ static __always_inline void flush_calls(struct call_batch *b)
 
     if (!n)
         return;
-    if (calls_rb.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP))
+    if (calls_rb.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP)) {
         stat_add_n(STAT_CALLS_LOST, n);
+        /* counted, but no row: each function's aggregates say so */
+        for (__u32 i = 0; i < CALL_BATCH; i++) {
+            if (i >= n)
+                break;
+            struct call_event *e = &b->ev[i];
+            if (e->flags & CALL_OPEN)
+                continue;  /* open calls are rows only, never counted */
+            __u32 fid = e->func_id;
+            struct fstat *fs = fstats.lookup(&fid);
+            if (fs)
+                fs->lost++;
+        }
+    }
     b->count = 0;
 }
 
@@ -440,22 +456,28 @@ static __always_inline __u32 log2_bucket(__u64 v)
     return r < SCOPE_HIST_BUCKETS ? r : SCOPE_HIST_BUCKETS - 1;
 }
 
-/* Exact aggregates: every completed call, whatever happens to its row. */
-static __always_inline void count_call(__u32 func_id, __u64 duration)
+/* This CPU's aggregates of a function, created on first use (min_ns
+ * starts at "none": a function may be counted before any call completes). */
+static __always_inline struct fstat *fstat_of(__u32 func_id)
 {
     struct fstat *fs = fstats.lookup(&func_id);
     __u32 zero = 0;
 
-    if (!fs) {
-        struct fstat *tmpl = zero_fstat.lookup(&zero);
-        if (!tmpl)
-            return;
-        fstats.insert(&func_id, tmpl);
-        fs = fstats.lookup(&func_id);
-        if (!fs)
-            return;
-        fs->min_ns = duration;
-    }
+    if (fs)
+        return fs;
+    struct fstat *tmpl = zero_fstat.lookup(&zero);
+    if (!tmpl)
+        return 0;
+    fstats.insert(&func_id, tmpl);
+    fs = fstats.lookup(&func_id);
+    if (fs)
+        fs->min_ns = ~0ULL;
+    return fs;
+}
+
+/* Exact aggregates: every completed call, whatever happens to its row. */
+static __always_inline void count_call(struct fstat *fs, __u64 duration)
+{
     fs->count++;
     fs->total_ns += duration;
     if (duration < fs->min_ns)
@@ -521,7 +543,13 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
         f->func_id = fn.id;
         f->k = fn.k;
     } else {
+        /* No frame to time it with: counted now, at entry, as lost. */
+        struct fstat *fs = fstat_of(fn.id);
         stat_add(STAT_DEEP);
+        if (fs) {
+            fs->count++;
+            fs->lost++;
+        }
     }
     st->depth = depth + 1;
 }
@@ -559,10 +587,15 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     __u32 func_id = f->func_id;
     __u32 k = f->k;
     __u64 duration = now - start_ns;
-    count_call(func_id, duration);
+    struct fstat *fs = fstat_of(func_id);
+    if (fs)
+        count_call(fs, duration);
     weight = row_weight(k, tid, duration, now, ctl);
-    if (!weight)
+    if (!weight) {
+        if (fs)
+            fs->dropped++;
         return 0;
+    }
     *b = stage();  /* looked up only for a call that becomes a row */
     if (!*b)
         return 0;
@@ -920,28 +953,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         return 0;
     st = stacks.lookup(&tid);
     if (st && st->pid == pid) {
-        /* Calls still open when the thread dies (os._exit, a signal): write
-         * them with the CALL_OPEN flag rather than lose them. */
-        __u32 depth = st->depth;
-        struct call_batch *b = stage();
-        for (__u32 i = 0; i < SCOPE_MAX_DEPTH; i++) {
-            struct call_event *e;
-            if (i >= depth || !b)
-                break;
-            stat_add(STAT_OPEN_AT_EXIT);
-            e = stage_slot(b, now);
-            struct frame *f = &st->frames[i & (SCOPE_MAX_DEPTH - 1)];
-            e->start_ns = f->start_ns;
-            e->duration_ns = now - f->start_ns;
-            e->pid = pid;
-            e->tid = tid;
-            e->func_id = f->func_id;
-            e->return_line = 0;
-            e->depth = i;
-            e->flags = CALL_OPEN;
-            e->weight = 1;
-            stage_commit(b, now);
-        }
+        /* Calls still open when the thread dies (os._exit, a signal): the
+         * controller writes them as open calls rather than lose them (a loop
+         * over 1024 frames here is more than the verifier takes). */
+        stat_add_n(STAT_OPEN_AT_EXIT, st->depth < SCOPE_MAX_DEPTH ? st->depth : SCOPE_MAX_DEPTH);
+        if (st->depth)
+            exited_stacks.update(&tid, st);
         stacks.delete(&tid);
     }
     offcpu.delete(&tid);

@@ -14,7 +14,8 @@
 #define SCOPE_NAME_LEN 128   /* function name bytes kept, NUL included */
 #define SCOPE_FILE_LEN 256   /* file name bytes kept, NUL included */
 #define SCOPE_COMM_LEN 16
-#define SCOPE_MAX_DEPTH 256  /* frames kept per thread; deeper calls are counted, not recorded */
+#define SCOPE_MAX_DEPTH 1024 /* frames kept per thread (>= CPython's default recursion
+                              * limit); deeper calls are counted, as lost, not recorded */
 #define SCOPE_NO_FUNC 0      /* function id meaning "no Python frame" */
 
 /* call_event.flags */
@@ -167,12 +168,15 @@ struct proc_event {
     char filename[SCOPE_FILE_LEN];
 };
 
-/* Exact per-function aggregates, kept per CPU whatever rows are kept. */
+/* Exact per-function aggregates, kept per CPU whatever rows are kept.
+ * count = calls rows sent + dropped + lost, for every function. */
 struct fstat {
     __u64 count;
     __u64 total_ns;
     __u64 min_ns;
     __u64 max_ns;
+    __u64 dropped;       /* no row by choice: matcher, --min-duration, threads, sampling */
+    __u64 lost;          /* no row by force: deeper than the shadow stack, ring buffer full */
     __u64 hist[SCOPE_HIST_BUCKETS];
 };
 

@@ -29,24 +29,60 @@ class Totals:
     total: np.ndarray
     min: np.ndarray
     max: np.ndarray
+    dropped: np.ndarray
+    lost: np.ndarray
     hist: np.ndarray  # (n, SCOPE_HIST_BUCKETS)
+
+    _SUMS = ("count", "total", "dropped", "lost", "hist")  # deltas are taken of these
 
     @classmethod
     def empty(cls) -> Totals:
         b = events.const("SCOPE_HIST_BUCKETS")
         z = np.zeros(0, np.int64)
-        return cls(np.zeros(0, np.uint32), z, z, z, z, np.zeros((0, b), np.int64))
+        return cls(np.zeros(0, np.uint32), z, z, z, z, z, z, np.zeros((0, b), np.int64))
 
-    def since(self, before: Totals) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(count, total, hist) accumulated since ``before``, aligned with self.ids."""
-        count, total, hist = self.count.copy(), self.total.copy(), self.hist.copy()
+    def since(self, before: Totals) -> Delta:
+        """What accumulated since ``before``, aligned with self.ids."""
+        d = {name: getattr(self, name).copy() for name in self._SUMS}
         if len(before.ids):
             pos = np.minimum(np.searchsorted(before.ids, self.ids), len(before.ids) - 1)
             seen = before.ids[pos] == self.ids
-            count[seen] -= before.count[pos[seen]]
-            total[seen] -= before.total[pos[seen]]
-            hist[seen] -= before.hist[pos[seen]]
-        return count, total, hist
+            for name, a in d.items():
+                a[seen] -= getattr(before, name)[pos[seen]]
+        return Delta(**d)
+
+    def hold(self, before: Totals, ready: np.ndarray) -> Totals:
+        """These totals, except that ids not ``ready`` keep their values of
+        ``before`` (or stay out): what a snapshot may write now."""
+        if ready.all():
+            return self
+        if len(before.ids):
+            pos = np.minimum(np.searchsorted(before.ids, self.ids), len(before.ids) - 1)
+            seen = (before.ids[pos] == self.ids) & ~ready
+        else:
+            pos, seen = np.zeros(len(self.ids), np.int64), np.zeros(len(self.ids), bool)
+        keep = ready | seen
+        fields = {}
+        for name in ("count", "total", "min", "max", "dropped", "lost", "hist"):
+            a = getattr(self, name).copy()
+            if seen.any():
+                a[seen] = getattr(before, name)[pos[seen]]
+            fields[name] = a[keep]
+        return Totals(ids=self.ids[keep], **fields)
+
+
+@dataclass
+class Delta:
+    """Aggregates accumulated between two reads, aligned with the later one's ids."""
+
+    count: np.ndarray
+    total: np.ndarray
+    dropped: np.ndarray
+    lost: np.ndarray
+    hist: np.ndarray
+
+
+_NO_MIN = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # min_ns of an entry with no completed call
 
 
 def read(program) -> Totals:
@@ -54,41 +90,52 @@ def read(program) -> Totals:
     ids, a = program.fstats()  # a: (functions, cpus)
     if not len(ids):
         return Totals.empty()
-    used = a["count"] > 0
+    timed = (a["count"] > 0) & (a["min_ns"] != _NO_MIN)
     order = np.argsort(ids)
     big = np.iinfo(np.int64).max
-    mins = np.where(used, a["min_ns"].astype(np.int64), big).min(axis=1)
+    mins = np.where(timed, a["min_ns"], big).astype(np.int64).min(axis=1)
     return Totals(
         ids=ids[order],
         count=a["count"].sum(axis=1).astype(np.int64)[order],
         total=a["total_ns"].sum(axis=1).astype(np.int64)[order],
         min=np.where(mins == big, 0, mins)[order],
         max=a["max_ns"].max(axis=1).astype(np.int64)[order],
+        dropped=a["dropped"].sum(axis=1).astype(np.int64)[order],
+        lost=a["lost"].sum(axis=1).astype(np.int64)[order],
         hist=a["hist"].sum(axis=1).astype(np.int64)[order],
     )
 
 
-def functions_batch(now: Totals, delta: tuple[np.ndarray, np.ndarray, np.ndarray],
-                    functions: Functions, ts_ns: int) -> pa.RecordBatch | None:
+def functions_batch(now: Totals, delta: Delta, functions: Functions, ts_ns: int,
+                    user_dropped: dict[int, int] | None = None) -> pa.RecordBatch | None:
     """``functions`` rows for what happened between two reads (None if nothing):
-    ``delta`` is ``now.since(before)``."""
-    count, total, hist = delta
-    sel = count > 0
+    ``delta`` is ``now.since(before)``; ``user_dropped``: rows the controller
+    dropped meanwhile (decisions the kernel applied late), per function id."""
+    dropped = delta.dropped.copy()
+    if user_dropped:
+        pos = np.minimum(np.searchsorted(now.ids, list(user_dropped)), max(len(now.ids) - 1, 0))
+        for p, (fid, n) in zip(pos.tolist(), user_dropped.items(), strict=True):
+            if len(now.ids) and now.ids[p] == fid:
+                dropped[p] += n
+    sel = (delta.count > 0) | (dropped > 0) | (delta.lost > 0)
     if not sel.any():
         return None
     ids = now.ids[sel]
     function, file, line = functions.columns(ids)
     pids = functions.pids(ids)
     n = len(ids)
-    b = hist.shape[1]
-    flat = pa.array(hist[sel].reshape(-1))
+    b = delta.hist.shape[1]
+    flat = pa.array(delta.hist[sel].reshape(-1))
+    timed = now.count[sel] > now.lost[sel]  # min/max only exist once a call completed
     return pa.RecordBatch.from_arrays([
         pa.array(np.full(n, ts_ns, np.int64), _TS),
         pa.array(pids),
         function, file, line,
-        pa.array(count[sel]),
-        pa.array(total[sel]),
-        pa.array(now.min[sel]),
-        pa.array(now.max[sel]),
+        pa.array(delta.count[sel]),
+        pa.array(delta.total[sel]),
+        pa.array(now.min[sel], mask=~timed),
+        pa.array(now.max[sel], mask=~timed),
+        pa.array(dropped[sel]),
+        pa.array(delta.lost[sel]),
         pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * b, b, dtype=np.int32)), flat),
     ], names=_schema("functions").names)

@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 
+from .events import LOSSES
 from .units import human_ns
 
 TOP_N = 15
@@ -58,6 +59,7 @@ class Analysis:
     findings: list[Finding] = field(default_factory=list)
     recommendations: list[dict] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # what the kernel counted as lost
     session: dict[str, str] = field(default_factory=dict)
 
 
@@ -87,6 +89,8 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         a.missing.append("no off-CPU intervals were recorded (sched probes off?)")
     if not tables["session"]:
         a.missing.append("no session table: the trace was not closed (tracer killed?)")
+    if tables["session"]:
+        a.lost = _losses(con)
     if tables["calls"]:
         _prepare_calls(con)
         a.top = top_functions(con)
@@ -429,17 +433,23 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
             "evidence": f"the circuit breaker opened {trips} time(s): the probe rate exceeded "
                         "its limit and function probes were detached for a while",
         })
-    lost = con.execute("SELECT coalesce(sum(count), 0) FROM session "
-                       "WHERE key LIKE 'kernel.%_lost'").fetchone()[0]
-    if lost:
-        out.append({"title": "Records were lost: lower --max-rate or filter with --include",
-                    "evidence": f"{lost:,} kernel records were dropped (buffers full)"})
+    if a.lost:
+        out.append({"title": "Data was lost: lower --max-rate or filter with --include",
+                    "evidence": "; ".join(a.lost)})
     sampled = con.execute("SELECT count(*) FROM sampling WHERE new_k > 1").fetchone()[0]
     if sampled:
         out.append({"title": "Call rows are sampled: use `functions` for exact counts",
                     "evidence": f"{sampled} sampling decision(s) kept 1 call in k for hot "
                                 "functions; rows carry the weight k"})
     return out
+
+
+def _losses(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every loss the session counted, as "N what" lines."""
+    rows = con.execute("SELECT key, sum(count) FROM session WHERE key LIKE 'kernel.%' "
+                       "GROUP BY key").fetchall()
+    counts = {k.removeprefix("kernel."): int(n or 0) for k, n in rows}
+    return [f"{counts[k]:,} {what}" for k, what in LOSSES.items() if counts.get(k)]
 
 
 def _function_total(con: duckdb.DuckDBPyConnection, function: str, file: str | None) -> int:

@@ -33,16 +33,18 @@ def _du(path: Path) -> int:
 def _summary(session, seconds: float) -> None:
     w = session.written
     stats = session.last_stats
-    lost = sum(v for k, v in stats.items() if k.endswith("_lost"))
+    from .events import LOSSES
+
+    losses = {k: stats[k] for k in LOSSES if stats.get(k)}
+    lost = sum(losses.values())
     calls = session.calls_completed
     rows = "" if w["calls"] == calls else f" ({w['calls']:,} rows)"
     _status(
         f"traced {calls:,} calls{rows}, {w['gc']:,} gc, {w['sched']:,} off-CPU intervals "
         f"in {seconds:.1f} s; lost {lost:,} -> {session.opts.output} "
         f"({human_bytes(_du(session.opts.output))})")
-    if lost:
-        _status(f"warning: the kernel buffers overflowed: {lost:,} records lost "
-                "(see the session table)")
+    for k, n in losses.items():
+        _status(f"warning: {n:,} {LOSSES[k]} (session table: kernel.{k})")
 
 
 def _preload() -> None:

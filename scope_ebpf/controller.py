@@ -146,7 +146,11 @@ class Session:
         self._traced: dict[int, None] = {}  # pids for the session row, in order
         self.traced_count = 0
         self._completed = 0  # calls counted by the kernel, summed over snapshots
-        self._reap: set[int] = set()  # exited: their kernel-side functions go at the next snapshot
+        # exited processes: what is kept about their functions goes one snapshot
+        # later, when their last staged calls have surely been decoded
+        self._reap: set[int] = set()
+        self._reap_next: set[int] = set()
+        self._user_dropped: Counter[int] = Counter()  # rows dropped here, per function id
         self.warnings: list[str] = []
         self.written: Counter[str] = Counter()
         self.meta: dict[str, str] = {}
@@ -425,11 +429,7 @@ class Session:
         proc = p.rings["proc_rb"].drain()
         imports = p.rings["imports_rb"].drain()
         audit = p.rings["audit_rb"].drain()
-        new = self.decoder.functions.add(funcs)
-        if new and self.matcher.active:
-            drop = [fid for fid, name, file in new if not self.matcher.keep(file, name)]
-            self.decoder.functions.set_keep(drop, False)
-            self._verdicts({fid: 0 for fid in drop})
+        self._learn(funcs)
         ncalls = 0
         for part in calls:
             for i in range(0, len(part), _BATCHES_PER_DECODE):
@@ -462,12 +462,24 @@ class Session:
             self.out.tick()
         return ncalls + sum(map(len, (funcs, gc, sched, proc, imports, audit)))
 
+    def _learn(self, funcs: np.ndarray) -> None:
+        """New functions: their names, and the matcher's verdict on them."""
+        new = self.decoder.functions.add(funcs)
+        if new and self.matcher.active:
+            drop = [fid for fid, name, file in new if not self.matcher.keep(file, name)]
+            self.decoder.functions.set_keep(drop, False)
+            self._verdicts({fid: 0 for fid in drop})
+
     def _calls(self, calls: np.ndarray) -> None:
         """Decode call records (possibly a view into the ring: nothing keeps them)."""
         f = self.decoder.functions
         found = f.find(calls["func_id"])
         keep, weights = f.row_filter(found, calls["weight"], self._rng)
         if not keep.all():
+            # decisions the kernel did not have yet: counted per function as dropped
+            gone = calls["func_id"][~keep & ((calls["flags"] & _CALL_OPEN) == 0)]
+            for fid, n in zip(*np.unique(gone, return_counts=True), strict=True):
+                self._user_dropped[int(fid)] += int(n)
             calls, weights = calls[keep], weights[keep]
             found = (found[0][keep], found[1][keep])
         if len(calls):
@@ -479,7 +491,7 @@ class Session:
         self._last_control = now
         if self.sampler is not None:
             totals = aggregates.read(self.program)
-            count, _total, _hist = totals.since(self._control_totals)
+            count = totals.since(self._control_totals).count
             self._control_totals = totals
             f = self.decoder.functions
             kept = f.kept(totals.ids)
@@ -520,19 +532,33 @@ class Session:
                          "budget": self.sampler.budget, "reason": reason})
         self._add("sampling", rows_to_batch("sampling", rows))
 
-    def _snapshot(self, now: float) -> None:
+    def _snapshot(self, now: float, final: bool = False) -> None:
+        """Write the aggregates accumulated since the last snapshot. A function
+        whose name has not arrived yet (interned after the names were drained)
+        waits for the next one; at the final snapshot, names that never came
+        (a full names buffer, counted) are taken from the kernel's key."""
         self._last_snapshot = now
+        f = self.decoder.functions
         totals = aggregates.read(self.program)
+        self._learn(self.program.rings["funcs_rb"].drain())
+        known = f.find(totals.ids)[1]
+        if final and not known.all():
+            f.add_unnamed(self.program.func_keys(totals.ids[~known]))
+        elif not known.all():
+            totals = totals.hold(self._totals, known)
         delta = totals.since(self._totals)
-        batch = aggregates.functions_batch(totals, delta, self.decoder.functions,
-                                           time.time_ns())
-        self._completed += int(delta[0].clip(min=0).sum())
+        batch = aggregates.functions_batch(totals, delta, f, time.time_ns(),
+                                           self._user_dropped)
+        self._user_dropped.clear()
+        self._completed += int(delta.count.clip(min=0).sum())
         self._totals = totals
         if batch is not None:
             self._add("functions", batch)
-        if self._reap:
-            self._forget(self._reap)
-            self._reap.clear()
+        if final:
+            return  # nothing is forgotten at the end: nothing comes after
+        if self._reap_next:
+            self._forget(self._reap_next)
+        self._reap_next, self._reap = self._reap, set()
 
     def _forget(self, pids: set[int]) -> None:
         """Exited processes' last calls are in the totals just written: drop what
@@ -594,7 +620,14 @@ class Session:
                     self._selected.add(tid)
                     self.program.select_tid(tid)
 
+    def _write_open_calls(self, exited: bool = False) -> None:
+        """Rows for calls open at stop, or (``exited``) when their thread exited."""
+        frames = self.program.open_frames(exited)
+        if frames:
+            self._add("calls", self.decoder.open_calls(frames))
+
     def sample(self) -> None:
+        self._write_open_calls(exited=True)
         if self.opts.thread_names:
             self._select_threads()
         rows = []
@@ -627,6 +660,7 @@ class Session:
         # the next snapshot (the old one's functions go when this one exits).
         self.exited.discard(pid)
         self._reap.discard(pid)
+        self._reap_next.discard(pid)
         # for the session row; the first ones only: the daemon sees processes for days
         self.traced_count += 1
         if len(self._traced) < _TRACED_LISTED:
@@ -691,10 +725,9 @@ class Session:
                 self.program.flush_staged_calls()
                 self.poll()
                 self.poll()
-                self._snapshot(time.monotonic())
-                frames = self.program.open_frames()
-                if frames:
-                    self._add("calls", self.decoder.open_calls(frames))
+                self._snapshot(time.monotonic(), final=True)
+                self._write_open_calls(exited=True)
+                self._write_open_calls()
                 stats = self.last_stats = self.program.stats()
             if self.out is not None:
                 self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
@@ -759,6 +792,7 @@ _BATCH_SLOTS = np.arange(events.const("CALL_BATCH"))
 _BATCHES_PER_DECODE = 512  # 32k calls
 _TRACED_LISTED = 1000  # pids named in the session row
 _CALL = events.dtypes()["call_event"]
+_CALL_OPEN = events.const("CALL_OPEN")
 _CALL_BYTES = np.dtype((np.void, _CALL.itemsize))
 
 

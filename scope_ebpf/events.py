@@ -97,11 +97,29 @@ STAT_NAMES = (
     "breaker_skipped", "calls_guard_sampled",
 )
 
+# Kernel counters of data that was lost (not dropped by a filter or sampling
+# decision), with what each loses: the summary and the report add these up.
+LOSSES = {
+    "calls_lost": "call rows lost: calls ring buffer full",
+    "too_deep": "call rows lost: deeper than the shadow stack (counted in functions)",
+    "breaker_skipped": "probe hits ignored while the circuit breaker was open",
+    "threads_untraced": "threads not traced: thread map full",
+    "functions_uninterned": "calls not attributed to a function: function map full",
+    "funcs_lost": "function names lost: names ring buffer full",
+    "gc_lost": "gc rows lost: buffer full",
+    "sched_lost": "off-CPU rows lost: buffer full",
+    "proc_lost": "process events lost: buffer full",
+    "imports_lost": "import rows lost: buffer full",
+    "audit_lost": "audit rows lost: buffer full",
+}
+
 
 def _check_stats() -> None:
     c = constants()
     if len(STAT_NAMES) != c["STAT_COUNT"]:
         raise LayoutError("STAT_NAMES does not match STAT_COUNT in scope.h")
+    if not LOSSES.keys() <= set(STAT_NAMES):
+        raise LayoutError("LOSSES names a counter that STAT_NAMES does not have")
 
 
 _check_stats()

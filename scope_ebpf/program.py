@@ -82,7 +82,8 @@ UPROBE_PROGS = ("on_entry", "on_return", "on_eval_entry", "on_eval_return", "on_
 SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
 TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "sched:sched_process_exec",
                "sched:sched_process_exit")
-MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "stats", "tracer_pid",
+MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "exited_stacks", "stats",
+        "tracer_pid",
         "config", "breaker", "tids", "fstats")
 
 # struct thread_stack and struct func_key are private to scope.bpf.c; the
@@ -206,6 +207,22 @@ class Program:
                 except OSError:
                     pass  # already gone
 
+    def func_keys(self, func_ids: np.ndarray) -> np.ndarray:
+        """func_event records, without names, for interned ids whose name record
+        never arrived: what the interning map's keys tell (pid, line)."""
+        want = set(func_ids.tolist())
+        out = np.zeros(len(want), events.dtypes()["func_event"])
+        n = 0
+        for key, value in self.maps["funcs"].items():
+            fid = struct.unpack_from("<I", value)[0]
+            if fid in want and n < len(out):
+                out[n]["key_name"], out[n]["key_file"], out[n]["pid"], out[n]["line"] = (
+                    _FUNC_KEY.unpack(key))
+                out[n]["func_id"] = fid
+                n += 1
+        out["flags"] = events.const("FUNC_NAME_NULL") | events.const("FUNC_FILE_NULL")
+        return out[:n]
+
     def select_tid(self, tid: int) -> None:
         self.maps["tids"].update(u32(tid), u32(1))
 
@@ -230,17 +247,24 @@ class Program:
         recs = np.ndarray((n, cpus), dt, values, 0, (m.value_size, m.cpu_size)).copy()
         return ids, recs
 
-    def open_frames(self) -> list[tuple[int, int, int, int, int]]:
-        """(pid, tid, depth, start_ns, func_id) of every call not yet returned."""
+    def open_frames(self, exited: bool = False) -> list[tuple[int, int, int, int, int]]:
+        """(pid, tid, depth, start_ns, func_id) of every call not yet returned; with
+        ``exited``, of calls open when their thread exited (taken: read once)."""
         dt = _stack_dtype()
+        m = self.maps["exited_stacks" if exited else "stacks"]
         out = []
-        for key, raw in self.maps["stacks"].items():
+        for key, raw in list(m.items()):
             st = np.frombuffer(raw, dt)[0]
             depth = min(int(st["depth"]), events.const("SCOPE_MAX_DEPTH"))
             tid = int.from_bytes(key, "little")
             for i in range(depth):
                 f = st["frames"][i]
                 out.append((int(st["pid"]), tid, i, int(f["start_ns"]), int(f["func_id"])))
+            if exited:
+                try:
+                    m.delete(key)
+                except OSError:
+                    pass
         return out
 
     def close(self) -> None:

@@ -73,9 +73,11 @@ def text(a: Analysis) -> str:
         span = (a.span_ns[1] - a.span_ns[0])
         out.append(f"trace: {_ns(span)} | " + ", ".join(
             f"{t} {n:,}" for t, n in a.tables.items() if n) + "\n")
+    for m in a.lost:
+        out.append(f"warning: lost {m}")
     for m in a.missing:
         out.append(f"missing: {m}")
-    if a.missing:
+    if a.missing or a.lost:
         out.append("")
     if a.top:
         section("top functions by total time (exact counts)", _top_rows(a))
@@ -225,7 +227,8 @@ def _asset(name: str) -> str:
 def page(a: Analysis, title: str) -> str:
     """The self-contained HTML report."""
     flame_json = json.dumps(a.folded).replace("</", "<\\/")
-    missing = "".join(f"<p class=missing>{html.escape(m)}</p>" for m in a.missing)
+    missing = "".join(f"<p class=missing>{html.escape(m)}</p>" for m in a.missing) + "".join(
+        f"<p class=missing>lost {html.escape(m)}</p>" for m in a.lost)
     span = f"{_ns(a.span_ns[1] - a.span_ns[0])}" if a.span_ns else "no events"
     counts = ", ".join(f"{t} {n:,}" for t, n in a.tables.items() if n)
     recs = "".join(f"<li><b>{html.escape(r['title'])}</b><br>because "

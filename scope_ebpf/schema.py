@@ -115,10 +115,16 @@ _TABLE_LIST = (
             _opt("function", pa.string(), "function name"),
             _opt("file", pa.string(), "source file"),
             _opt("line", pa.int32(), "def line"),
-            _req("calls", pa.int64(), "calls completed in the interval"),
+            _req("calls", pa.int64(), "calls completed in the interval (calls deeper than "
+                 "the shadow stack are counted at entry)"),
             _req("total_ns", pa.int64(), "their summed duration"),
             _opt("min_ns", pa.int64(), "shortest call since tracing began"),
             _opt("max_ns", pa.int64(), "longest call since tracing began"),
+            _req("dropped", pa.int64(), "of these calls, how many have no calls row by choice: "
+                 "--include/--exclude, --min-duration, --tid/--thread-name, or sampling"),
+            _req("lost", pa.int64(), "of these calls, how many have no calls row by force: "
+                 "deeper than the shadow stack (counted at entry, no duration) or a full "
+                 "ring buffer; calls - dropped - lost = completed calls rows"),
             _req("hist", pa.list_(pa.int64()), "log2 latency histogram of the interval: "
                  "hist[i] counts calls with 2^i <= duration_ns < 2^(i+1) (last bucket open)"),
         ),

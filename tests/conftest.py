@@ -21,6 +21,39 @@ def scope(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess
     return subprocess.run([SCOPE, *args], capture_output=True, text=True, timeout=timeout, **kw)
 
 
+class Ticker:
+    """tests/programs/ticker.py in a process of its own: it ticks until go(), then
+    ``after`` ticks more and exits. ``root``: run it chrooted there (sid)."""
+
+    def __init__(self, python: str, go: Path, after: int = 100, root: Path | None = None):
+        self.go_path = go
+        if root is None:
+            argv = [python, program("ticker.py"), str(go), str(after)]
+        else:
+            argv = ["chroot", str(root), python, "/tmp/scope-tests/ticker.py",
+                    "/" + str(go.relative_to(root)), str(after)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.pid = int(self.proc.stdout.readline())
+
+    def go(self) -> None:
+        self.go_path.touch()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def attached(tracer: subprocess.Popen, text: str = "tracing") -> str:
+    """Read the tracer's stderr until a line with ``text``: the handshake that it has
+    attached (however long that takes on this machine). Returns what was read."""
+    seen = []
+    for line in tracer.stderr:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    raise AssertionError("the tracer ended before attaching: " + "".join(seen))
+
+
 def program(name: str) -> str:
     return str(PROGRAMS / name)
 
