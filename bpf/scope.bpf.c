@@ -267,8 +267,49 @@ static __always_inline struct func_info func_of(struct func_key *key, struct fun
     return info;
 }
 
+/* The code object's first line, if `code` is the code object whose name and
+ * file a USDT probe passed (compact ASCII str objects hold their text inline,
+ * so the probe's char pointers are the objects' data): 1 and *line set. */
+static __always_inline int code_first_line(__u64 code, __u64 name, __u64 file,
+                                           struct frame_offsets *fo, __s32 *line)
+{
+    __u64 w[8] = {};
+
+    if (!code || bpf_probe_read_user(w, sizeof(w), (void *)(code + fo->code_base)))
+        return 0;
+    if (w[fo->name_word & 7] + fo->str_data != name || w[fo->file_word & 7] + fo->str_data != file)
+        return 0;
+    *line = w[fo->line_word & 7] >> (fo->line_shift & 32);
+    return 1;
+}
+
+/* The entry probes give the line executing, which for a resumed generator or
+ * (3.15) a function with cells is not the def line. Once per function, find
+ * the code object: a register at the probe holds it, or the frame that points
+ * to it (checked against the name and file the probe passed, so a register
+ * holding anything else cannot match). */
+static __always_inline void def_line(struct pt_regs *ctx, __u64 name, __u64 file, __s32 *line)
+{
+    __u32 idx = bpf_get_attach_cookie(ctx);
+    struct frame_offsets *fo = frame_offs.lookup(&idx);
+
+    if (!fo || !fo->code_base || !name || !file)
+        return;
+    for (__u8 r = 0; r < 17; r++) {
+        __u64 v = reg_value(ctx, r), code = 0;
+        if (v < 4096)
+            continue;
+        if (code_first_line(v, name, file, fo, line))
+            return;
+        bpf_probe_read_user(&code, 8, (void *)(v + fo->frame_executable));
+        if (code_first_line(code & fo->executable_mask, name, file, fo, line))
+            return;
+    }
+}
+
 /* USDT probes pass the names as UTF-8 C strings (NULL if not encodable). */
-static __always_inline struct func_info intern(__u32 pid, __u64 file, __u64 name, __s32 line)
+static __always_inline struct func_info intern(struct pt_regs *ctx, __u32 pid, __u64 file,
+                                               __u64 name, __s32 line)
 {
     struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
     struct func_event *e;
@@ -276,6 +317,7 @@ static __always_inline struct func_info intern(__u32 pid, __u64 file, __u64 name
 
     if (!e)
         return info;
+    def_line(ctx, name, file, &e->line);
     if (name)
         bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
     else
@@ -653,7 +695,7 @@ int on_entry(struct pt_regs *ctx)
     __u64 file = ARG(ctx, sp, 0);
     __u64 name = ARG(ctx, sp, 1);
     __s32 line = ARG(ctx, sp, 2);
-    push_call(st, intern(pid, file, name, line));
+    push_call(st, intern(ctx, pid, file, name, line));
     return 0;
 }
 

@@ -241,10 +241,13 @@ class Session:
         calls: list[_Link] = []
         b = _Binary(path, wanted & have, links, calls_mode, calls)
         try:
+            entry = pyoffsets.entry_offsets(path, procs.python_version(path))
             for probe in python:
                 if probe.name in wanted:
                     spec = _Link(PROGRAMS[probe.name], probe.path, probe.offset,
                                  probe.semaphore_offset, self._cookie(_spec(probe.args, any_pid)))
+                    if probe.name == "function__entry" and entry is not None:
+                        self.program.set_frame_offsets(spec.cookie, entry)
                     if probe.name in PROBE_SETS["calls"]:
                         calls.append(spec)
                     else:

@@ -36,6 +36,13 @@ _CODE_BYTES = 64  # the BPF side reads this many bytes of a code object per call
 _MAX_OFFSET = 4096  # every real offset is far below this: anything larger is corrupt
 
 
+# 3.11 has no _Py_DebugOffsets; its layouts are fixed for the minor version on
+# x86-64 (what py-spy's per-version bindings rely on too): _PyInterpreterFrame.f_code,
+# PyCodeObject.co_filename/co_name/co_firstlineno, sizeof(PyASCIIObject).
+_FIXED = {11: {"frame_executable": 0x20, "code_filename": 0x70, "code_name": 0x78,
+               "code_firstlineno": 0x48, "str_state": 32, "str_data": 48}}
+
+
 def supported(version: str | None) -> bool:
     return bool(version) and version.startswith("3.") and int(version[2:]) in _POSITIONS
 
@@ -48,6 +55,18 @@ def frame_offsets(path: str) -> np.void:
     except usdt.ProbeError as e:
         raise ScopeError(f"cannot read CPython's debug offsets: {e}") from None
     return parse(head, path)
+
+
+def entry_offsets(path: str, version: str | None) -> np.void | None:
+    """What the function__entry program needs to find a function's def line
+    (see def_line in scope.bpf.c), or None where no layout is known."""
+    minor = int(version[2:]) if version and version.startswith("3.") else 0
+    if minor in _FIXED:
+        return _record(_FIXED[minor], minor)
+    try:
+        return frame_offsets(path)
+    except ScopeError:
+        return None
 
 
 def parse(head: bytes, path: str = "<bytes>") -> np.void:
@@ -68,6 +87,10 @@ def parse(head: bytes, path: str = "<bytes>") -> np.void:
         if value >= _MAX_OFFSET:
             raise ScopeError(f"{path}: implausible debug offsets ({name}={value})")
         values[name] = value
+    return _record(values, minor, path)
+
+
+def _record(values: dict[str, int], minor: int, path: str = "<bytes>") -> np.void:
     code = [values["code_name"], values["code_filename"], values["code_firstlineno"]]
     base = min(code) & ~7
     if max(code) + 8 - base > _CODE_BYTES or values["code_name"] % 8 or values[

@@ -52,7 +52,7 @@ def test_call_tree_nesting_order_and_lines(tmp_path):
         SELECT function, depth, line, return_line FROM calls
         WHERE file LIKE '%tree.py' ORDER BY start_ns""")
     assert got == [
-        ("<module>", 0, 0, 16),  # 3.11's entry probe gives line 0 for module code
+        ("<module>", 0, 1, 16),  # the code object's first line (3.11's probe gives 0)
         ("top", 1, 10, 13),
         ("middle", 2, 5, 7),
         ("leaf", 3, 1, 2),
@@ -359,20 +359,28 @@ def test_imports_and_audit_rows(tmp_path):
 
 
 def test_all_python_attaches_every_running_interpreter(tmp_path):
-    target = _start_forever(20.0)
+    target = Ticker(PY311, tmp_path / "go", after=100)
     out = tmp_path / "out"
-    t0 = time.monotonic()
+    tracer = subprocess.Popen([SCOPE, "trace", "--all-python", "-o", str(out)],
+                              stderr=subprocess.PIPE, text=True)
     try:
-        r = scope("trace", "--all-python", "-d", "1.5", "-o", str(out))
-    finally:
+        attached(tracer)
+        t0 = time.monotonic()
+        target.go()
+        target.proc.wait(timeout=60)  # its 100 ticks after go(), all traced
         elapsed = time.monotonic() - t0
-        target.kill()
-        target.wait()
-    assert r.returncode == 0, r.stderr
+        tracer.send_signal(signal.SIGTERM)
+        err = tracer.communicate(timeout=60)[1]
+    finally:
+        target.stop()
+        tracer.kill()
+    assert tracer.returncode == 0, err
     assert "/usr/bin/python3.11" in (session_value(out, "exe_mode") or "")
-    ticks = rows(out, f"SELECT count(*) FROM calls WHERE pid = {target.pid} AND function = 'tick'")
-    # at most 100 a second: -d counts from the status line, the probes were live before it
-    assert 80 <= ticks[0][0] <= 100 * elapsed + 1
+    ticks = rows(out, f"SELECT count(*) FROM calls WHERE pid = {target.pid} AND function = 'tick' "
+                      f"AND start_ns >= (SELECT min(ts_ns) FROM processes WHERE event = 'start' "
+                      f"AND pid = {target.pid})")
+    # the 100 after go(), and at most the few before it since the attach
+    assert 100 <= ticks[0][0] <= 100 + 100 * elapsed
     assert rows(out, f"SELECT count(*) FROM processes WHERE pid = {target.pid} "
                      "AND event = 'start'") == [(1,)]
 

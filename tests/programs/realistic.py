@@ -13,7 +13,6 @@ import difflib
 import email
 import email.policy
 import json
-import pstats
 import sys
 import textwrap
 import threading
@@ -196,9 +195,15 @@ def main(out):
     prof.disable()
     sys.setprofile(hook)
     region_end()
-    stats = pstats.Stats(prof).stats
-    counts = [[file, line, name, nc] for (file, line, name), (_cc, nc, _tt, _ct, _callers)
-              in stats.items() if file != "~"]  # "~": C functions
+    # per code object, summed by (file, first line, name): pstats keeps one code
+    # object per such key (two genexprs on a line, lambdas compiled from strings)
+    counts = {}
+    for entry in prof.getstats():
+        code = entry.code
+        if not isinstance(code, str):  # str: a C function
+            key = (code.co_filename, code.co_firstlineno, code.co_name)
+            counts[key] = counts.get(key, 0) + entry.callcount
+    counts = [[*key, n] for key, n in counts.items()]
     with open(out, "w") as f:
         json.dump({"threading_tid": threading.get_native_id(), "counts": counts}, f)
 
