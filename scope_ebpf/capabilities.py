@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import procs, pyoffsets, usdt
+from . import procs, usdt
+from .interpreters import offsets as pyoffsets
 
 # Probe -> the table it feeds.
 PROBES = {

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, aggregates, capabilities, events, procs, pyoffsets, safety, spawn, usdt
+from . import __version__, aggregates, capabilities, events, procs, safety, spawn, usdt
 from .attach import AttachError, UprobeLink
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
+from .interpreters import offsets as pyoffsets
 from .matchers import Matcher
 from .program import Limits, Program, check_environment
 from .redact import Redactor

@@ -11,8 +11,9 @@ from functools import cache
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scope_ebpf import pyoffsets, usdt
+from scope_ebpf import usdt
 from scope_ebpf.errors import ScopeError
+from scope_ebpf.interpreters import offsets as pyoffsets
 
 PY311 = "/usr/bin/python3.11"
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

@@ -16,8 +16,8 @@ import struct
 
 import numpy as np
 
-from . import events, usdt
-from .errors import ScopeError
+from .. import events, usdt
+from ..errors import ScopeError
 
 COOKIE = b"xdebugpy"
 
