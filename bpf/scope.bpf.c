@@ -31,8 +31,12 @@
 struct frame {
     __u64 start_ns;
     __u32 func_id;
-    __u32 k;             /* the function's verdict when the call began */
+    __u32 k;             /* the function's verdict when the call began, or NOT_A_CALL */
+    __u64 iframe;        /* its _PyInterpreterFrame, where the probes tell; 0 if not */
 };
+/* k of a frame pushed only to keep the eval function's entries and exits paired
+ * (a generator's creation runs a frame that is not a call): popped unseen */
+#define NOT_A_CALL 0xffffffff
 
 struct thread_stack {
     __u32 pid;
@@ -222,20 +226,19 @@ static __always_inline struct probe_spec *spec_of(struct pt_regs *ctx)
     return specs.lookup(&idx);
 }
 
-/* The function behind `key`, interned on first sight; then *names is a
- * reserved func_event the caller fills and submits (or 0 if the buffer was
+/* Intern a function not yet in `funcs` (with its FINFO_* flags); then *names is
+ * a reserved func_event the caller fills and submits (or 0 if the buffer was
  * full, counted). */
-static __always_inline struct func_info func_of(struct func_key *key, struct func_event **names)
+static __always_inline struct func_info func_new(struct func_key *key, __u32 flags,
+                                                 struct func_event **names)
 {
-    struct func_info *found = funcs.lookup(key);
-    struct func_info info = {.id = SCOPE_NO_FUNC, .k = 1};
+    struct func_info *found;
+    struct func_info info = {.id = SCOPE_NO_FUNC, .k = 1, .flags = flags};
     __u32 zero = 0;
     __u32 *seq;
     struct func_event *e;
 
     *names = 0;
-    if (found)
-        return *found;
     seq = func_seq.lookup(&zero);
     if (!seq)
         return info;
@@ -283,20 +286,39 @@ static __always_inline int code_first_line(__u64 code, __u64 name, __u64 file,
     return 1;
 }
 
+static __always_inline __u32 finfo_flags(__u64 code, struct frame_offsets *fo)
+{
+    __u32 co_flags = 0;
+
+    if (fo->code_flags)
+        bpf_probe_read_user(&co_flags, 4, (void *)(code + fo->code_flags));
+    return co_flags & CO_GENLIKE ? FINFO_GENLIKE : 0;
+}
+
 /* The entry probes give the line executing, which for a resumed generator or
  * (3.15) a function with cells is not the def line. Once per function, find
- * the code object: a register at the probe holds it, or the frame that points
- * to it (checked against the name and file the probe passed, so a register
- * holding anything else cannot match). */
-static __always_inline void def_line(struct pt_regs *ctx, __u64 name, __u64 file, __s32 *line)
+ * the code object: through the probe's frame where the build tells where it
+ * is, else in a register, or through a frame one holds (checked against the
+ * name and file the probe passed, so a register holding anything else cannot
+ * match); and whether it is generator-like. */
+static __always_inline void code_info(struct pt_regs *ctx, __u64 name, __u64 file, __u64 iframe,
+                                      __s32 *line, __u32 *flags)
 {
     __u32 idx = bpf_get_attach_cookie(ctx);
     struct frame_offsets *fo = frame_offs.lookup(&idx);
+    __u64 code = 0;
 
     if (!fo || !fo->code_base || !name || !file)
         return;
+    if (iframe) {
+        bpf_probe_read_user(&code, 8, (void *)(iframe + fo->frame_executable));
+        code &= fo->executable_mask;
+        if (code_first_line(code, name, file, fo, line))
+            *flags = finfo_flags(code, fo);
+        return;
+    }
     for (__u8 r = 0; r < 17; r++) {
-        __u64 v = reg_value(ctx, r), code = 0;
+        __u64 v = reg_value(ctx, r);
         if (v < 4096)
             continue;
         if (code_first_line(v, name, file, fo, line))
@@ -309,15 +331,22 @@ static __always_inline void def_line(struct pt_regs *ctx, __u64 name, __u64 file
 
 /* USDT probes pass the names as UTF-8 C strings (NULL if not encodable). */
 static __always_inline struct func_info intern(struct pt_regs *ctx, __u32 pid, __u64 file,
-                                               __u64 name, __s32 line)
+                                               __u64 name, __s32 line, __u64 iframe)
 {
     struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
+    struct func_info *found = funcs.lookup(&key);
     struct func_event *e;
-    struct func_info info = func_of(&key, &e);
+    __s32 first = line;
+    __u32 flags = 0;
+
+    if (found)
+        return *found;
+    code_info(ctx, name, file, iframe, &first, &flags);
+    struct func_info info = func_new(&key, flags, &e);
 
     if (!e)
         return info;
-    def_line(ctx, name, file, &e->line);
+    e->line = first;
     if (name)
         bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
     else
@@ -362,7 +391,11 @@ static __always_inline struct func_info intern_code(__u32 pid, __u64 code,
     __u64 file = w[fo->file_word & 7];
     __s32 line = w[fo->line_word & 7] >> (fo->line_shift & 32);
     struct func_key key = {.name = name, .file = file, .pid = pid, .line = line};
-    struct func_info info = func_of(&key, &e);
+    struct func_info *found = funcs.lookup(&key);
+
+    if (found)
+        return *found;
+    struct func_info info = func_new(&key, finfo_flags(code, fo), &e);
 
     if (!e)
         return info;
@@ -574,7 +607,7 @@ static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
     return k;
 }
 
-static __always_inline void push_call(struct thread_stack *st, struct func_info fn)
+static __always_inline void push_call(struct thread_stack *st, struct func_info fn, __u64 iframe)
 {
     __u32 depth = st->depth;
 
@@ -584,7 +617,8 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
         f->start_ns = bpf_ktime_get_ns();
         f->func_id = fn.id;
         f->k = fn.k;
-    } else {
+        f->iframe = iframe;
+    } else if (fn.k != NOT_A_CALL) {
         /* No frame to time it with: counted now, at entry, as lost. */
         struct fstat *fs = fstat_of(fn.id);
         stat_add(STAT_DEEP);
@@ -596,11 +630,29 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
     st->depth = depth + 1;
 }
 
+/* A call that started but whose return never came (counted, as lost). */
+static __always_inline void unsynced(struct frame *f)
+{
+    struct fstat *fs = fstat_of(f->func_id);
+
+    stat_add(STAT_UNSYNCED);
+    if (fs && f->k != NOT_A_CALL) {
+        fs->count++;
+        fs->lost++;
+    }
+}
+
+#define SYNC_DEPTH 4  /* how far below the top a returning frame is looked for */
+
 /* Pop the thread's top frame: count it, and if it becomes a row, take a slot
  * of the staging batch, which the caller completes (return line, flags) and
- * commits. */
+ * commits. With `iframe` (the probe tells which frame returns), only that
+ * frame is popped: a return of a frame never entered as a call (3.15's
+ * __init__ shim, frames running when tracing began) is not one, and frames
+ * above it whose return never came go as lost. */
 static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid,
-                                                   struct control *ctl, struct call_batch **b)
+                                                   struct control *ctl, struct call_batch **b,
+                                                   __u64 iframe)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     struct call_event *e;
@@ -620,6 +672,25 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
         stat_add(STAT_UNMATCHED);
         return 0;
     }
+    if (iframe && depth <= SCOPE_MAX_DEPTH) {
+        __u32 skip = SYNC_DEPTH;
+        for (__u32 i = 0; i < SYNC_DEPTH; i++) {
+            if (i < depth && st->frames[(depth - 1 - i) & (SCOPE_MAX_DEPTH - 1)].iframe == iframe) {
+                skip = i;
+                break;
+            }
+        }
+        if (skip == SYNC_DEPTH) {
+            stat_add(STAT_UNMATCHED);
+            return 0;
+        }
+        for (__u32 i = 0; i < SYNC_DEPTH; i++) {
+            if (i >= skip)
+                break;
+            unsynced(&st->frames[(depth - 1 - i) & (SCOPE_MAX_DEPTH - 1)]);
+        }
+        depth -= skip;
+    }
     depth--;
     st->depth = depth;
     if (depth >= SCOPE_MAX_DEPTH)
@@ -628,6 +699,8 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     __u64 start_ns = f->start_ns;
     __u32 func_id = f->func_id;
     __u32 k = f->k;
+    if (k == NOT_A_CALL)
+        return 0;
     __u64 duration = now - start_ns;
     struct fstat *fs = fstat_of(func_id);
     if (fs)
@@ -672,7 +745,8 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
 }
 
 /* The start both return programs share: the completed call's record, or 0. */
-static __always_inline struct call_event *returning(struct call_batch **b, __u64 *now)
+static __always_inline struct call_event *returning(struct call_batch **b, __u64 *now,
+                                                    __u64 iframe)
 {
     __u64 id = bpf_get_current_pid_tgid();
     struct control ctl;
@@ -680,7 +754,47 @@ static __always_inline struct call_event *returning(struct call_batch **b, __u64
     *now = bpf_ktime_get_ns();
     if (!control_of(&ctl))
         return 0;
-    return pop_call(*now, id, id >> 32, &ctl, b);
+    return pop_call(*now, id, id >> 32, &ctl, b, iframe);
+}
+
+/* The frame a function probe fired for, where this build's probe site keeps
+ * it in a register (found by disassembly); 0 if unknown. */
+static __always_inline __u64 probe_frame(struct pt_regs *ctx, struct probe_spec *sp)
+{
+    return sp && sp->frame_reg ? reg_value(ctx, sp->frame_reg - 1) : 0;
+}
+
+/* Whether a generator-like code's frame is being created (RETURN_GENERATOR
+ * runs before the generator owns it) rather than resumed: not a call. */
+static __always_inline int creating(struct pt_regs *ctx, __u64 iframe)
+{
+    __u32 idx = bpf_get_attach_cookie(ctx);
+    struct frame_offsets *fo = frame_offs.lookup(&idx);
+    __u8 owner = FRAME_OWNED_BY_GENERATOR;
+
+    if (!fo || !fo->frame_owner || !iframe)
+        return 0;
+    bpf_probe_read_user(&owner, 1, (void *)(iframe + fo->frame_owner));
+    return owner != FRAME_OWNED_BY_GENERATOR;
+}
+
+/* co_firstlineno of the code a frame runs: where the entry probe has no line
+ * (3.15 passes -1 for code that starts by creating cells), two functions of
+ * one name in one file would share an interning key without it. */
+static __always_inline __s32 frame_first_line(struct pt_regs *ctx, __u64 iframe)
+{
+    __u32 idx = bpf_get_attach_cookie(ctx);
+    struct frame_offsets *fo = frame_offs.lookup(&idx);
+    __u64 code = 0, word = 0;
+
+    if (!fo || !fo->code_base)
+        return -1;
+    bpf_probe_read_user(&code, 8, (void *)(iframe + fo->frame_executable));
+    code &= fo->executable_mask;
+    if (!code || bpf_probe_read_user(&word, 8, (void *)(code + fo->code_base
+                                                      + 8 * (fo->line_word & 7))))
+        return -1;
+    return word >> (fo->line_shift & 32);
 }
 
 int on_entry(struct pt_regs *ctx)
@@ -695,7 +809,15 @@ int on_entry(struct pt_regs *ctx)
     __u64 file = ARG(ctx, sp, 0);
     __u64 name = ARG(ctx, sp, 1);
     __s32 line = ARG(ctx, sp, 2);
-    push_call(st, intern(ctx, pid, file, name, line));
+    __u64 iframe = probe_frame(ctx, sp);
+    if (line < 0 && iframe)
+        line = frame_first_line(ctx, iframe);  /* -1: code starting with a cell setup */
+    struct func_info fn = intern(ctx, pid, file, name, line, iframe);
+    if ((fn.flags & FINFO_GENLIKE) && creating(ctx, iframe)) {
+        stat_add(STAT_CREATED);  /* 3.15 fires the entry probe, never a return */
+        return 0;
+    }
+    push_call(st, fn, iframe);
     return 0;
 }
 
@@ -703,30 +825,34 @@ int on_return(struct pt_regs *ctx)
 {
     struct call_batch *b;
     __u64 now;
-    struct call_event *e = returning(&b, &now);
-    struct probe_spec *sp;
+    struct probe_spec *sp = spec_of(ctx);
+    struct call_event *e = returning(&b, &now, probe_frame(ctx, sp));
 
     if (!e)
         return 0;
-    sp = spec_of(ctx);
     e->return_line = sp ? ARG(ctx, sp, 2) : 0;
     stage_commit(b, now);
     return 0;
 }
 
-/* CPython 3.12-3.14 have no function probes. With the perf trampoline on
- * (-X perf) every Python call enters _PyEval_EvalFrameDefault(tstate, frame,
- * throwflag): a uprobe there reads the frame's code object, a uretprobe pops. */
+/* _PyEval_EvalFrameDefault(tstate, frame, throwflag) runs a Python frame that
+ * C started or resumed. 3.13/3.14 have no function probes: with the perf
+ * trampoline on (-X perf) every Python call enters it, and on_eval_return,
+ * a plain uprobe on each of its exits, pops. 3.15 fires its entry probe for
+ * every start and resume but a throw() into a generator: this program serves
+ * those (SPEC_THROW_ONLY), and the function__return probe pops them. */
 int on_eval_entry(struct pt_regs *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tid = id, pid = id >> 32;
     struct probe_spec *sp = spec_of(ctx);
-    struct thread_stack *st = entering(sp, tid, pid);
     struct frame_offsets *fo;
     __u32 idx = bpf_get_attach_cookie(ctx);
     __u64 code = 0;
 
+    if (!sp || ((sp->flags & SPEC_THROW_ONLY) && !ARG(ctx, sp, 1)))
+        return 0;
+    struct thread_stack *st = entering(sp, tid, pid);
     if (!st)
         return 0;
     fo = frame_offs.lookup(&idx);
@@ -734,7 +860,12 @@ int on_eval_entry(struct pt_regs *ctx)
         return 0;
     __u64 frame = ARG(ctx, sp, 0);
     bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
-    push_call(st, intern_code(pid, code & fo->executable_mask, fo));
+    struct func_info fn = intern_code(pid, code & fo->executable_mask, fo);
+    if ((fn.flags & FINFO_GENLIKE) && creating(ctx, frame)) {
+        stat_add(STAT_CREATED);
+        fn.k = NOT_A_CALL;  /* its exit still comes: keep the pairs */
+    }
+    push_call(st, fn, frame);
     return 0;
 }
 
@@ -742,7 +873,7 @@ int on_eval_return(struct pt_regs *ctx)
 {
     struct call_batch *b;
     __u64 now;
-    struct call_event *e = returning(&b, &now);
+    struct call_event *e = returning(&b, &now, 0);
 
     if (!e)
         return 0;

@@ -67,7 +67,9 @@
 #define STAT_TID_FILTERED 22    /* completed calls of threads not selected */
 #define STAT_BREAKER_SKIPPED 23 /* function probe hits ignored while the breaker is open */
 #define STAT_GUARD_SAMPLED 24   /* calls skipped by the row guard (over --max-rate in 100 ms) */
-#define STAT_COUNT 25
+#define STAT_CREATED 25         /* generator/coroutine creations seen (not calls) */
+#define STAT_UNSYNCED 26        /* shadow frames whose return never came (counted, lost) */
+#define STAT_COUNT 27
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
@@ -185,7 +187,11 @@ struct fstat {
 struct func_info {
     __u32 id;
     __u32 k;             /* rows: one call in k; 0 = none leave the kernel (matcher) */
+    __u32 flags;         /* FINFO_*, set by the kernel when it interns the function */
+    __u32 pad;
 };
+#define FINFO_GENLIKE 1  /* generator, coroutine or async generator code: a frame
+                          * that starts unowned by its generator is its creation */
 
 struct config {
     __u64 min_duration_ns;   /* calls shorter than this are counted, not sent */
@@ -220,6 +226,8 @@ struct breaker {
 
 /* probe_spec.flags */
 #define SPEC_ANY_PID 1 /* attached by binary: any process that hits it becomes a target */
+#define SPEC_THROW_ONLY 2 /* eval entry of a build with function probes: only throw() resumes,
+                           * which fire no entry probe, are calls here */
 
 struct probe_spec {
     __s64 disp0;
@@ -237,11 +245,15 @@ struct probe_spec {
     __u8 reg2;
     __u8 size2;
     __u8 signed2;
-    __u32 flags;
+    __u16 flags;
+    __u8 frame_reg;      /* REGS index + 1 of the register holding the probe's
+                          * _PyInterpreterFrame (found by disassembly); 0 = unknown */
+    __u8 pad;
 };
 
-/* Where CPython 3.12+ keeps what an _PyEval_EvalFrameDefault uprobe needs,
- * per attach point (cookie); read from the binary's _Py_DebugOffsets. */
+/* Where a CPython build keeps what the programs read of its frames and code
+ * objects (def lines, generator creation, the eval-function path),
+ * per attach point (cookie): from _Py_DebugOffsets, or fixed per version. */
 struct frame_offsets {
     __u64 executable_mask;   /* clears the tag bits of f_executable (3.14+) */
     __u32 frame_executable;  /* _PyInterpreterFrame -> code object */
@@ -252,6 +264,10 @@ struct frame_offsets {
     __u32 line_shift;        /* ... at this bit shift in its word */
     __u32 str_state;         /* PyASCIIObject.state byte */
     __u32 str_data;          /* where a compact ASCII str's text starts */
+    __u32 code_flags;        /* PyCodeObject.co_flags; 0 = unknown */
+    __u32 frame_owner;       /* _PyInterpreterFrame.owner (a byte); 0 = unknown */
 };
+#define CO_GENLIKE (0x20 | 0x80 | 0x200)  /* CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR */
+#define FRAME_OWNED_BY_GENERATOR 1
 
 #endif

@@ -28,6 +28,7 @@ from . import __version__, aggregates, capabilities, events, procs, safety, spaw
 from .attach import AttachError, UprobeLink
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
+from .interpreters import disasm
 from .interpreters import offsets as pyoffsets
 from .matchers import Matcher
 from .program import Limits, Program, check_environment
@@ -243,10 +244,12 @@ class Session:
         b = _Binary(path, wanted & have, links, calls_mode, calls)
         try:
             entry = pyoffsets.entry_offsets(path, procs.python_version(path))
+            frame_regs = _frame_registers(python, entry) if calls_mode == "usdt" else {}
             for probe in python:
                 if probe.name in wanted:
                     spec = _Link(PROGRAMS[probe.name], probe.path, probe.offset,
-                                 probe.semaphore_offset, self._cookie(_spec(probe.args, any_pid)))
+                                 probe.semaphore_offset, self._cookie(_spec(
+                                     probe.args, any_pid, frame_regs.get(probe.offset))))
                     if probe.name == "function__entry" and entry is not None:
                         self.program.set_frame_offsets(spec.cookie, entry)
                     if probe.name in PROBE_SETS["calls"]:
@@ -255,6 +258,8 @@ class Session:
                         links.append(spec.open(self.program))
             if calls_mode == "eval":
                 calls += self._eval_specs(path, any_pid)
+            elif frame_regs and "calls" in self.opts.probes:
+                calls += self._eval_specs(path, any_pid, throw_only=True)
             self._open_calls(b)
         except (AttachError, ScopeError) as e:
             for link in links + b.call_links:
@@ -292,17 +297,25 @@ class Session:
         self.program.set_spec(cookie, spec)
         return cookie
 
-    def _eval_specs(self, path: str, any_pid: bool) -> list[_Link]:
-        """uprobe + uretprobe on _PyEval_EvalFrameDefault(tstate, frame, throwflag)."""
+    def _eval_specs(self, path: str, any_pid: bool, throw_only: bool = False) -> list[_Link]:
+        """uprobes on _PyEval_EvalFrameDefault(tstate, frame, throwflag): at its entry
+        (``throw_only``: for the throw() resumes that fire no entry probe), and
+        else at each of its exits too."""
         try:
             _addr, _size, offset = usdt.find_symbol(path, "_PyEval_EvalFrameDefault")
         except usdt.ProbeError as e:
             raise ScopeError(str(e)) from None
         frame_arg = usdt.ArgSpec(8, False, "reg", usdt.REGS.index("rsi"), 0)
-        cookie = self._cookie(_spec((frame_arg,), any_pid))
+        throw_arg = usdt.ArgSpec(4, False, "reg", usdt.REGS.index("rdx"), 0)
+        spec = _spec((frame_arg, throw_arg), any_pid)
+        if throw_only:
+            spec["flags"] |= events.const("SPEC_THROW_ONLY")
+        cookie = self._cookie(spec)
         self.program.set_frame_offsets(cookie, pyoffsets.frame_offsets(path))
-        return [_Link("on_eval_entry", path, offset, 0, cookie),
-                _Link("on_eval_return", path, offset, 0, cookie, retprobe=True)]
+        links = [_Link("on_eval_entry", path, offset, 0, cookie)]
+        if not throw_only:
+            links.append(_Link("on_eval_return", path, offset, 0, cookie, retprobe=True))
+        return links
 
     def check_pid(self, pid: int) -> str:
         """Validate a running target before anything is loaded; return its probe file."""
@@ -809,9 +822,24 @@ def _unbatch(batches: np.ndarray) -> np.ndarray:
     return slots[_BATCH_SLOTS < batches["count"][:, None]].view(_CALL)
 
 
-def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False) -> np.void:
+def _frame_registers(probes: list[usdt.Probe], offsets: np.void | None) -> dict[int, int]:
+    """Probe offset -> REGS index + 1 of the register holding the frame, for every
+    function probe site of a build whose frames the kernel can read; empty unless
+    every site has one (a frame known at entries but not at returns cannot pair)."""
+    if offsets is None or not offsets["frame_owner"]:
+        return {}
+    sites = [p for p in probes if p.name in PROBE_SETS["calls"]]
+    regs = {p.offset: disasm.frame_register(p.path, p.offset) for p in sites}
+    if not regs or None in regs.values():
+        return {}
+    return {off: reg + 1 for off, reg in regs.items()}
+
+
+def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False,
+          frame_reg: int | None = None) -> np.void:
     rec = np.zeros(1, events.dtypes()["probe_spec"])[0]
     rec["flags"] = events.const("SPEC_ANY_PID") if any_pid else 0
+    rec["frame_reg"] = frame_reg or 0
     for i, a in enumerate(args[:3]):
         rec[f"kind{i}"] = _ARG_KIND[a.kind]
         rec[f"reg{i}"] = max(a.reg, 0)

@@ -94,7 +94,7 @@ STAT_NAMES = (
     "threads_untraced", "functions_uninterned", "open_at_thread_exit",
     "imports", "imports_lost", "audit", "audit_lost",
     "calls_filtered", "calls_short", "calls_sampled_out", "calls_tid_filtered",
-    "breaker_skipped", "calls_guard_sampled",
+    "breaker_skipped", "calls_guard_sampled", "generators_created", "unsynced_frames",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -103,6 +103,8 @@ LOSSES = {
     "calls_lost": "call rows lost: calls ring buffer full",
     "too_deep": "call rows lost: deeper than the shadow stack (counted in functions)",
     "breaker_skipped": "probe hits ignored while the circuit breaker was open",
+    "unsynced_frames": "call rows lost: calls whose return was never seen (counted in "
+                       "functions)",
     "threads_untraced": "threads not traced: thread map full",
     "functions_uninterned": "calls not attributed to a function: function map full",
     "funcs_lost": "function names lost: names ring buffer full",

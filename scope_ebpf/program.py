@@ -89,7 +89,8 @@ MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "exited_sta
 # struct thread_stack and struct func_key are private to scope.bpf.c; the
 # controller reads stacks at stop and writes verdicts by key. Checked against
 # the sizes the compiler reports.
-_FRAME = np.dtype([("start_ns", "<u8"), ("func_id", "<u4"), ("k", "<u4")])
+_FRAME = np.dtype([("start_ns", "<u8"), ("func_id", "<u4"), ("k", "<u4"), ("iframe", "<u8")])
+NOT_A_CALL = 0xFFFFFFFF  # k of a shadow frame that is no call (see scope.bpf.c)
 _FUNC_KEY = struct.Struct("<QQIi")
 
 
@@ -194,7 +195,10 @@ class Program:
         one call in k is sent. Stored in the interning map, read at each call's entry."""
         m = self.maps["funcs"]
         for fid, (name, file, pid, line), k in verdicts:
-            m.update(_FUNC_KEY.pack(name, file, pid, line), struct.pack("<II", fid, k))
+            key = _FUNC_KEY.pack(name, file, pid, line)
+            old = m.lookup(key)  # keep the flags the kernel set when it interned it
+            flags = struct.unpack_from("<I", old, 8)[0] if old else 0
+            m.update(key, struct.pack("<IIII", fid, k, flags, 0))
 
     def forget_functions(self, keys: list[tuple[int, tuple[int, int, int, int]]]) -> None:
         """Drop interned functions of exited processes (their ids and aggregates):
@@ -259,7 +263,8 @@ class Program:
             tid = int.from_bytes(key, "little")
             for i in range(depth):
                 f = st["frames"][i]
-                out.append((int(st["pid"]), tid, i, int(f["start_ns"]), int(f["func_id"])))
+                if int(f["k"]) != NOT_A_CALL:
+                    out.append((int(st["pid"]), tid, i, int(f["start_ns"]), int(f["func_id"])))
             if exited:
                 try:
                     m.delete(key)

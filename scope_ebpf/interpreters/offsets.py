@@ -41,6 +41,11 @@ _MAX_OFFSET = 4096  # every real offset is far below this: anything larger is co
 # PyCodeObject.co_filename/co_name/co_firstlineno, sizeof(PyASCIIObject).
 _FIXED = {11: {"frame_executable": 0x20, "code_filename": 0x70, "code_name": 0x78,
                "code_firstlineno": 0x48, "str_state": 32, "str_data": 48}}
+# Not in _Py_DebugOffsets: PyCodeObject.co_flags and _PyInterpreterFrame.owner, per
+# minor version (offsetof against each version's -dev headers). 3.11 needs neither:
+# its probes fire under a profile hook, which sees generators as cProfile does.
+_CO_FLAGS = {13: 48, 14: 48, 15: 48}
+_FRAME_OWNER = {13: 70, 14: 74, 15: 74}
 
 
 def supported(version: str | None) -> bool:
@@ -106,4 +111,6 @@ def _record(values: dict[str, int], minor: int, path: str = "<bytes>") -> np.voi
     rec["line_shift"] = 8 * ((values["code_firstlineno"] - base) % 8)
     rec["str_state"] = values["str_state"]
     rec["str_data"] = values["str_data"]
+    rec["code_flags"] = _CO_FLAGS.get(minor, 0)
+    rec["frame_owner"] = _FRAME_OWNER.get(minor, 0)
     return rec
