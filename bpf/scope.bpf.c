@@ -838,7 +838,7 @@ int on_return(struct pt_regs *ctx)
 /* _PyEval_EvalFrameDefault(tstate, frame, throwflag) runs a Python frame that
  * C started or resumed. 3.13/3.14 have no function probes: with the perf
  * trampoline on (-X perf) every Python call enters it, and on_eval_return,
- * a plain uprobe on each of its exits, pops. 3.15 fires its entry probe for
+ * a plain uprobe on each of its exits (found by disassembly), pops. 3.15 fires its entry probe for
  * every start and resume but a throw() into a generator: this program serves
  * those (SPEC_THROW_ONLY), and the function__return probe pops them. */
 int on_eval_entry(struct pt_regs *ctx)
@@ -869,10 +869,35 @@ int on_eval_entry(struct pt_regs *ctx)
     return 0;
 }
 
+/* Whether the conditional branch a probe sits on is about to go the way that
+ * leaves the eval function (codes from interpreters/disasm.py's _JCC). */
+static __always_inline int branch_taken(__u64 fl, __u8 cond)
+{
+    __u64 zf = (fl >> 6) & 1, sf = (fl >> 7) & 1, of = (fl >> 11) & 1;
+    __u64 r;
+
+    switch (cond >> 1) {
+    case 1: r = zf; break;
+    case 2: r = sf; break;
+    case 3: r = of; break;
+    case 4: r = (fl >> 2) & 1; break;
+    case 5: r = fl & 1; break;
+    case 6: r = (fl & 1) | zf; break;
+    case 7: r = sf != of; break;
+    case 8: r = zf | (sf != of); break;
+    default: return 1;
+    }
+    return (cond & 1) ? !r : r;
+}
+
 int on_eval_return(struct pt_regs *ctx)
 {
     struct call_batch *b;
     __u64 now;
+    struct probe_spec *sp = spec_of(ctx);
+
+    if (!sp || (sp->exit_cond && !branch_taken(ctx->flags, sp->exit_cond)))
+        return 0;
     struct call_event *e = returning(&b, &now, 0);
 
     if (!e)

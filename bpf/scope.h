@@ -248,7 +248,8 @@ struct probe_spec {
     __u16 flags;
     __u8 frame_reg;      /* REGS index + 1 of the register holding the probe's
                           * _PyInterpreterFrame (found by disassembly); 0 = unknown */
-    __u8 pad;
+    __u8 exit_cond;      /* an eval-function exit probed on a conditional branch:
+                          * 2 * code + negated (see branch_taken); 0 = always */
 };
 
 /* Where a CPython build keeps what the programs read of its frames and code

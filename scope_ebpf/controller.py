@@ -116,11 +116,10 @@ class _Link:
     offset: int
     semaphore: int
     cookie: int
-    retprobe: bool = False
 
     def open(self, program: Program) -> UprobeLink:
         return UprobeLink(program.prog_fd(self.prog), self.path, self.offset, self.semaphore,
-                          cookie=self.cookie, retprobe=self.retprobe)
+                          cookie=self.cookie)
 
 
 @dataclass
@@ -298,13 +297,19 @@ class Session:
         return cookie
 
     def _eval_specs(self, path: str, any_pid: bool, throw_only: bool = False) -> list[_Link]:
-        """uprobes on _PyEval_EvalFrameDefault(tstate, frame, throwflag): at its entry
-        (``throw_only``: for the throw() resumes that fire no entry probe), and
-        else at each of its exits too."""
+        """Plain uprobes on _PyEval_EvalFrameDefault(tstate, frame, throwflag): at its
+        entry (``throw_only``: for the throw() resumes that fire no entry probe),
+        and else on every way out of it too (no uretprobes: those are limited to
+        64 nested frames, cost ~30 us and hold the target at traced speed until
+        it exits once attached)."""
         try:
-            _addr, _size, offset = usdt.find_symbol(path, "_PyEval_EvalFrameDefault")
+            if throw_only:
+                entry, exits = disasm.eval_entry(path), ()
+            else:
+                sites = disasm.eval_sites(path)
+                entry, exits = sites.entry, sites.exits
         except usdt.ProbeError as e:
-            raise ScopeError(str(e)) from None
+            raise ScopeError(f"cannot find where to probe the eval function: {e}") from None
         frame_arg = usdt.ArgSpec(8, False, "reg", usdt.REGS.index("rsi"), 0)
         throw_arg = usdt.ArgSpec(4, False, "reg", usdt.REGS.index("rdx"), 0)
         spec = _spec((frame_arg, throw_arg), any_pid)
@@ -312,9 +317,11 @@ class Session:
             spec["flags"] |= events.const("SPEC_THROW_ONLY")
         cookie = self._cookie(spec)
         self.program.set_frame_offsets(cookie, pyoffsets.frame_offsets(path))
-        links = [_Link("on_eval_entry", path, offset, 0, cookie)]
-        if not throw_only:
-            links.append(_Link("on_eval_return", path, offset, 0, cookie, retprobe=True))
+        links = [_Link("on_eval_entry", path, entry, 0, cookie)]
+        for site in exits:
+            exit_spec = _spec((), any_pid)
+            exit_spec["exit_cond"] = site.cond
+            links.append(_Link("on_eval_return", path, site.offset, 0, self._cookie(exit_spec)))
         return links
 
     def check_pid(self, pid: int) -> str:

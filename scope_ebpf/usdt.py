@@ -8,6 +8,7 @@ before it is used (no crash, hang or unbounded allocation on garbage input).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -246,6 +247,53 @@ def find_symbol(path: str, name: str) -> tuple[int, int, int]:
     except OSError as e:
         raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
     raise ProbeError(f"{path} does not export {name}")
+
+
+class Image:
+    """A whole ELF file in memory, for code analysis: sections, address
+    translation and the dynamic symbols that are functions."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f:
+                self.data = f.read()
+        except OSError as e:
+            raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+        self.path = path
+        self._layout = _Layout(_Elf(io.BytesIO(self.data), len(self.data)), path)
+
+    def section(self, name: str) -> tuple[int, int, int]:
+        """(virtual address, file offset, size) of a section."""
+        found = self._layout.named(name.encode())
+        if not found:
+            raise ProbeError(f"{self.path} has no {name} section")
+        sh = found[0]
+        return sh[3], sh[4], sh[5]
+
+    def to_offset(self, vaddr: int) -> int:
+        return self._layout.to_offset(vaddr, "code")
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        off = self.to_offset(vaddr)
+        if off + size > len(self.data):
+            raise ProbeError(f"{self.path}: code at {vaddr:#x} is past the end of the file")
+        return self.data[off:off + size]
+
+    def functions(self) -> dict[int, str]:
+        """Address -> name of every function in the dynamic symbol table."""
+        vaddr, off, size = self.section(".dynsym")
+        _v, soff, ssize = self.section(".dynstr")
+        strtab = self.data[soff:soff + ssize]
+        out = {}
+        for i in range(min(size // _SYM.size, MAX_SYMBOLS)):
+            st_name, info, _other, _shndx, value, _size = _SYM.unpack_from(
+                self.data, off + i * _SYM.size)
+            if value and info & 0xF == _STT_FUNC:
+                out[value] = strtab[st_name:strtab.find(b"\0", st_name)].decode(errors="replace")
+        return out
+
+
+_STT_FUNC = 2
 
 
 def read_at(path: str, offset: int, size: int) -> bytes:

@@ -11,7 +11,7 @@ from conftest import PY311, SID, program, rows, scope, session_count
 
 pytestmark = pytest.mark.kernel
 
-VERSIONS = ["3.11", "3.15"]  # 3.13, 3.14: the eval mode without uretprobes comes next
+VERSIONS = ["3.11", "3.13", "3.14", "3.15"]
 
 
 def _run(version: str, tmp_path: Path, script: str, *args: str,
