@@ -643,6 +643,12 @@ static __always_inline void unsynced(struct frame *f)
 }
 
 #define SYNC_DEPTH 4  /* how far below the top a returning frame is looked for */
+#define INLINE 1      /* iframe bit of a frame pushed inside a running eval loop (3.13) */
+
+/* Which frame a return pops (pop_call's `mode`, with `iframe`): */
+#define POP_MATCH 0   /* the frame `iframe` (3.15 probes), or the top if iframe is 0 */
+#define POP_EVAL 1    /* an eval-function exit: the top activation, under any inline ones */
+#define POP_INLINE 2  /* only a frame pushed inline: `iframe` if not 0, else the top one */
 
 /* Pop the thread's top frame: count it, and if it becomes a row, take a slot
  * of the staging batch, which the caller completes (return line, flags) and
@@ -652,7 +658,7 @@ static __always_inline void unsynced(struct frame *f)
  * above it whose return never came go as lost. */
 static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 pid,
                                                    struct control *ctl, struct call_batch **b,
-                                                   __u64 iframe)
+                                                   __u64 iframe, int mode)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     struct call_event *e;
@@ -672,7 +678,25 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
         stat_add(STAT_UNMATCHED);
         return 0;
     }
-    if (iframe && depth <= SCOPE_MAX_DEPTH) {
+    if (mode == POP_INLINE) {
+        /* deeper than the shadow stack: nothing to compare; pops as usual */
+        if (depth <= SCOPE_MAX_DEPTH) {
+            __u64 top = st->frames[(depth - 1) & (SCOPE_MAX_DEPTH - 1)].iframe;
+            if (!(top & INLINE) || (iframe && top != (iframe | INLINE)))
+                return 0;
+        }
+    } else if (mode == POP_EVAL && depth <= SCOPE_MAX_DEPTH) {
+        /* inline frames whose end was not seen (an exception path) end with it */
+        for (__u32 i = 0; i < SYNC_DEPTH; i++) {
+            __u32 top = depth - 1;
+            asm volatile("" : "+r"(top));  /* keeps the mask below in the program */
+            struct frame *f = &st->frames[top & (SCOPE_MAX_DEPTH - 1)];
+            if (depth <= 1 || !(f->iframe & INLINE))
+                break;
+            unsynced(f);
+            depth--;
+        }
+    } else if (iframe && depth <= SCOPE_MAX_DEPTH) {
         __u32 skip = SYNC_DEPTH;
         for (__u32 i = 0; i < SYNC_DEPTH; i++) {
             if (i < depth && st->frames[(depth - 1 - i) & (SCOPE_MAX_DEPTH - 1)].iframe == iframe) {
@@ -695,6 +719,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     st->depth = depth;
     if (depth >= SCOPE_MAX_DEPTH)
         return 0;
+    asm volatile("" : "+r"(depth));  /* keeps the mask below in the program */
     struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
     __u64 start_ns = f->start_ns;
     __u32 func_id = f->func_id;
@@ -746,7 +771,7 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
 
 /* The start both return programs share: the completed call's record, or 0. */
 static __always_inline struct call_event *returning(struct call_batch **b, __u64 *now,
-                                                    __u64 iframe)
+                                                    __u64 iframe, int mode)
 {
     __u64 id = bpf_get_current_pid_tgid();
     struct control ctl;
@@ -754,7 +779,7 @@ static __always_inline struct call_event *returning(struct call_batch **b, __u64
     *now = bpf_ktime_get_ns();
     if (!control_of(&ctl))
         return 0;
-    return pop_call(*now, id, id >> 32, &ctl, b, iframe);
+    return pop_call(*now, id, id >> 32, &ctl, b, iframe, mode);
 }
 
 /* The frame a function probe fired for, where this build's probe site keeps
@@ -826,7 +851,7 @@ int on_return(struct pt_regs *ctx)
     struct call_batch *b;
     __u64 now;
     struct probe_spec *sp = spec_of(ctx);
-    struct call_event *e = returning(&b, &now, probe_frame(ctx, sp));
+    struct call_event *e = returning(&b, &now, probe_frame(ctx, sp), POP_MATCH);
 
     if (!e)
         return 0;
@@ -898,8 +923,60 @@ int on_eval_return(struct pt_regs *ctx)
 
     if (!sp || (sp->exit_cond && !branch_taken(ctx->flags, sp->exit_cond)))
         return 0;
-    struct call_event *e = returning(&b, &now, 0);
+    struct call_event *e = returning(&b, &now, 0, POP_EVAL);
 
+    if (!e)
+        return 0;
+    e->flags = CALL_NO_RETURN_LINE;
+    stage_commit(b, now);
+    return 0;
+}
+
+/* 3.13: CALL_ALLOC_AND_ENTER_INIT pushes __init__'s frame inside the running
+ * eval loop (see interpreters/disasm.py InlineInit): the loop's frame
+ * register holds it at the jump to start_frame. */
+int on_inline_push(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, pid = id >> 32;
+    struct probe_spec *sp = spec_of(ctx);
+    __u32 idx = bpf_get_attach_cookie(ctx);
+    __u64 code = 0;
+
+    struct thread_stack *st = entering(sp, tid, pid);
+    struct frame_offsets *fo = frame_offs.lookup(&idx);
+    if (!st || !fo)
+        return 0;
+    __u64 frame = probe_frame(ctx, sp);
+    bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
+    push_call(st, intern_code(pid, code & fo->executable_mask, fo), frame | INLINE);
+    return 0;
+}
+
+/* EXIT_INIT_CHECK: the inline __init__ frame has returned. */
+int on_inline_return(struct pt_regs *ctx)
+{
+    struct call_batch *b;
+    __u64 now;
+    struct call_event *e = returning(&b, &now, 0, POP_INLINE);
+
+    if (!e)
+        return 0;
+    e->flags = CALL_NO_RETURN_LINE;
+    stage_commit(b, now);
+    return 0;
+}
+
+/* exit_unwind frees each frame an exception leaves: an inline one ends here. */
+int on_inline_unwind(struct pt_regs *ctx)
+{
+    struct call_batch *b;
+    __u64 now;
+    struct probe_spec *sp = spec_of(ctx);
+
+    if (!sp)
+        return 0;
+    struct call_event *e = returning(&b, &now, ARG(ctx, sp, 0), POP_INLINE);
     if (!e)
         return 0;
     e->flags = CALL_NO_RETURN_LINE;

@@ -57,7 +57,7 @@ _ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
              "const": events.const("ARG_CONST")}
 PLAN_HEADROOM = 0.8
 GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
-_RETURN_PROGS = ("on_return", "on_eval_return")
+_RETURN_PROGS = ("on_return", "on_eval_return", "on_inline_return", "on_inline_unwind")
 
 
 def probe_mask(probes: frozenset[str] | set[str]) -> int:
@@ -306,7 +306,8 @@ class Session:
             if throw_only:
                 entry, exits = disasm.eval_entry(path), ()
             else:
-                sites = disasm.eval_sites(path)
+                sites = disasm.eval_sites(
+                    path, **pyoffsets.inline_init(procs.python_version(path)))
                 entry, exits = sites.entry, sites.exits
         except usdt.ProbeError as e:
             raise ScopeError(f"cannot find where to probe the eval function: {e}") from None
@@ -322,6 +323,15 @@ class Session:
             exit_spec = _spec((), any_pid)
             exit_spec["exit_cond"] = site.cond
             links.append(_Link("on_eval_return", path, site.offset, 0, self._cookie(exit_spec)))
+        inline = None if throw_only else sites.inline
+        if inline is not None:
+            push = self._cookie(_spec((), any_pid, inline.frame_reg + 1))
+            self.program.set_frame_offsets(push, pyoffsets.frame_offsets(path))
+            links.append(_Link("on_inline_push", path, inline.push, 0, push))
+            links.append(_Link("on_inline_return", path, inline.returned, 0,
+                               self._cookie(_spec((), any_pid))))
+            links.append(_Link("on_inline_unwind", path, inline.unwind, 0,
+                               self._cookie(_spec((frame_arg,), any_pid))))
         return links
 
     def check_pid(self, pid: int) -> str:

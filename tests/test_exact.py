@@ -103,3 +103,18 @@ def test_functions_account_for_sampled_filtered_and_too_deep_calls(tmp_path):
                (SELECT sum(weight) FROM calls WHERE function = 'hot')""")
     assert calls == 300_000 and dropped > 100_000
     assert abs(weighted - calls) / calls < 0.03
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_specialised_instantiation_runs_every_init(version, sid, tmp_path):
+    """3.13 pushes __init__ inline (CALL_ALLOC_AND_ENTER_INIT) even under the perf
+    trampoline: every call is still seen, at its depth, raising ones included."""
+    out = _run(version, tmp_path, "inits.py", opts=("--max-rate", "0"))
+    got = rows(out, "SELECT line, count(*), min(depth), max(depth), "
+                    "count(*) FILTER (WHERE duration_ns IS NULL) FROM calls "
+                    "WHERE function = '__init__' AND file LIKE '%inits.py' GROUP BY ALL ORDER BY 1")
+    # make() runs at depth 1 under <module>; Outer's Point one deeper
+    assert got == [(6, 6000, 2, 3, 0), (11, 3000, 2, 2, 0), (16, 3000, 2, 2, 0)]
+    assert rows(out, "SELECT count(*) FROM calls WHERE function = 'make'") == [(1,)]
+    _functions_account_for_every_call(out)
+    assert session_count(out, "kernel.unsynced_frames") == 0

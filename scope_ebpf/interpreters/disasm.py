@@ -103,6 +103,7 @@ class EvalSites:
     entry: int
     exits: tuple[ExitSite, ...]
     fragments: tuple[tuple[int, int], ...]  # [start, end) vaddrs: hot part, cold part(s)
+    inline: InlineInit | None = None
 
 
 class _Fdes:
@@ -136,9 +137,22 @@ class _Fdes:
         return (begin, begin + size) if vaddr < begin + size else None
 
 
-def eval_sites(path: str, symbol: str = "_PyEval_EvalFrameDefault") -> EvalSites:
-    """The entry and exit probe sites of the eval function; ProbeError if its code
-    cannot be accounted for completely (then no calls are traced, and it says so)."""
+@dataclass
+class _Sweep:
+    """The eval function's code, decoded: every instruction of its hot and cold
+    parts, its returns and tail calls."""
+
+    img: usdt.Image
+    start: int
+    size: int
+    insns: dict[int, capstone.CsInsn]
+    regions: list[tuple[int, int]]
+    rets: list[int]
+    tails: list[int]
+    functions: dict[int, str]
+
+
+def _sweep(path: str, symbol: str) -> _Sweep:
     img = usdt.Image(path)
     vaddr, size, _off = usdt.find_symbol(path, symbol)
     functions = img.functions()
@@ -176,17 +190,124 @@ def eval_sites(path: str, symbol: str = "_PyEval_EvalFrameDefault") -> EvalSites
             raise usdt.ProbeError(f"{path}: {symbol}'s code at {rs:#x} does not decode to its end")
     if not rets and not tails:
         raise usdt.ProbeError(f"{path}: {symbol} has no exit")
-    graph = _Graph(insns)
+    return _Sweep(img, vaddr, size, insns, regions, rets, tails, functions)
+
+
+def eval_sites(path: str, symbol: str = "_PyEval_EvalFrameDefault",
+               enter_init: int | None = None, exit_init_check: int | None = None,
+               instr_ptr: int | None = None) -> EvalSites:
+    """The entry and exit probe sites of the eval function; ProbeError if its code
+    cannot be accounted for completely (then no calls are traced, and it says so).
+    With the CALL_ALLOC_AND_ENTER_INIT and EXIT_INIT_CHECK opcodes and the frame's
+    ``instr_ptr`` offset (CPython 3.13), also where __init__ runs inline."""
+    sw = _sweep(path, symbol)
+    graph = _Graph(sw.insns)
     sites: dict[int, ExitSite] = {}
-    for ret in rets:
+    for ret in sw.rets:
         edges = graph.edges_into(graph.block_start(ret), 3)
         for addr, cond in edges if edges is not None else [(ret, 0)]:
-            sites[addr] = ExitSite(img.to_offset(addr), cond, _text(insns[addr]))
-    for addr in tails:
-        insn = insns[addr]
-        sites[addr] = ExitSite(img.to_offset(addr), _cond(insn.mnemonic, taken=True), _text(insn))
-    return EvalSites(img.to_offset(graph.entry_site(vaddr)),
-                     tuple(sites[a] for a in sorted(sites)), tuple(sorted(regions)))
+            sites[addr] = ExitSite(sw.img.to_offset(addr), cond, _text(sw.insns[addr]))
+    for addr in sw.tails:
+        insn = sw.insns[addr]
+        sites[addr] = ExitSite(sw.img.to_offset(addr), _cond(insn.mnemonic, taken=True),
+                               _text(insn))
+    inline = None
+    if enter_init is not None and exit_init_check is not None and instr_ptr is not None:
+        inline = _inline_init(sw, graph, enter_init, exit_init_check, instr_ptr)
+    return EvalSites(sw.img.to_offset(graph.entry_site(sw.start)),
+                     tuple(sites[a] for a in sorted(sites)), tuple(sorted(sw.regions)), inline)
+
+
+@dataclass(frozen=True)
+class InlineInit:
+    """CPython 3.13's CALL_ALLOC_AND_ENTER_INIT, unlike every other instruction
+    that pushes a frame inside the running eval loop, does not step aside for
+    the perf trampoline: __init__ then runs without an eval-function entry of
+    its own. These sites see it: that instruction's jump to the loop's
+    start_frame, the EXIT_INIT_CHECK instruction that runs when __init__ has
+    returned, and the call that frees a frame an exception unwinds."""
+
+    push: int                # file offset; the loop's frame register holds the new frame
+    frame_reg: int           # usdt.REGS index of that register
+    returned: int            # EXIT_INIT_CHECK's first emulated instruction
+    unwind: int              # call _PyEval_FrameClearAndPop(tstate, frame) in exit_unwind
+
+
+def _inline_init(sw: _Sweep, graph: _Graph, enter_init: int, exit_init_check: int,
+                 instr_ptr: int) -> InlineInit:
+    hot_end = sw.start + sw.size
+    # the entry path: straight from the function's start to its first jmp
+    path, a = set(), sw.start
+    while a in sw.insns and a < hot_end:
+        insn = sw.insns[a]
+        path.add(a)
+        if insn.mnemonic == "jmp" or insn.group(capstone.CS_GRP_RET):
+            break
+        a += insn.size
+    # start_frame: where the entry path goes on and most jumps from the loop arrive
+    incoming: dict[int, list[int]] = {}
+    for target, sources in graph.targets.items():
+        if target in path:
+            jumps = [j for j in sources if sw.insns[j].mnemonic == "jmp"
+                     and not sw.start <= j < hot_end]
+            if jumps:
+                incoming[target] = jumps
+    if not incoming:
+        raise usdt.ProbeError(f"{sw.img.path}: no start_frame in the eval loop")
+    start_frame = max(incoming, key=lambda t: len(incoming[t]))
+    # the dispatch table: the operand of the computed goto's load, TABLE(,%reg,8)
+    tables: dict[int, int] = {}
+    for insn in sw.insns.values():
+        if insn.mnemonic == "mov" and len(insn.operands) == 2 \
+                and insn.operands[1].type == x86.X86_OP_MEM:
+            m = insn.operands[1].mem
+            if m.base == 0 and m.index != 0 and m.scale == 8 and m.disp > 0:
+                tables[m.disp] = tables.get(m.disp, 0) + 1
+    if not tables:
+        raise usdt.ProbeError(f"{sw.img.path}: no dispatch table in the eval loop")
+    table = max(tables, key=lambda t: tables[t])
+
+    def handler_of(opcode: int) -> int:
+        return struct.unpack("<Q", sw.img.read(table + 8 * opcode, 8))[0]
+
+    # CALL_ALLOC_AND_ENTER_INIT's own jump to start_frame: straight on from its
+    # handler (its deoptimisations branch off conditionally)
+    push = None
+    a = handler_of(enter_init)
+    while a in sw.insns:
+        insn = sw.insns[a]
+        if insn.mnemonic == "jmp":
+            if insn.operands[0].type == x86.X86_OP_IMM and insn.operands[0].imm == start_frame:
+                push = a
+            break
+        if insn.group(capstone.CS_GRP_RET):
+            break
+        a += insn.size
+    handler = handler_of(exit_init_check)
+    # the handler stores frame->instr_ptr first: the loop's frame register is its base
+    frame_reg = returned = None
+    a = handler
+    while a in sw.insns and returned is None:
+        insn = sw.insns[a]
+        ops = insn.operands
+        if frame_reg is None and insn.mnemonic == "mov" and len(ops) == 2 \
+                and ops[0].type == x86.X86_OP_MEM and ops[0].mem.disp == instr_ptr \
+                and ops[0].mem.index == 0:
+            frame_reg = insn.reg_name(ops[0].mem.base)
+        if insn.group(capstone.CS_GRP_JUMP) and ops[0].type == x86.X86_OP_IMM:
+            returned = a
+        elif graph._ends_block(insn):
+            break
+        a += insn.size
+    clear = [addr for addr, name in sw.functions.items() if name == "_PyEval_FrameClearAndPop"]
+    unwinds = [a for a, insn in sw.insns.items() if sw.start <= a < hot_end
+               and insn.mnemonic == "call" and insn.operands[0].type == x86.X86_OP_IMM
+               and insn.operands[0].imm in clear]
+    if push is None or frame_reg not in usdt.REGS or returned is None or len(unwinds) != 1:
+        raise usdt.ProbeError(f"{sw.img.path}: CALL_ALLOC_AND_ENTER_INIT, EXIT_INIT_CHECK or "
+                              "exit_unwind is not where expected")
+    return InlineInit(sw.img.to_offset(push), usdt.REGS.index(frame_reg),
+                      sw.img.to_offset(returned), sw.img.to_offset(unwinds[0]))
 
 
 def eval_entry(path: str, symbol: str = "_PyEval_EvalFrameDefault") -> int:

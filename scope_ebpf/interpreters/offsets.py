@@ -46,6 +46,15 @@ _FIXED = {11: {"frame_executable": 0x20, "code_filename": 0x70, "code_name": 0x7
 # its probes fire under a profile hook, which sees generators as cProfile does.
 _CO_FLAGS = {13: 48, 14: 48, 15: 48}
 _FRAME_OWNER = {13: 70, 14: 74, 15: 74}
+# 3.13 runs __init__ inline even under the perf trampoline (disasm.InlineInit): the
+# EXIT_INIT_CHECK opcode and _PyInterpreterFrame.instr_ptr find where.
+_INLINE_INIT = {13: {"enter_init": 162, "exit_init_check": 13, "instr_ptr": 56}}
+
+
+def inline_init(version: str | None) -> dict[str, int]:
+    """disasm.eval_sites() arguments for versions that push __init__ inline."""
+    minor = int(version[2:]) if version and version.startswith("3.") else 0
+    return _INLINE_INIT.get(minor, {})
 
 
 def supported(version: str | None) -> bool:
