@@ -132,7 +132,9 @@ static __always_inline void flush_calls(struct call_batch *b)
         return;
     if (calls_rb.ringbuf_output(b, sizeof(*b), BPF_RB_NO_WAKEUP)) {
         stat_add_n(STAT_CALLS_LOST, n);
-        /* counted, but no row: each function's aggregates say so */
+        /* counted, but no row: each function's aggregates say so (a loop, not
+         * unrolled 64 times in each of the programs that flush) */
+#pragma clang loop unroll(disable)
         for (__u32 i = 0; i < CALL_BATCH; i++) {
             if (i >= n)
                 break;
@@ -296,11 +298,9 @@ static __always_inline __u32 finfo_flags(__u64 code, struct frame_offsets *fo)
 }
 
 /* The entry probes give the line executing, which for a resumed generator or
- * (3.15) a function with cells is not the def line. Once per function, find
- * the code object: through the probe's frame where the build tells where it
- * is, else in a register, or through a frame one holds (checked against the
- * name and file the probe passed, so a register holding anything else cannot
- * match); and whether it is generator-like. */
+ * (3.15) a function with cells is not the def line. Once per function, read
+ * it from the code object of the probe's frame (checked against the name and
+ * file the probe passed), and whether the code is generator-like. */
 static __always_inline void code_info(struct pt_regs *ctx, __u64 name, __u64 file, __u64 iframe,
                                       __s32 *line, __u32 *flags)
 {
@@ -308,25 +308,12 @@ static __always_inline void code_info(struct pt_regs *ctx, __u64 name, __u64 fil
     struct frame_offsets *fo = frame_offs.lookup(&idx);
     __u64 code = 0;
 
-    if (!fo || !fo->code_base || !name || !file)
+    if (!fo || !fo->code_base || !name || !file || !iframe)
         return;
-    if (iframe) {
-        bpf_probe_read_user(&code, 8, (void *)(iframe + fo->frame_executable));
-        code &= fo->executable_mask;
-        if (code_first_line(code, name, file, fo, line))
-            *flags = finfo_flags(code, fo);
-        return;
-    }
-    for (__u8 r = 0; r < 17; r++) {
-        __u64 v = reg_value(ctx, r);
-        if (v < 4096)
-            continue;
-        if (code_first_line(v, name, file, fo, line))
-            return;
-        bpf_probe_read_user(&code, 8, (void *)(v + fo->frame_executable));
-        if (code_first_line(code & fo->executable_mask, name, file, fo, line))
-            return;
-    }
+    bpf_probe_read_user(&code, 8, (void *)(iframe + fo->frame_executable));
+    code &= fo->executable_mask;
+    if (code_first_line(code, name, file, fo, line))
+        *flags = finfo_flags(code, fo);
 }
 
 /* USDT probes pass the names as UTF-8 C strings (NULL if not encodable). */

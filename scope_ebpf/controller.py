@@ -243,7 +243,8 @@ class Session:
         b = _Binary(path, wanted & have, links, calls_mode, calls)
         try:
             entry = pyoffsets.entry_offsets(path, procs.python_version(path))
-            frame_regs = _frame_registers(python, entry) if calls_mode == "usdt" else {}
+            frame_regs = (_frame_registers(python, entry)
+                          if calls_mode in ("usdt", "usdt+hook") else {})
             for probe in python:
                 if probe.name in wanted:
                     spec = _Link(PROGRAMS[probe.name], probe.path, probe.offset,
@@ -257,7 +258,7 @@ class Session:
                         links.append(spec.open(self.program))
             if calls_mode == "eval":
                 calls += self._eval_specs(path, any_pid)
-            elif frame_regs and "calls" in self.opts.probes:
+            elif frame_regs and entry["frame_owner"] and "calls" in self.opts.probes:
                 calls += self._eval_specs(path, any_pid, throw_only=True)
             self._open_calls(b)
         except (AttachError, ScopeError) as e:
@@ -843,11 +844,11 @@ def _frame_registers(probes: list[usdt.Probe], offsets: np.void | None) -> dict[
     """Probe offset -> REGS index + 1 of the register holding the frame, for every
     function probe site of a build whose frames the kernel can read; empty unless
     every site has one (a frame known at entries but not at returns cannot pair)."""
-    if offsets is None or not offsets["frame_owner"]:
+    sites = [p.offset for p in probes if p.name in PROBE_SETS["calls"]]
+    if offsets is None or not sites:
         return {}
-    sites = [p for p in probes if p.name in PROBE_SETS["calls"]]
-    regs = {p.offset: disasm.frame_register(p.path, p.offset) for p in sites}
-    if not regs or None in regs.values():
+    regs = disasm.frame_registers(probes[0].path, sites)
+    if None in regs.values():
         return {}
     return {off: reg + 1 for off, reg in regs.items()}
 

@@ -273,6 +273,12 @@ class Image:
     def to_offset(self, vaddr: int) -> int:
         return self._layout.to_offset(vaddr, "code")
 
+    def to_vaddr(self, offset: int) -> int:
+        for p_vaddr, p_memsz, p_offset in self._layout.loads:
+            if p_offset <= offset < p_offset + p_memsz:
+                return offset - p_offset + p_vaddr
+        raise ProbeError(f"{self.path}: file offset {offset:#x} is not in any PT_LOAD segment")
+
     def read(self, vaddr: int, size: int) -> bytes:
         off = self.to_offset(vaddr)
         if off + size > len(self.data):

@@ -2,10 +2,11 @@
 
 USDT arguments tell a function probe's name, file and line, not which frame
 fired it; an exact call model needs the frame (a generator's creation is not
-a call, and a return must pop the frame it belongs to). CPython 3.15 fires
-its function probes from small helpers that take the ``_PyInterpreterFrame``
-as their one argument and keep it in a callee-saved register until the probe:
-which register is a compiler's choice, so it is read from the code itself.
+a call, a return must pop the frame it belongs to, and the def line of a
+resumed generator is in its code object). CPython fires its function probes
+from small helpers that take the ``_PyInterpreterFrame`` as their argument
+and keep it in a callee-saved register until the probe: which register is a
+compiler's choice, so it is read from the code itself.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from capstone import x86
 
 from .. import usdt
 
-ENDBR64 = b"\xf3\x0f\x1e\xfa"
 _CALLEE_SAVED = {"rbx", "rbp", "r12", "r13", "r14", "r15"}
-_WINDOW = 256  # the helpers are well under this many bytes long
 
 
 def _decoder() -> capstone.Cs:
@@ -30,29 +29,37 @@ def _decoder() -> capstone.Cs:
     return md
 
 
-def frame_register(path: str, offset: int) -> int | None:
-    """usdt.REGS index of the register that holds the probe's frame at the probe
-    site at file ``offset``, or None if the code there is not such a helper.
+def frame_registers(path: str, offsets: list[int]) -> dict[int, int | None]:
+    """For each probe site (file offset): the usdt.REGS index of the register that
+    holds the probe's frame there, or None if the code is not such a helper.
 
-    The helper starts at the nearest endbr64 before the site; decoded from
-    there, the site must be an instruction boundary, and the register is the
+    The helper is the function whose FDE covers the site; decoded from its
+    start, the site must be an instruction boundary, and the register is the
     callee-saved one that ``rdi`` (the frame argument) was copied into and that
     nothing wrote again before the site."""
-    start = max(0, offset - _WINDOW)
     try:
-        code = usdt.read_at(path, start, offset - start)
+        img = usdt.Image(path)
+        fdes = _Fdes(img)
+    except usdt.ProbeError:
+        return dict.fromkeys(offsets)
+    return {off: _frame_register(img, fdes, off) for off in offsets}
+
+
+def _frame_register(img: usdt.Image, fdes: _Fdes, offset: int) -> int | None:
+    try:
+        site = img.to_vaddr(offset)
+        func = fdes.covering(site)
+        if func is None or site - func[0] > 512:
+            return None
+        code = img.read(func[0], site - func[0])
     except usdt.ProbeError:
         return None
-    i = code.rfind(ENDBR64)
-    if i < 0:
-        return None
     saved: str | None = None
-    end = start + i
-    for insn in _decoder().disasm(code[i:], start + i):
+    end = func[0]
+    for insn in _decoder().disasm(code, func[0]):
         end = insn.address + insn.size
-        if insn.mnemonic in ("ret", "jmp") or insn.group(x86.X86_GRP_RET):
-            saved = None  # left the helper: what came before is another function
-            continue
+        if insn.group(capstone.CS_GRP_RET) or insn.group(capstone.CS_GRP_JUMP):
+            return None  # straight-line code only: a branch could skip the copy
         ops = insn.operands
         if (insn.mnemonic == "mov" and len(ops) == 2 and ops[0].type == x86.X86_OP_REG
                 and ops[1].type == x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rdi"
@@ -63,7 +70,7 @@ def frame_register(path: str, offset: int) -> int | None:
             _read, written = insn.regs_access()
             if any(insn.reg_name(r) == saved for r in written):
                 saved = None
-    if end != offset or saved is None:
+    if end != site or saved is None:
         return None
     return usdt.REGS.index(saved)
 
