@@ -8,6 +8,11 @@ bench/workload.py on Debian's python3.11 under the same profile hook:
   scope     `scope-ebpf run` streaming every call to Parquet
   bcc       Debian's `pythoncalls-bpfcc -L` (bcc's ucalls for Python)
 
+and, on the sid root's interpreters (`make interpreters`), untraced against
+`scope-ebpf run` for 3.13 and 3.14 (eval mode: plain uprobes on the eval
+function, perf trampoline on) and 3.15 (native probes): the eval mode's
+overhead per call must stay within 1.5x the native one.
+
 Prints a table and writes bench/results.json. `--quick` is a sub-minute run
 the test suite uses to check that the harness works; its timings mean little.
 """
@@ -35,7 +40,9 @@ WORKLOAD = str(HERE / "workload.py")
 PY = "/usr/bin/python3.11"
 SCOPE = str(Path(sys.executable).parent / "scope-ebpf")
 TARGETS = {"ratio_vs_floor": 1.25, "controller_ns_per_record": 300, "bytes_per_call_row": 10,
-           "controller_peak_rss_mb": 150, "attach_seconds": 1.5}
+           "controller_peak_rss_mb": 150, "attach_seconds": 1.5, "eval_vs_native": 1.5}
+SID = HERE.parent / ".interpreters" / "sid"
+VERSIONS = ("3.13", "3.14", "3.15")
 
 sys.path.insert(0, str(HERE.parent))
 from scope_ebpf import usdt  # noqa: E402
@@ -155,6 +162,75 @@ def run_bcc(size: int) -> dict:
     return _result(stdout)
 
 
+def _sid_workload(version: str, size: int, *extra: str) -> list[str]:
+    return [f"python{version}", "/tmp/scope-bench/workload.py", str(size), *extra]
+
+
+def run_version(version: str, size: int, out: Path | None) -> dict:
+    """One run of the workload on a sid interpreter: untraced (out None) or traced."""
+    if out is None:
+        argv = ["chroot", str(SID), *_sid_workload(version, size)]
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+        argv = [SCOPE, "run", "--root", str(SID), "-o", str(out), "--max-rate", "0",
+                "--breaker-rate", "0", "--", *_sid_workload(version, size)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"python{version} workload failed: {r.stderr.strip()}")
+    res = _result(r.stdout)
+    if out is not None:
+        con = connect(out)
+        try:
+            s = dict(con.execute("SELECT key, count FROM session WHERE count IS NOT NULL")
+                     .fetchall())
+        finally:
+            con.close()
+        res["lost"] = sum(v for k, v in s.items() if k.startswith("kernel.")
+                          and k[7:] in _losses())
+        res["calls"] = s.get("rows.calls", 0)
+    return res
+
+
+def _losses() -> dict[str, str]:
+    from scope_ebpf.events import LOSSES
+    return LOSSES
+
+
+def bench_versions(runs: int, size: int) -> dict:
+    """Overhead per call of scope-ebpf on 3.13/3.14 (eval mode) and 3.15 (native)."""
+    dest = SID / "tmp" / "scope-bench"
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(WORKLOAD, dest / "workload.py")
+    tmp = Path(tempfile.mkdtemp(prefix="scope-bench-v-"))
+    out: dict = {}
+    try:
+        calls = {v: json.loads(subprocess.run(
+            ["chroot", str(SID), *_sid_workload(v, size, "count")], capture_output=True,
+            text=True, check=True).stdout)["calls"] for v in VERSIONS}
+        times: dict[str, dict[str, list[float]]] = {v: {"baseline": [], "scope": []}
+                                                    for v in VERSIONS}
+        lost = 0
+        for i in range(runs):
+            for v in VERSIONS:
+                times[v]["baseline"].append(run_version(v, size, None)["elapsed_s"])
+                s = run_version(v, size, tmp / f"{v}-{i}")
+                times[v]["scope"].append(s["elapsed_s"])
+                lost += s["lost"]
+            print(f"  versions run {i + 1}/{runs}: " + ", ".join(
+                f"{v} {t['baseline'][-1]:.3f}/{t['scope'][-1]:.3f} s" for v, t in times.items()),
+                file=sys.stderr)
+        for v in VERSIONS:
+            b, s = statistics.median(times[v]["baseline"]), statistics.median(times[v]["scope"])
+            out[v] = {"calls_per_run": calls[v], "baseline_s": b, "scope_s": s,
+                      "overhead_ns_per_call": (s - b) * 1e9 / calls[v]}
+        native = out["3.15"]["overhead_ns_per_call"]
+        return {"versions": out, "versions_lost_records": lost,
+                "eval_vs_native": max(out[v]["overhead_ns_per_call"] for v in ("3.13", "3.14"))
+                / native}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small run of each variant")
@@ -206,6 +282,8 @@ def main() -> None:
         "controller_peak_rss_mb": max(r["peak_rss_mb"] for r in scope_runs),
         "attach_seconds": statistics.median(r["attach_seconds"] for r in scope_runs),
     }
+    if (SID / ".scope-interpreters").exists():
+        results.update(bench_versions(args.runs, args.size - 2))
     if args.soak_seconds > 0:
         results.update(_soak(args.soak_seconds, tmp / "soak"))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -254,6 +332,16 @@ def _print(r: dict) -> None:
         target = TARGETS.get(key) if key else (1.0 if op == "<" else 0)
         ok = {"<=": value <= target, "<": value < target, "==": value == target}[op]
         print(f"{name:<24}{value:>10.2f}   target {op} {target:<6} {'ok' if ok else 'MISSED'}")
+    if "versions" in r:
+        print(f"\n{'interpreter':<22}{'untraced s':>11}{'traced s':>10}{'overhead ns/call':>18}")
+        for v, x in r["versions"].items():
+            mode = "eval mode" if v in ("3.13", "3.14") else "native probes"
+            print(f"{v + ' (' + mode + ')':<22}{x['baseline_s']:>11.3f}{x['scope_s']:>10.3f}"
+                  f"{x['overhead_ns_per_call']:>18.0f}")
+        t = TARGETS["eval_vs_native"]
+        ok = r["eval_vs_native"] <= t and r["versions_lost_records"] == 0
+        print(f"{'eval / native':<24}{r['eval_vs_native']:>10.2f}   target <= {t:<6} "
+              f"{'ok' if ok else 'MISSED'} ({r['versions_lost_records']} lost)")
     if "soak_rss_growth_mb" in r:
         print(f"{'soak RSS growth MB':<24}{r['soak_rss_growth_mb']:>10.2f}   over "
               f"{r['soak_seconds']} s, after 5 s of warm-up; peak {r['soak_peak_rss_mb']:.0f} MB, "

@@ -85,7 +85,8 @@ def main():
         sys.setprofile(None)
         print(json.dumps({"calls": calls - 1}))  # minus the setprofile(None) return path
         return
-    sys.setprofile(slice)  # the hook `scope-ebpf run` installs on 3.11
+    if sys.version_info[:2] == (3, 11):
+        sys.setprofile(slice)  # the hook `scope-ebpf run` installs on 3.11
     if mode == "stdin":
         sys.stdin.readline()
     elif mode:

@@ -132,7 +132,6 @@ class UprobeLink:
         offset: int,
         semaphore_offset: int = 0,
         cookie: int = 0,
-        retprobe: bool = False,
     ) -> None:
         self.perf_fd = -1
         self.link_fd = -1
@@ -144,8 +143,6 @@ class UprobeLink:
         self.offset = offset
         self._path_buf = ctypes.create_string_buffer(os.fsencode(path))  # kernel reads it
         config = semaphore_offset << _format_shift("ref_ctr_offset", 32)
-        if retprobe:
-            config |= 1 << _format_shift("retprobe", 0)
         attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
         struct.pack_into("<IIQQ", attr, 0, _pmu_type(), _PERF_ATTR_SIZE, config, 1)
         struct.pack_into("<QQ", attr, 56, ctypes.addressof(self._path_buf), offset)

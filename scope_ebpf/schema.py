@@ -53,7 +53,8 @@ _TID = _req("tid", pa.int32(), "thread id (kernel pid)")
 _TABLE_LIST = (
     Table(
         "calls",
-        "One row per traced Python function call (USDT function__entry/return).",
+        "One row per Python call: a frame's start or resume (generators, coroutines) to its "
+        "return, yield or unwind; creating a generator is not a call (README: the call model).",
         (
             _req("start_ns", TIMESTAMP, "UTC wall-clock time the call was entered"),
             _opt(

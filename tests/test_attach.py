@@ -172,13 +172,6 @@ def test_semaphore_raised_in_later_process(bpf_prog: tuple[object, int], python_
             proc.wait()
 
 
-def test_retprobe_attaches(bpf_prog: tuple[object, int], python_copy: str) -> None:
-    _b, fd = bpf_prog
-    entry = _probe(python_copy, "function__entry")
-    with UprobeLink(fd, python_copy, entry.offset, retprobe=True) as link:
-        assert link.fd >= 0
-
-
 def test_semaphore_mismatch_message(bpf_prog: tuple[object, int], python_copy: str) -> None:
     _b, fd = bpf_prog
     entry = _probe(python_copy, "function__entry")
