@@ -809,6 +809,16 @@ static __always_inline __s32 frame_first_line(struct pt_regs *ctx, __u64 iframe)
     return word >> (fo->line_shift & 32);
 }
 
+/* The function a frame runs (the eval-function path). */
+static __always_inline struct func_info frame_func(__u32 pid, __u64 frame,
+                                                   struct frame_offsets *fo)
+{
+    __u64 code = 0;
+
+    bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
+    return intern_code(pid, code & fo->executable_mask, fo);
+}
+
 int on_entry(struct pt_regs *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
@@ -860,7 +870,6 @@ int on_eval_entry(struct pt_regs *ctx)
     struct probe_spec *sp = spec_of(ctx);
     struct frame_offsets *fo;
     __u32 idx = bpf_get_attach_cookie(ctx);
-    __u64 code = 0;
 
     if (!sp || ((sp->flags & SPEC_THROW_ONLY) && !ARG(ctx, sp, 1)))
         return 0;
@@ -871,8 +880,7 @@ int on_eval_entry(struct pt_regs *ctx)
     if (!fo)
         return 0;
     __u64 frame = ARG(ctx, sp, 0);
-    bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
-    struct func_info fn = intern_code(pid, code & fo->executable_mask, fo);
+    struct func_info fn = frame_func(pid, frame, fo);
     if ((fn.flags & FINFO_GENLIKE) && creating(ctx, frame)) {
         stat_add(STAT_CREATED);
         fn.k = NOT_A_CALL;  /* its exit still comes: keep the pairs */
@@ -902,21 +910,27 @@ static __always_inline int branch_taken(__u64 fl, __u8 cond)
     return (cond & 1) ? !r : r;
 }
 
-int on_eval_return(struct pt_regs *ctx)
+/* A return the eval-function path sees (no return line there). */
+static __always_inline int eval_pop(__u64 iframe, int mode)
 {
     struct call_batch *b;
     __u64 now;
-    struct probe_spec *sp = spec_of(ctx);
-
-    if (!sp || (sp->exit_cond && !branch_taken(ctx->flags, sp->exit_cond)))
-        return 0;
-    struct call_event *e = returning(&b, &now, 0, POP_EVAL);
+    struct call_event *e = returning(&b, &now, iframe, mode);
 
     if (!e)
         return 0;
     e->flags = CALL_NO_RETURN_LINE;
     stage_commit(b, now);
     return 0;
+}
+
+int on_eval_return(struct pt_regs *ctx)
+{
+    struct probe_spec *sp = spec_of(ctx);
+
+    if (!sp || (sp->exit_cond && !branch_taken(ctx->flags, sp->exit_cond)))
+        return 0;
+    return eval_pop(0, POP_EVAL);
 }
 
 /* 3.13: CALL_ALLOC_AND_ENTER_INIT pushes __init__'s frame inside the running
@@ -928,47 +942,28 @@ int on_inline_push(struct pt_regs *ctx)
     __u32 tid = id, pid = id >> 32;
     struct probe_spec *sp = spec_of(ctx);
     __u32 idx = bpf_get_attach_cookie(ctx);
-    __u64 code = 0;
 
     struct thread_stack *st = entering(sp, tid, pid);
     struct frame_offsets *fo = frame_offs.lookup(&idx);
     if (!st || !fo)
         return 0;
     __u64 frame = probe_frame(ctx, sp);
-    bpf_probe_read_user(&code, 8, (void *)(frame + fo->frame_executable));
-    push_call(st, intern_code(pid, code & fo->executable_mask, fo), frame | INLINE);
+    push_call(st, frame_func(pid, frame, fo), frame | INLINE);
     return 0;
 }
 
 /* EXIT_INIT_CHECK: the inline __init__ frame has returned. */
 int on_inline_return(struct pt_regs *ctx)
 {
-    struct call_batch *b;
-    __u64 now;
-    struct call_event *e = returning(&b, &now, 0, POP_INLINE);
-
-    if (!e)
-        return 0;
-    e->flags = CALL_NO_RETURN_LINE;
-    stage_commit(b, now);
-    return 0;
+    return eval_pop(0, POP_INLINE);
 }
 
 /* exit_unwind frees each frame an exception leaves: an inline one ends here. */
 int on_inline_unwind(struct pt_regs *ctx)
 {
-    struct call_batch *b;
-    __u64 now;
     struct probe_spec *sp = spec_of(ctx);
 
-    if (!sp)
-        return 0;
-    struct call_event *e = returning(&b, &now, ARG(ctx, sp, 0), POP_INLINE);
-    if (!e)
-        return 0;
-    e->flags = CALL_NO_RETURN_LINE;
-    stage_commit(b, now);
-    return 0;
+    return sp ? eval_pop(ARG(ctx, sp, 0), POP_INLINE) : 0;
 }
 
 int on_gc_start(struct pt_regs *ctx)

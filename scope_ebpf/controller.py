@@ -318,7 +318,8 @@ class Session:
         if throw_only:
             spec["flags"] |= events.const("SPEC_THROW_ONLY")
         cookie = self._cookie(spec)
-        self.program.set_frame_offsets(cookie, pyoffsets.frame_offsets(path))
+        frame_offsets = pyoffsets.frame_offsets(path)
+        self.program.set_frame_offsets(cookie, frame_offsets)
         links = [_Link("on_eval_entry", path, entry, 0, cookie)]
         for site in exits:
             exit_spec = _spec((), any_pid)
@@ -327,7 +328,7 @@ class Session:
         inline = None if throw_only else sites.inline
         if inline is not None:
             push = self._cookie(_spec((), any_pid, inline.frame_reg + 1))
-            self.program.set_frame_offsets(push, pyoffsets.frame_offsets(path))
+            self.program.set_frame_offsets(push, frame_offsets)
             links.append(_Link("on_inline_push", path, inline.push, 0, push))
             links.append(_Link("on_inline_return", path, inline.returned, 0,
                                self._cookie(_spec((), any_pid))))
@@ -578,7 +579,7 @@ class Session:
         self._learn(self.program.rings["funcs_rb"].drain())
         known = f.find(totals.ids)[1]
         if final and not known.all():
-            f.add_unnamed(self.program.func_keys(totals.ids[~known]))
+            f.add(self.program.func_keys(totals.ids[~known]))  # known by pid and line
         elif not known.all():
             totals = totals.hold(self._totals, known)
         delta = totals.since(self._totals)

@@ -85,10 +85,6 @@ class Functions:
         self.count += n
         return list(zip(recs["func_id"].tolist(), names, files, strict=True))
 
-    def add_unnamed(self, recs: np.ndarray) -> None:
-        """Functions whose name record was lost (counted): known by pid and line."""
-        self.add(recs)
-
     def find(self, func_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, known) of kernel ids in the sorted arrays."""
         if not len(self._ids):
