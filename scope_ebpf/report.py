@@ -74,7 +74,7 @@ def text(a: Analysis) -> str:
         out.append(f"trace: {_ns(span)} | " + ", ".join(
             f"{t} {n:,}" for t, n in a.tables.items() if n) + "\n")
     for m in a.lost:
-        out.append(f"warning: lost {m}")
+        out.append(f"warning: {m}")
     for m in a.missing:
         out.append(f"missing: {m}")
     if a.missing or a.lost:
@@ -228,7 +228,7 @@ def page(a: Analysis, title: str) -> str:
     """The self-contained HTML report."""
     flame_json = json.dumps(a.folded).replace("</", "<\\/")
     missing = "".join(f"<p class=missing>{html.escape(m)}</p>" for m in a.missing) + "".join(
-        f"<p class=missing>lost {html.escape(m)}</p>" for m in a.lost)
+        f"<p class=missing>warning: {html.escape(m)}</p>" for m in a.lost)
     span = f"{_ns(a.span_ns[1] - a.span_ns[0])}" if a.span_ns else "no events"
     counts = ", ".join(f"{t} {n:,}" for t, n in a.tables.items() if n)
     recs = "".join(f"<li><b>{html.escape(r['title'])}</b><br>because "

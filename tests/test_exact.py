@@ -93,6 +93,12 @@ def test_functions_account_for_sampled_filtered_and_too_deep_calls(tmp_path):
         == [(3 * 1022, 1023)]
     assert session_count(out, "kernel.too_deep") == 3 * 479
     assert "lost 1,437" in r.stderr and "deeper than the shadow stack" in r.stderr
+    # the report says so first thing
+    rep = scope("report", str(out), "-o", str(tmp_path / "report.html"))
+    assert rep.returncode == 0, rep.stderr
+    head = [line for line in rep.stdout.splitlines() if line.strip()][:3]
+    assert any(line.startswith("warning: 1,437 call rows lost: deeper than the shadow stack")
+               for line in head), head
     # leaf is excluded: counted, never a row
     assert rows(out, "SELECT sum(calls), sum(dropped) FROM functions WHERE function = 'leaf'") \
         == [(200_000, 200_000)]
