@@ -25,11 +25,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__, aggregates, capabilities, events, procs, safety, spawn, usdt
-from .attach import AttachError, UprobeLink
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
-from .interpreters import disasm
-from .interpreters import offsets as pyoffsets
+from .kernel.links import PROBE_SETS, Binary, ProbeLinks
 from .matchers import Matcher
 from .program import Limits, Program, check_environment
 from .redact import Redactor
@@ -37,27 +35,9 @@ from .safefs import AS_CREATED, Ownership
 from .sampling import Sampler
 from .writer import OutputDir, OutputError
 
-PROBE_SETS = {
-    "calls": ("function__entry", "function__return"),
-    "gc": ("gc__start", "gc__done"),
-    "sched": (),
-    "imports": ("import__find__load__start", "import__find__load__done"),
-    "audit": ("audit",),
-}
-PROGRAMS = {
-    "function__entry": "on_entry",
-    "function__return": "on_return",
-    "gc__start": "on_gc_start",
-    "gc__done": "on_gc_done",
-    "import__find__load__start": "on_import_start",
-    "import__find__load__done": "on_import_done",
-    "audit": "on_audit",
-}
-_ARG_KIND = {"reg": events.const("ARG_REG"), "mem": events.const("ARG_MEM"),
-             "const": events.const("ARG_CONST")}
 PLAN_HEADROOM = 0.8
 GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
-_RETURN_PROGS = ("on_return", "on_eval_return", "on_inline_return", "on_inline_unwind")
+
 
 
 def probe_mask(probes: frozenset[str] | set[str]) -> int:
@@ -107,31 +87,6 @@ class Options:
                                       # of namespaces other than ours (daemon)
 
 
-@dataclass
-class _Link:
-    """How to (re-)create one uprobe link."""
-
-    prog: str
-    path: str
-    offset: int
-    semaphore: int
-    cookie: int
-
-    def open(self, program: Program) -> UprobeLink:
-        return UprobeLink(program.prog_fd(self.prog), self.path, self.offset, self.semaphore,
-                          cookie=self.cookie)
-
-
-@dataclass
-class _Binary:
-    path: str
-    probes: set[str]
-    links: list[UprobeLink]           # everything but the function probes
-    calls_mode: str = "none"          # see capabilities.Capabilities.calls_mode
-    call_specs: list[_Link] = field(default_factory=list)
-    call_links: list[UprobeLink] = field(default_factory=list)
-
-
 class Session:
     """One tracing session writing to one output directory."""
 
@@ -141,7 +96,7 @@ class Session:
         self.status = status
         self.out: OutputDir | None = None
         self.program: Program | None = None
-        self.binaries: dict[tuple[int, int], _Binary] = {}
+        self.links: ProbeLinks | None = None
         self.targets: dict[int, procs.ProcInfo] = {}
         self.exited: set[int] = set()
         self._traced: dict[int, None] = {}  # pids for the session row, in order
@@ -157,7 +112,6 @@ class Session:
         self.meta: dict[str, str] = {}
         self.last_stats: dict[str, int] = {}
         self._cpu_at_open = 0
-        self._next_cookie = 0
         self._last_sample = 0.0
         self._closed = False
         self._cleanup: list[str] = []  # files we left in targets' roots
@@ -205,136 +159,23 @@ class Session:
             guard_k=GUARD_K, any_pid_mask=probe_mask(o.probes), watch_exec=int(o.watch_exec))
         for tid in o.tids:
             self.program.select_tid(tid)
+        self.links = ProbeLinks(self.program, o.probes, o.limits.max_specs, self.warn,
+                                blocked=lambda: self.breaker is not None
+                                and self.breaker.state == safety.OPEN)
         self.breaker = safety.Breaker(self.program, o.breaker_rate,
-                                      detach=self._detach_calls, attach=self._attach_calls)
+                                      detach=self.links.detach_calls,
+                                      attach=self.links.attach_calls)
         self._cpu_at_open = int(_cpu_seconds() * 1e9)
 
-    def attach_binary(self, path: str, *, any_pid: bool = False) -> _Binary:
-        """Attach the selected USDT probes of an interpreter file, once per file.
+    @property
+    def binaries(self) -> dict[tuple[int, int], Binary]:
+        return self.links.binaries if self.links is not None else {}
 
-        With ``any_pid`` (exe mode) every process that runs the file becomes a
-        target at its first probe hit, in the kernel: processes started later
-        are traced from their first call without racing the controller.
-        """
-        assert self.program is not None
-        try:
-            st = os.stat(path)
-            found = usdt.read_probes(path)
-        except (OSError, usdt.ProbeError) as e:
-            raise ScopeError(f"cannot read probes of {path}: {e}") from None
-        key = (st.st_dev, st.st_ino)
-        if key in self.binaries:
-            return self.binaries[key]
-        python = [p for p in found if p.provider == "python"]
-        if not python:
-            raise ScopeError(f"{path} has no CPython USDT probes (built without --with-dtrace); "
-                             "Debian's and Fedora's /usr/bin/python3 have them")
-        have = {p.name for p in python}
-        wanted = {n for s in self.opts.probes for n in PROBE_SETS[s]}
-        calls_mode = "none"
-        if "calls" in self.opts.probes:
-            calls_mode = capabilities.of_file(path).calls_mode
-            if calls_mode == "none":
-                self.warn(f"{path} (CPython {procs.python_version(path) or '?'}) has no "
-                          "function probes and no frame layout scope-ebpf knows: no calls "
-                          "will be recorded")
-        links: list[UprobeLink] = []
-        calls: list[_Link] = []
-        b = _Binary(path, wanted & have, links, calls_mode, calls)
-        try:
-            entry = pyoffsets.entry_offsets(path, procs.python_version(path))
-            frame_regs = (_frame_registers(python, entry)
-                          if calls_mode in ("usdt", "usdt+hook") else {})
-            for probe in python:
-                if probe.name in wanted:
-                    spec = _Link(PROGRAMS[probe.name], probe.path, probe.offset,
-                                 probe.semaphore_offset, self._cookie(_spec(
-                                     probe.args, any_pid, frame_regs.get(probe.offset))))
-                    if probe.name == "function__entry" and entry is not None:
-                        self.program.set_frame_offsets(spec.cookie, entry)
-                    if probe.name in PROBE_SETS["calls"]:
-                        calls.append(spec)
-                    else:
-                        links.append(spec.open(self.program))
-            if calls_mode == "eval":
-                calls += self._eval_specs(path, any_pid)
-            elif frame_regs and entry["frame_owner"] and "calls" in self.opts.probes:
-                calls += self._eval_specs(path, any_pid, throw_only=True)
-            self._open_calls(b)
-        except (AttachError, ScopeError) as e:
-            for link in links + b.call_links:
-                link.close()
-            raise ScopeError(str(e)) from None
-        self.binaries[key] = b
-        return b
-
-    def _open_calls(self, b: _Binary) -> None:
-        if self.breaker is not None and self.breaker.state == safety.OPEN:
-            return  # attached at the breaker's next half-open
-        # Returns first: an entry without its return would leave a frame pushed for
-        # good; a return without its entry is only counted (unmatched).
-        order = sorted(b.call_specs, key=lambda spec: spec.prog not in _RETURN_PROGS)
-        b.call_links = []
-        for spec in order:
-            b.call_links.append(spec.open(self.program))
-
-    def _attach_calls(self) -> None:
-        for b in self.binaries.values():
-            if not b.call_links:
-                self._open_calls(b)
-
-    def _detach_calls(self) -> None:
-        for b in self.binaries.values():
-            for link in reversed(b.call_links):  # entries first, returns last
-                link.close()
-            b.call_links = []
-
-    def _cookie(self, spec: np.void) -> int:
-        cookie = self._next_cookie
-        if cookie >= self.opts.limits.max_specs:
-            raise ScopeError("too many probe locations for the spec map")
-        self._next_cookie += 1
-        self.program.set_spec(cookie, spec)
-        return cookie
-
-    def _eval_specs(self, path: str, any_pid: bool, throw_only: bool = False) -> list[_Link]:
-        """Plain uprobes on _PyEval_EvalFrameDefault(tstate, frame, throwflag): at its
-        entry (``throw_only``: for the throw() resumes that fire no entry probe),
-        and else on every way out of it too (no uretprobes: those are limited to
-        64 nested frames, cost ~30 us and hold the target at traced speed until
-        it exits once attached)."""
-        try:
-            if throw_only:
-                entry, exits = disasm.eval_entry(path), ()
-            else:
-                sites = disasm.eval_sites(
-                    path, **pyoffsets.inline_init(procs.python_version(path)))
-                entry, exits = sites.entry, sites.exits
-        except usdt.ProbeError as e:
-            raise ScopeError(f"cannot find where to probe the eval function: {e}") from None
-        frame_arg = usdt.ArgSpec(8, False, "reg", usdt.REGS.index("rsi"), 0)
-        throw_arg = usdt.ArgSpec(4, False, "reg", usdt.REGS.index("rdx"), 0)
-        spec = _spec((frame_arg, throw_arg), any_pid)
-        if throw_only:
-            spec["flags"] |= events.const("SPEC_THROW_ONLY")
-        cookie = self._cookie(spec)
-        frame_offsets = pyoffsets.frame_offsets(path)
-        self.program.set_frame_offsets(cookie, frame_offsets)
-        links = [_Link("on_eval_entry", path, entry, 0, cookie)]
-        for site in exits:
-            exit_spec = _spec((), any_pid)
-            exit_spec["exit_cond"] = site.cond
-            links.append(_Link("on_eval_return", path, site.offset, 0, self._cookie(exit_spec)))
-        inline = None if throw_only else sites.inline
-        if inline is not None:
-            push = self._cookie(_spec((), any_pid, inline.frame_reg + 1))
-            self.program.set_frame_offsets(push, frame_offsets)
-            links.append(_Link("on_inline_push", path, inline.push, 0, push))
-            links.append(_Link("on_inline_return", path, inline.returned, 0,
-                               self._cookie(_spec((), any_pid))))
-            links.append(_Link("on_inline_unwind", path, inline.unwind, 0,
-                               self._cookie(_spec((frame_arg,), any_pid))))
-        return links
+    def attach_binary(self, path: str, *, any_pid: bool = False) -> Binary:
+        """Attach the selected probes of an interpreter file, once per file
+        (see ProbeLinks.attach_binary)."""
+        assert self.links is not None
+        return self.links.attach_binary(path, any_pid=any_pid)
 
     def check_pid(self, pid: int) -> str:
         """Validate a running target before anything is loaded; return its probe file."""
@@ -386,7 +227,7 @@ class Session:
         else:
             self.program.add_target(pid, probe_mask(probes))
 
-    def add_exe(self, path: str) -> _Binary:
+    def add_exe(self, path: str) -> Binary:
         """Exe mode: trace every process that runs ``path``, now or started later."""
         real = os.path.realpath(path)
         if not os.path.isfile(real):
@@ -752,10 +593,8 @@ class Session:
             return
         self._closed = True
         try:
-            self._detach_calls()
-            for b in self.binaries.values():
-                for link in b.links:
-                    link.close()
+            if self.links is not None:
+                self.links.close()
             stats: dict[str, int] = {}
             if self.program is not None:
                 self.program.flush_staged_calls()
@@ -839,33 +678,6 @@ def _unbatch(batches: np.ndarray) -> np.ndarray:
     structured copy goes field by field (4 ns instead of 27 ns a record)."""
     slots = batches["ev"].view(_CALL_BYTES)
     return slots[_BATCH_SLOTS < batches["count"][:, None]].view(_CALL)
-
-
-def _frame_registers(probes: list[usdt.Probe], offsets: np.void | None) -> dict[int, int]:
-    """Probe offset -> REGS index + 1 of the register holding the frame, for every
-    function probe site of a build whose frames the kernel can read; empty unless
-    every site has one (a frame known at entries but not at returns cannot pair)."""
-    sites = [p.offset for p in probes if p.name in PROBE_SETS["calls"]]
-    if offsets is None or not sites:
-        return {}
-    regs = disasm.frame_registers(probes[0].path, sites)
-    if None in regs.values():
-        return {}
-    return {off: reg + 1 for off, reg in regs.items()}
-
-
-def _spec(args: tuple[usdt.ArgSpec, ...], any_pid: bool = False,
-          frame_reg: int | None = None) -> np.void:
-    rec = np.zeros(1, events.dtypes()["probe_spec"])[0]
-    rec["flags"] = events.const("SPEC_ANY_PID") if any_pid else 0
-    rec["frame_reg"] = frame_reg or 0
-    for i, a in enumerate(args[:3]):
-        rec[f"kind{i}"] = _ARG_KIND[a.kind]
-        rec[f"reg{i}"] = max(a.reg, 0)
-        rec[f"size{i}"] = a.size
-        rec[f"signed{i}"] = int(a.signed)
-        rec[f"disp{i}"] = a.disp
-    return rec
 
 
 def _peak_rss() -> int:

@@ -1,0 +1,1 @@
+"""The kernel side as the controller sees it: what is attached where."""
