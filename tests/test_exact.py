@@ -54,6 +54,7 @@ def test_counts_equal_cprofile_on_realistic_code(version, sid, tmp_path):
             if got.get(k) != expected.get(k)}
     assert not diff, f"{len(diff)} of {len(expected)} functions differ (scope, cProfile): {diff}"
     assert sum(expected.values()) > 6000
+    print(f"{version}: {len(expected)} functions, {sum(expected.values())} calls, all equal")
     # the worker threads' calls, whatever cProfile sees: 4 threads x 250
     assert rows(out, "SELECT count(*) FROM calls WHERE function = 'thread_step' "
                      f"AND epoch_ns(start_ns) > {t0}") == [(1000,)]
