@@ -142,13 +142,6 @@ def test_names_that_cannot_be_encoded_do_not_hurt_the_target(sid, tmp_path):
     assert got == [("good", 4, 3), ("<unknown>", 8, 3)]
 
 
-def _start_in_root(version: str, seconds: float) -> tuple[subprocess.Popen, int]:
-    p = subprocess.Popen(["chroot", str(ROOT), f"python{version}",
-                          "/tmp/scope-tests/forever.py", str(seconds)],
-                         stdout=subprocess.PIPE, text=True)
-    return p, int(p.stdout.readline())
-
-
 def test_trace_mixed_versions_at_once_and_activate_314(sid, tmp_path):
     go = _go_file("mixed")  # one file: every target sees it at the same host path
     host = Ticker(PY311, go, after=100)
@@ -181,11 +174,11 @@ def test_trace_mixed_versions_at_once_and_activate_314(sid, tmp_path):
 
 
 def test_activate_refuses_313(sid, tmp_path):
-    p, pid = _start_in_root("3.13", 5)
+    target = Ticker("python3.13", _go_file("313"), root=ROOT)  # ticks until stopped
     try:
-        r = scope("trace", "-p", str(pid), "--activate", "-d", "0.5", "-o", str(tmp_path / "o"))
+        r = scope("trace", "-p", str(target.pid), "--activate", "-d", "0.5", "-o",
+                  str(tmp_path / "o"))
     finally:
-        p.kill()
-        p.wait()
+        target.stop()
     assert r.returncode == 2
     assert "--activate needs CPython 3.14+" in r.stderr and "Traceback" not in r.stderr
