@@ -41,14 +41,19 @@ class Totals:
         z = np.zeros(0, np.int64)
         return cls(np.zeros(0, np.uint32), z, z, z, z, z, z, np.zeros((0, b), np.int64))
 
+    def _in(self, before: Totals) -> tuple[np.ndarray, np.ndarray]:
+        """(position in before.ids, found there) of each of self.ids."""
+        if not len(before.ids):
+            return np.zeros(len(self.ids), np.int64), np.zeros(len(self.ids), bool)
+        pos = np.minimum(np.searchsorted(before.ids, self.ids), len(before.ids) - 1)
+        return pos, before.ids[pos] == self.ids
+
     def since(self, before: Totals) -> Delta:
         """What accumulated since ``before``, aligned with self.ids."""
         d = {name: getattr(self, name).copy() for name in self._SUMS}
-        if len(before.ids):
-            pos = np.minimum(np.searchsorted(before.ids, self.ids), len(before.ids) - 1)
-            seen = before.ids[pos] == self.ids
-            for name, a in d.items():
-                a[seen] -= getattr(before, name)[pos[seen]]
+        pos, seen = self._in(before)
+        for name, a in d.items():
+            a[seen] -= getattr(before, name)[pos[seen]]
         return Delta(**d)
 
     def hold(self, before: Totals, ready: np.ndarray) -> Totals:
@@ -56,11 +61,8 @@ class Totals:
         ``before`` (or stay out): what a snapshot may write now."""
         if ready.all():
             return self
-        if len(before.ids):
-            pos = np.minimum(np.searchsorted(before.ids, self.ids), len(before.ids) - 1)
-            seen = (before.ids[pos] == self.ids) & ~ready
-        else:
-            pos, seen = np.zeros(len(self.ids), np.int64), np.zeros(len(self.ids), bool)
+        pos, seen = self._in(before)
+        seen &= ~ready
         keep = ready | seen
         fields = {}
         for name in ("count", "total", "min", "max", "dropped", "lost", "hist"):
