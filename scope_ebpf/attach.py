@@ -15,9 +15,12 @@ import errno
 import os
 import platform
 import struct
+import threading
+from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["AttachError", "TracepointLink", "UprobeLink", "bpf_syscall"]
+__all__ = ["AttachError", "TracepointLink", "UprobeLink", "UprobeMultiLink", "bpf_syscall",
+           "close_all", "uprobe_multi_supported"]
 
 _SYSCALLS = {  # machine -> (perf_event_open, bpf)
     "x86_64": (298, 321),
@@ -28,6 +31,7 @@ _PERF_ATTR_SIZE = 128  # PERF_ATTR_SIZE_VER7
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 _BPF_LINK_CREATE = 28
 _BPF_PERF_EVENT = 41
+BPF_TRACE_UPROBE_MULTI = 48  # attach type (and the programs' expected attach type)
 _BPF_ATTR_SIZE = 64  # covers link_create incl. the perf_event.bpf_cookie union member
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -102,6 +106,49 @@ class TracepointLink:
                 os.close(fd)
 
 
+def uprobe_multi_supported() -> bool:
+    """Whether uprobes are attached with uprobe_multi links (Linux 6.6+).
+
+    ``SCOPE_EBPF_UPROBE_MULTI=0`` forces one perf event per uprobe (the path
+    for older kernels), e.g. to test it.
+    """
+    if os.environ.get("SCOPE_EBPF_UPROBE_MULTI", "") == "0":
+        return False
+    try:
+        major, minor = (int(x) for x in platform.release().split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (6, 6)
+
+
+def close_all(links: Sequence[TracepointLink | UprobeLink | UprobeMultiLink]) -> None:
+    """Close links at once, each from its own thread, and wait for all.
+
+    Each detach waits for RCU grace periods in the kernel (30-100 ms here, more
+    on a busy host); closed concurrently, the waits overlap: 10 uprobe_multi
+    links took 480 ms one by one and 80 ms together.
+    """
+    if len(links) <= 1:
+        for link in links:
+            link.close()
+        return
+    errors: list[BaseException] = []
+
+    def close(link: TracepointLink | UprobeLink | UprobeMultiLink) -> None:
+        try:
+            link.close()
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=close, args=(link,), daemon=True) for link in links]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def _format_shift(field: str, default: int) -> int:
     """Bit position of a uprobe PMU format field (e.g. ``config:32-63`` -> 32)."""
     try:
@@ -159,19 +206,20 @@ class UprobeLink:
             raise
 
     @staticmethod
-    def _perf_error(e: OSError, where: str, semaphore_offset: int) -> str:
-        """Turn a perf_event_open errno into an actionable one-line message."""
+    def _perf_error(e: OSError, where: str, semaphore_offset: int,
+                    call: str = "perf_event_open") -> str:
+        """Turn a perf_event_open (or uprobe_multi link) errno into an actionable line."""
         if e.errno == errno.EINVAL and semaphore_offset:
             return (
-                f"perf_event_open(uprobe {where}, semaphore {semaphore_offset:#x}) failed with "
+                f"{call}(uprobe {where}, semaphore {semaphore_offset:#x}) failed with "
                 "EINVAL: another tracer (e.g. a bcc tool) may be attached to this probe with "
                 "different semaphore handling (kernel logs 'ref_ctr_offset mismatch')"
             )
         if e.errno == errno.ENOENT:
-            return f"perf_event_open(uprobe {where}): file not found (did the binary go away?)"
+            return f"{call}(uprobe {where}): file not found (did the binary go away?)"
         if e.errno in (errno.EPERM, errno.EACCES):
-            return f"perf_event_open(uprobe {where}): {e.strerror}; needs root/CAP_PERFMON+CAP_BPF"
-        return f"perf_event_open(uprobe {where}): {e.strerror}"
+            return f"{call}(uprobe {where}): {e.strerror}; needs root/CAP_PERFMON+CAP_BPF"
+        return f"{call}(uprobe {where}): {e.strerror}"
 
     @property
     def fd(self) -> int:
@@ -203,3 +251,57 @@ class UprobeLink:
     def __repr__(self) -> str:
         fds = f"perf_fd={self.perf_fd}, link_fd={self.link_fd}"
         return f"UprobeLink({self.path}+{self.offset:#x}, {fds})"
+
+
+class UprobeMultiLink:
+    """A BPF program linked to many uprobes of one file by one uprobe_multi link.
+
+    Why: the kernel waits for an RCU grace period each time a uprobe goes away.
+    Closing one perf event per probe took about 100 ms a probe here (1.5 s for
+    3.13's 14 probes, longer with another tracer detaching at the same time); a
+    multi link unregisters its whole set and then waits once. Semaphores
+    (``ref_ctr_offsets``) stay kernel-managed, cookies stay per probe. The
+    program must have been loaded with BPF_TRACE_UPROBE_MULTI as its expected
+    attach type.
+    """
+
+    def __init__(self, prog_fd: int, path: str, offsets: list[int],
+                 semaphore_offsets: list[int], cookies: list[int]) -> None:
+        self.link_fd = -1
+        self.path = path
+        self.offsets = list(offsets)
+        n = len(offsets)
+        if not n or len(semaphore_offsets) != n or len(cookies) != n:
+            raise AttachError(f"uprobe_multi link on {path}: {n} offsets, "
+                              f"{len(semaphore_offsets)} semaphores, {len(cookies)} cookies")
+        array = ctypes.c_uint64 * n
+        # the kernel copies all of these during the syscall
+        path_buf = ctypes.create_string_buffer(os.fsencode(path))
+        offs, refs, cks = array(*offsets), array(*semaphore_offsets), array(*cookies)
+        battr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+        struct.pack_into("<IIII", battr, 0, prog_fd, 0, BPF_TRACE_UPROBE_MULTI, 0)
+        struct.pack_into("<QQQQIII", battr, 16, ctypes.addressof(path_buf),
+                         ctypes.addressof(offs), ctypes.addressof(refs), ctypes.addressof(cks),
+                         n, 0, 0)  # flags 0: entry probes; pid 0: every process
+        try:
+            self.link_fd = _syscall(1, _BPF_LINK_CREATE, battr, _BPF_ATTR_SIZE)
+        except OSError as e:
+            where = f"{path}+{offsets[0]:#x}" + (f" and {n - 1} more" if n > 1 else "")
+            raise AttachError(UprobeLink._perf_error(e, where, max(semaphore_offsets),
+                                                     "uprobe_multi link")) from None
+
+    @property
+    def fd(self) -> int:
+        return self.link_fd
+
+    def close(self) -> None:
+        """Detach every probe of the set (and lower their semaphores). Idempotent."""
+        fd, self.link_fd = getattr(self, "link_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"UprobeMultiLink({self.path}, {len(self.offsets)} uprobes, link_fd={self.link_fd})"

@@ -131,6 +131,7 @@ class Session:
         self._over_cpu = 0
         self._selected: set[int] = set(options.tids)
         self.stop_reason: str | None = None  # set when a self-limit ends the session
+        self.detach_ns = 0
         self.start_ns = time.time_ns()
         self.decoder = Decoder(_mono_to_wall())
         # With watch_exec: called with (pid, filename) for every exec on the host,
@@ -159,6 +160,7 @@ class Session:
             guard_k=GUARD_K, any_pid_mask=probe_mask(o.probes), watch_exec=int(o.watch_exec))
         for tid in o.tids:
             self.program.select_tid(tid)
+        self.meta["uprobe_links"] = "uprobe_multi" if self.program.uprobe_multi else "perf_event"
         self.links = ProbeLinks(self.program, o.probes, o.limits.max_specs, self.warn,
                                 blocked=lambda: self.breaker is not None
                                 and self.breaker.state == safety.OPEN)
@@ -594,7 +596,9 @@ class Session:
         self._closed = True
         try:
             if self.links is not None:
+                t0 = time.monotonic_ns()
                 self.links.close()
+                self.detach_ns = time.monotonic_ns() - t0
             stats: dict[str, int] = {}
             if self.program is not None:
                 self.program.flush_staged_calls()
@@ -639,6 +643,7 @@ class Session:
         # CPU of the event path alone: since the program was compiled and loaded
         counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open
         counts["controller_peak_rss_bytes"] = _peak_rss()
+        counts["detach_ns"] = self.detach_ns  # removing every probe, at the end
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
             counts[f"rows.{table}"] = self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]

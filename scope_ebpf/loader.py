@@ -33,7 +33,7 @@ def main() -> None:
     meta: dict = {"progs": {}, "maps": {}}
     for name in req["kprobes"]:
         meta["progs"][name] = len(fds)
-        fds.append(b.load_func(name.encode(), BPF.KPROBE).fd)
+        fds.append(b.load_func(name.encode(), BPF.KPROBE, attach_type=req["attach_type"]).fd)
     for tp in req["tracepoints"]:
         fn = "tracepoint__" + tp.replace(":", "__")
         meta["progs"][tp] = len(fds)

@@ -22,7 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from . import events
-from .attach import AttachError, TracepointLink
+from .attach import (
+    BPF_TRACE_UPROBE_MULTI,
+    AttachError,
+    TracepointLink,
+    close_all,
+    uprobe_multi_supported,
+)
 from .errors import ScopeError
 from .maps import Map, possible_cpus, u32
 from .ringbuf import RingReader
@@ -110,7 +116,10 @@ class Program:
 
     def __init__(self, limits: Limits | None = None, sched: bool = True) -> None:
         self.limits = limits = limits or Limits()
-        self._progs, self.maps = _finish(start_loading(limits))
+        key = start_loading(limits)
+        # whether the uprobe programs take uprobe_multi links (see kernel/links.py)
+        self.uprobe_multi = key[-1] == BPF_TRACE_UPROBE_MULTI
+        self._progs, self.maps = _finish(key)
         self._links: list[TracepointLink] = []
         self.rings: dict[str, RingReader] = {}
         try:
@@ -274,8 +283,7 @@ class Program:
         return out
 
     def close(self) -> None:
-        for link in self._links:
-            link.close()
+        close_all(self._links)
         self._links.clear()
         for r in self.rings.values():
             r.close()
@@ -306,10 +314,13 @@ def start_loading(limits: Limits | None = None) -> tuple:
         f"-DMAX_SPECS={limits.max_specs}",
         "-Wno-unused-function",
     ]
-    key = tuple(cflags)
+    # uprobe_multi links need the programs loaded for them (and perf links then refuse them)
+    attach_type = BPF_TRACE_UPROBE_MULTI if uprobe_multi_supported() else -1
+    key = (*cflags, attach_type)
     if key in _pending:
         return key
     request = {"src": str(events.BPF_DIR / "scope.bpf.c"), "cflags": cflags,
+               "attach_type": attach_type,
                "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS, "maps": MAPS}
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # Run as a file, not ``-m``: the package's __init__ would load pyarrow, ~70 ms

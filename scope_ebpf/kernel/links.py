@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import capabilities, events, procs, usdt
-from ..attach import AttachError, UprobeLink
+from ..attach import AttachError, UprobeLink, UprobeMultiLink, close_all
 from ..errors import ScopeError
 from ..interpreters import disasm
 from ..interpreters import offsets as pyoffsets
@@ -60,14 +60,45 @@ class _Link:
                           cookie=self.cookie)
 
 
+Link = UprobeLink | UprobeMultiLink
+
+
+def _open(program: Program, specs: list[_Link]) -> list[Link]:
+    """Links for ``specs`` (all of one file), in their order: one uprobe_multi link
+    per program where the kernel has them (detaching then waits for one grace
+    period per program, not one per probe), else one perf event per probe."""
+    if not program.uprobe_multi:
+        groups = [[spec] for spec in specs]
+    else:
+        by_prog: dict[str, list[_Link]] = {}
+        for spec in specs:
+            by_prog.setdefault(spec.prog, []).append(spec)
+        groups = list(by_prog.values())
+    links: list[Link] = []
+    try:
+        for group in groups:
+            if not program.uprobe_multi:
+                links.append(group[0].open(program))
+                continue
+            links.append(UprobeMultiLink(program.prog_fd(group[0].prog), group[0].path,
+                                         [s.offset for s in group], [s.semaphore for s in group],
+                                         [s.cookie for s in group]))
+    except BaseException:
+        for link in links:
+            link.close()
+        raise
+    return links
+
+
 @dataclass
 class Binary:
     path: str
     probes: set[str]
-    links: list[UprobeLink]           # everything but the function probes
+    links: list[Link]                 # everything but the function probes
     calls_mode: str = "none"          # see capabilities.Capabilities.calls_mode
     call_specs: list[_Link] = field(default_factory=list)
-    call_links: list[UprobeLink] = field(default_factory=list)
+    call_links: list[Link] = field(default_factory=list)    # the function entries
+    return_links: list[Link] = field(default_factory=list)  # the ways out
 
 
 class ProbeLinks:
@@ -111,7 +142,8 @@ class ProbeLinks:
                 self.warn(f"{path} (CPython {procs.python_version(path) or '?'}) has no "
                           "function probes and no frame layout scope-ebpf knows: no calls "
                           "will be recorded")
-        links: list[UprobeLink] = []
+        links: list[Link] = []
+        other: list[_Link] = []
         calls: list[_Link] = []
         b = Binary(path, wanted & have, links, calls_mode, calls)
         try:
@@ -128,15 +160,15 @@ class ProbeLinks:
                     if probe.name in PROBE_SETS["calls"]:
                         calls.append(spec)
                     else:
-                        links.append(spec.open(self.program))
+                        other.append(spec)
             if calls_mode == "eval":
                 calls += self._eval_specs(path, any_pid)
             elif frame_regs and entry["frame_owner"] and "calls" in self.probes:
                 calls += self._eval_specs(path, any_pid, throw_only=True)
+            links += _open(self.program, other)
             self.open_calls(b)
         except (AttachError, ScopeError) as e:
-            for link in links + b.call_links:
-                link.close()
+            close_all(links + b.call_links + b.return_links)
             raise ScopeError(str(e)) from None
         self.binaries[key] = b
         return b
@@ -146,21 +178,31 @@ class ProbeLinks:
             return  # attached at the breaker's next half-open
         # Returns first: an entry without its return would leave a frame pushed for
         # good; a return without its entry is only counted (unmatched).
-        order = sorted(b.call_specs, key=lambda spec: spec.prog not in _RETURN_PROGS)
-        b.call_links = []
-        for spec in order:
-            b.call_links.append(spec.open(self.program))
+        b.return_links = _open(self.program, [s for s in b.call_specs
+                                              if s.prog in _RETURN_PROGS])
+        try:
+            b.call_links = _open(self.program, [s for s in b.call_specs
+                                                if s.prog not in _RETURN_PROGS])
+        except BaseException:
+            close_all(b.return_links)
+            b.return_links = []
+            raise
 
     def attach_calls(self) -> None:
         for b in self.binaries.values():
-            if not b.call_links:
+            if not b.call_links and not b.return_links:
                 self.open_calls(b)
 
     def detach_calls(self) -> None:
+        """Detach the function probes of every file: all entries at once (see
+        close_all), then all returns, so that no entry pushes a frame after
+        the return that would pop it is gone."""
+        entries = [link for b in self.binaries.values() for link in b.call_links]
+        returns = [link for b in self.binaries.values() for link in b.return_links]
         for b in self.binaries.values():
-            for link in reversed(b.call_links):  # entries first, returns last
-                link.close()
-            b.call_links = []
+            b.call_links, b.return_links = [], []
+        close_all(entries)
+        close_all(returns)
 
     def _cookie(self, spec: np.void) -> int:
         cookie = self._next_cookie
@@ -212,9 +254,10 @@ class ProbeLinks:
     def close(self) -> None:
         """Detach everything: function probes first, entries before returns."""
         self.detach_calls()
+        links = [link for b in self.binaries.values() for link in b.links]
         for b in self.binaries.values():
-            for link in b.links:
-                link.close()
+            b.links = []
+        close_all(links)
 
 
 def _frame_registers(probes: list[usdt.Probe], offsets: np.void | None) -> dict[int, int]:
