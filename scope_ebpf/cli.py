@@ -13,13 +13,16 @@ import click
 
 from . import __version__
 from .errors import ScopeError
+from .textsafe import safe
 from .units import human_bytes
 
 _PREFIX = "scope-ebpf: "
 
 
 def _status(msg: str) -> None:
-    click.echo(_PREFIX + msg, err=True)
+    """One status, warning or log line on stderr (daemon logs included); names in
+    it may come from a traced program, so control characters are shown escaped."""
+    click.echo(_PREFIX + safe(msg), err=True)
 
 
 def _default_output() -> Path:
@@ -56,7 +59,7 @@ def _preload() -> None:
 
 
 def _fail(e: ScopeError) -> None:
-    click.echo(f"{_PREFIX}error: {e}", err=True)
+    click.echo(f"{_PREFIX}error: {safe(e)}", err=True)
     sys.exit(e.exit_code)
 
 
@@ -127,7 +130,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - anything that reaches here is our bug
         if os.environ.get("SCOPE_EBPF_DEBUG"):
             raise
-        click.echo(f"{_PREFIX}internal error: {type(e).__name__}: {e} "
+        click.echo(f"{_PREFIX}internal error: {type(e).__name__}: {safe(e)} "
                    "(set SCOPE_EBPF_DEBUG=1 for a traceback)", err=True)
         sys.exit(70)
 
@@ -582,20 +585,20 @@ def probes(pid: int | None, binary: str | None) -> None:
         _fail(e)
     launched = pid is None
     who = f"process {pid}: " if pid is not None else ""
-    click.echo(f"{who}{path} (CPython {caps.version or 'unknown version'})")
+    click.echo(safe(f"{who}{path} (CPython {caps.version or 'unknown version'})"))
     for probe, table in capabilities.PROBES.items():
         n = caps.present.get(probe, 0)
         fires, why = caps.fires(probe, launched)
         mark = "yes" if fires else "no"
         note = "" if why == "fires" else why
-        click.echo(f"  {probe:<27} {'present' if n else 'missing':<8} fires: {mark:<4}"
-                   f"-> {table:<8} {note}".rstrip())
+        click.echo(safe(f"  {probe:<27} {'present' if n else 'missing':<8} fires: {mark:<4}"
+                        f"-> {table:<8} {note}".rstrip()))
     if not caps.has_probes:
         click.echo("calls: no (not a CPython with USDT probes: built without --with-dtrace)")
         sys.exit(capabilities.EXIT_NO_PROBES)
     ok, why = caps.calls(launched)
     via = "`run`" if launched else "`trace --pid`"
-    click.echo(f"calls with {via}: {'yes' if ok else 'no'} [{caps.calls_mode}] {why}")
+    click.echo(safe(f"calls with {via}: {'yes' if ok else 'no'} [{caps.calls_mode}] {why}"))
     sys.exit(capabilities.EXIT_CALLS if ok else capabilities.EXIT_NO_CALLS)
 
 
