@@ -500,32 +500,44 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
 
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"),
-              show_default=True, help="Where the HTML page (or the export) is written.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where the HTML page (or the export) is written [default: ./report.html "
+                   "for html, stdout for folded and speedscope].")
 @click.option("--format", "fmt", type=click.Choice(["html", "folded", "speedscope"]),
               default="html", show_default=True,
               help="html: the page; folded / speedscope: the flame graph for other viewers.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No terminal summary.")
 @_filters
-def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> None:
+def report(directory: Path, output: Path | None, fmt: str, force: bool, quiet: bool,
+           **filters) -> None:
     """Hot paths, flame graph, GC pauses, off-CPU time and anomalies of a trace.
 
     Prints a summary and writes a self-contained HTML page (no network access
     needed to view it). Works on a run's output or a daemon tree, with the same
-    filters as `query`.
+    filters as `query`. The page and exports are private (0600, the sudo user's)
+    and an existing file is never replaced without --force. An export without
+    -o goes to stdout, with no summary.
 
     \b
     Examples:
-      scope-ebpf report out                          # summary + report.html
+      scope-ebpf report out                          # summary + ./report.html
       scope-ebpf report out -o app.html --pid 1234 --since +5s
-      scope-ebpf report out --format folded -o out.folded     # flamegraph.pl, inferno
+      scope-ebpf report out --format folded > out.folded      # flamegraph.pl, inferno
       scope-ebpf report out --format speedscope -o out.speedscope.json
     """
     from . import analysis
     from . import report as rep
     from .query import connect
+    from .safefs import AS_CREATED, invoking_user, write_file
 
     try:
+        if output is None and fmt == "html":
+            output = Path("report.html")
+        exists = ScopeError(f"{output} exists: name another file with -o, or add --force "
+                            "to replace it")
+        if output is not None and not force and os.path.lexists(output):
+            raise exists
         con = connect(directory, **_connect_args(directory, **filters))
         try:
             a = analysis.analyze(con)
@@ -537,15 +549,21 @@ def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> N
             body = rep.speedscope(a, str(directory))
         else:
             body = rep.page(a, f"scope-ebpf report: {directory}")
+        if output is None:  # an export to stdout: it is the output, so no summary
+            click.echo(body, nl=not body.endswith("\n"))
+            return
+        data = body.encode()
+        # The report holds what the trace holds: private to the user, as the trace is.
+        owner = invoking_user() if os.geteuid() == 0 else AS_CREATED
         try:
-            tmp = output.with_name(f".{output.name}.tmp")
-            tmp.write_text(body)
-            tmp.replace(output)
+            write_file(str(output), data, owner, replace=force)
+        except FileExistsError:
+            raise exists from None
         except OSError as e:
             raise ScopeError(f"cannot write {output}: {e.strerror}") from None
         if not quiet:
             click.echo(rep.text(a))
-        _status(f"wrote {output} ({human_bytes(output.stat().st_size)})")
+        _status(f"wrote {output} ({human_bytes(len(data))})")
     except ScopeError as e:  # QueryError included
         _fail(e)
 

@@ -16,9 +16,11 @@ under sudo), private (0700/0600) unless a group is given to share it with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 
@@ -239,3 +241,47 @@ def publish(dir_fd: int, tmp: str, final: str) -> None:
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), final) from None
     os.unlink(tmp, dir_fd=dir_fd)
 
+
+def write_file(path: str, data: bytes, owner: Ownership, replace: bool = False) -> None:
+    """Write ``path`` (0600/0640, ``owner``'s) atomically: a new file with a
+    temporary name, given ``path`` once complete.
+
+    The parent directory must exist and is reached by :func:`open_dir`. An
+    existing ``path`` is kept (FileExistsError) unless ``replace``; even then only
+    a regular file is replaced (a symlink or device named there is refused, never
+    followed or written through).
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    if not name:
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    try:
+        dir_fd = open_dir(parent)
+    except ScopeError as e:
+        raise ScopeError(f"output path {path}: {e}") from None
+    try:
+        if replace:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise ScopeError(f"{path} exists and is not a regular file: "
+                                     "refusing to replace it")
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = create(dir_fd, tmp, owner)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if replace:
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                publish(dir_fd, tmp, name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)

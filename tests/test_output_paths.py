@@ -5,14 +5,21 @@ a file it was not told to."""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import PY311, scope
 
 from scope_ebpf import safefs
 from scope_ebpf.errors import ScopeError
+from scope_ebpf.writer import OutputDir
+
+T0 = 1_700_000_000_000_000_000
+SUDO = {"SUDO_UID": "4321", "SUDO_GID": "4322"}
 
 
 @pytest.fixture()
@@ -90,3 +97,76 @@ def test_run_and_daemon_refuse_a_planted_symlink_in_the_output_path(tmp_path, pl
     assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
     assert "output.root" in r.stderr and "is a symlink" in r.stderr
     assert list(victim.iterdir()) == []
+
+
+@pytest.fixture()
+def trace(tmp_path: Path) -> Path:
+    """A small trace written by the real writer (no kernel needed)."""
+    out = OutputDir(tmp_path / "trace")
+    out.writer("calls").write(pa.table({
+        "start_ns": pa.array([T0, T0 + 1000, T0 + 5000], pa.int64()),
+        "duration_ns": pa.array([9000, 3000, 1000], pa.int64()),
+        "pid": [7, 7, 7], "tid": [7, 7, 7], "depth": [0, 1, 1],
+        "function": ["main", "work", "work"], "file": ["/a.py"] * 3, "line": [1, 5, 5],
+        "weight": [1, 1, 1]}))
+    out.writer("session").write(
+        pa.table({"key": ["stop_reason"], "value": ["target exited"],
+                  "count": pa.array([0], pa.int64())}))
+    out.close()
+    return tmp_path / "trace"
+
+
+def test_report_and_exports_are_private_and_the_sudo_users(tmp_path, trace):
+    env = dict(os.environ, **SUDO)
+    for fmt, name in (("html", "r.html"), ("folded", "f.txt"), ("speedscope", "s.json")):
+        r = scope("report", str(trace), "-q", "--format", fmt, "-o", str(tmp_path / name),
+                  env=env)
+        assert r.returncode == 0, r.stderr
+        st = (tmp_path / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 4322, 0o600), fmt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "r.html", "s.json", "trace"]
+    assert "main (a.py:1);work (a.py:5) 4000" in (tmp_path / "f.txt").read_text()
+
+
+def test_report_never_replaces_a_file_it_was_not_told_to(tmp_path, trace, planted):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    r = scope("report", str(trace), "-q", cwd=cwd)
+    assert r.returncode == 0 and (cwd / "report.html").read_text().startswith("<!DOCTYPE")
+    mine = cwd / "report.html"
+    mine.write_text("mine")
+    r = scope("report", str(trace), cwd=cwd)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert "report.html exists" in r.stderr and "--force" in r.stderr
+    assert mine.read_text() == "mine"
+    named = cwd / "named.html"
+    named.write_text("mine")
+    r = scope("report", str(trace), "-q", "-o", str(named))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and named.read_text() == "mine"
+    r = scope("report", str(trace), "-q", "-o", str(named), "--force")
+    assert r.returncode == 0 and named.read_text().startswith("<!DOCTYPE")
+    r = scope("report", str(trace), "-q", "--force", cwd=cwd)
+    assert r.returncode == 0 and mine.read_text().startswith("<!DOCTYPE")
+    # --force replaces a file, never writes through a symlink or into a device
+    victim_file = tmp_path / "victim.txt"
+    victim_file.write_text("keep")
+    (cwd / "l.html").symlink_to(victim_file)
+    r = scope("report", str(trace), "-q", "-o", str(cwd / "l.html"), "--force")
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+    assert victim_file.read_text() == "keep" and (cwd / "l.html").is_symlink()
+    link, victim = planted
+    r = scope("report", str(trace), "-q", "-o", str(link / "r.html"))
+    assert r.returncode == 2 and "is a symlink that a user other than root" in r.stderr
+    assert list(victim.iterdir()) == []
+    assert sorted(p.name for p in cwd.iterdir()) == ["l.html", "named.html", "report.html"]
+
+
+def test_exports_without_output_go_to_stdout(tmp_path, trace):
+    r = scope("report", str(trace), "--format", "folded", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "main (a.py:1) 5000\nmain (a.py:1);work (a.py:5) 4000\n"
+    assert r.stderr == ""
+    r = scope("report", str(trace), "--format", "speedscope", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sum(json.loads(r.stdout)["profiles"][0]["weights"]) == 9000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trace"]
