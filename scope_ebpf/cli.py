@@ -13,13 +13,16 @@ import click
 
 from . import __version__
 from .errors import ScopeError
+from .textsafe import safe
 from .units import human_bytes
 
 _PREFIX = "scope-ebpf: "
 
 
 def _status(msg: str) -> None:
-    click.echo(_PREFIX + msg, err=True)
+    """One status, warning or log line on stderr (daemon logs included); names in
+    it may come from a traced program, so control characters are shown escaped."""
+    click.echo(_PREFIX + safe(msg), err=True)
 
 
 def _default_output() -> Path:
@@ -56,7 +59,7 @@ def _preload() -> None:
 
 
 def _fail(e: ScopeError) -> None:
-    click.echo(f"{_PREFIX}error: {e}", err=True)
+    click.echo(f"{_PREFIX}error: {safe(e)}", err=True)
     sys.exit(e.exit_code)
 
 
@@ -127,7 +130,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - anything that reaches here is our bug
         if os.environ.get("SCOPE_EBPF_DEBUG"):
             raise
-        click.echo(f"{_PREFIX}internal error: {type(e).__name__}: {e} "
+        click.echo(f"{_PREFIX}internal error: {type(e).__name__}: {safe(e)} "
                    "(set SCOPE_EBPF_DEBUG=1 for a traceback)", err=True)
         sys.exit(70)
 
@@ -497,32 +500,44 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
 
 @cli.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"),
-              show_default=True, help="Where the HTML page (or the export) is written.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where the HTML page (or the export) is written [default: ./report.html "
+                   "for html, stdout for folded and speedscope].")
 @click.option("--format", "fmt", type=click.Choice(["html", "folded", "speedscope"]),
               default="html", show_default=True,
               help="html: the page; folded / speedscope: the flame graph for other viewers.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No terminal summary.")
 @_filters
-def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> None:
+def report(directory: Path, output: Path | None, fmt: str, force: bool, quiet: bool,
+           **filters) -> None:
     """Hot paths, flame graph, GC pauses, off-CPU time and anomalies of a trace.
 
     Prints a summary and writes a self-contained HTML page (no network access
     needed to view it). Works on a run's output or a daemon tree, with the same
-    filters as `query`.
+    filters as `query`. The page and exports are private (0600, the sudo user's)
+    and an existing file is never replaced without --force. An export without
+    -o goes to stdout, with no summary.
 
     \b
     Examples:
-      scope-ebpf report out                          # summary + report.html
+      scope-ebpf report out                          # summary + ./report.html
       scope-ebpf report out -o app.html --pid 1234 --since +5s
-      scope-ebpf report out --format folded -o out.folded     # flamegraph.pl, inferno
+      scope-ebpf report out --format folded > out.folded      # flamegraph.pl, inferno
       scope-ebpf report out --format speedscope -o out.speedscope.json
     """
     from . import analysis
     from . import report as rep
     from .query import connect
+    from .safefs import AS_CREATED, invoking_user, write_file
 
     try:
+        if output is None and fmt == "html":
+            output = Path("report.html")
+        exists = ScopeError(f"{output} exists: name another file with -o, or add --force "
+                            "to replace it")
+        if output is not None and not force and os.path.lexists(output):
+            raise exists
         con = connect(directory, **_connect_args(directory, **filters))
         try:
             a = analysis.analyze(con)
@@ -534,15 +549,21 @@ def report(directory: Path, output: Path, fmt: str, quiet: bool, **filters) -> N
             body = rep.speedscope(a, str(directory))
         else:
             body = rep.page(a, f"scope-ebpf report: {directory}")
+        if output is None:  # an export to stdout: it is the output, so no summary
+            click.echo(body, nl=not body.endswith("\n"))
+            return
+        data = body.encode()
+        # The report holds what the trace holds: private to the user, as the trace is.
+        owner = invoking_user() if os.geteuid() == 0 else AS_CREATED
         try:
-            tmp = output.with_name(f".{output.name}.tmp")
-            tmp.write_text(body)
-            tmp.replace(output)
+            write_file(str(output), data, owner, replace=force)
+        except FileExistsError:
+            raise exists from None
         except OSError as e:
             raise ScopeError(f"cannot write {output}: {e.strerror}") from None
         if not quiet:
             click.echo(rep.text(a))
-        _status(f"wrote {output} ({human_bytes(output.stat().st_size)})")
+        _status(f"wrote {output} ({human_bytes(len(data))})")
     except ScopeError as e:  # QueryError included
         _fail(e)
 
@@ -582,20 +603,20 @@ def probes(pid: int | None, binary: str | None) -> None:
         _fail(e)
     launched = pid is None
     who = f"process {pid}: " if pid is not None else ""
-    click.echo(f"{who}{path} (CPython {caps.version or 'unknown version'})")
+    click.echo(safe(f"{who}{path} (CPython {caps.version or 'unknown version'})"))
     for probe, table in capabilities.PROBES.items():
         n = caps.present.get(probe, 0)
         fires, why = caps.fires(probe, launched)
         mark = "yes" if fires else "no"
         note = "" if why == "fires" else why
-        click.echo(f"  {probe:<27} {'present' if n else 'missing':<8} fires: {mark:<4}"
-                   f"-> {table:<8} {note}".rstrip())
+        click.echo(safe(f"  {probe:<27} {'present' if n else 'missing':<8} fires: {mark:<4}"
+                        f"-> {table:<8} {note}".rstrip()))
     if not caps.has_probes:
         click.echo("calls: no (not a CPython with USDT probes: built without --with-dtrace)")
         sys.exit(capabilities.EXIT_NO_PROBES)
     ok, why = caps.calls(launched)
     via = "`run`" if launched else "`trace --pid`"
-    click.echo(f"calls with {via}: {'yes' if ok else 'no'} [{caps.calls_mode}] {why}")
+    click.echo(safe(f"calls with {via}: {'yes' if ok else 'no'} [{caps.calls_mode}] {why}"))
     sys.exit(capabilities.EXIT_CALLS if ok else capabilities.EXIT_NO_CALLS)
 
 

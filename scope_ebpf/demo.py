@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .query import connect
+from .textsafe import safe
 
 PYTHON = "/usr/bin/python3.11"  # Debian's build: it has the USDT probes
 OUTPUT = Path("scope-demo")
@@ -110,6 +111,7 @@ def _table(names: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
     """Aligned columns: numbers right-aligned, text left-aligned."""
     if not rows:
         return [indent + "(none)"]
+    rows = [[safe(c) for c in r] for r in rows]  # names from the traced program
     widths = [max(len(n), *(len(r[i]) for r in rows)) for i, n in enumerate(names)]
 
     def line(cells: Sequence[str]) -> str:

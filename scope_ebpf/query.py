@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from .errors import ScopeError
 from .schema import TABLES, arrow_schema
+from .textsafe import json_text, safe
 from .units import parse_duration
 
 Format = Literal["table", "csv", "json"]
@@ -197,7 +198,7 @@ def _text(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    text = _text(value).replace("\n", "\\n").replace("\t", " ")
+    text = safe(_text(value))  # names come from the traced program: no raw controls
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
@@ -209,7 +210,7 @@ def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         for i in range(len(names))
     ]
     widths = [
-        max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)
+        max([len(safe(n))] + [len(r[i]) for r in cells]) for i, n in enumerate(names)
     ]
 
     def line(values: Sequence[str]) -> str:
@@ -219,23 +220,25 @@ def format_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         ]
         return "  ".join(parts).rstrip()
 
-    out = [line(list(names)), "  ".join("-" * w for w in widths)]
+    out = [line([safe(n) for n in names]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells]
     out.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
     return "\n".join(out) + "\n"
 
 
 def format_csv(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """CSV whose cells show control characters escaped (a CR or an OSC sequence in a
+    name would act on the terminal the CSV is printed to)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(names)
+    w.writerow([safe(n) for n in names])
     for row in rows:
-        w.writerow(["" if v is None else _text(v) for v in row])
+        w.writerow(["" if v is None else safe(_text(v)) for v in row])
     return buf.getvalue()
 
 
 def format_json(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    return json.dumps([dict(zip(names, r, strict=True)) for r in rows], ensure_ascii=False) + "\n"
+    return json_text([dict(zip(names, r, strict=True)) for r in rows]) + "\n"
 
 
 _FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}

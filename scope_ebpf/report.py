@@ -13,6 +13,7 @@ from . import __version__
 from .analysis import Analysis, Finding
 from .analysis import ns_text as _ns
 from .query import format_table
+from .textsafe import safe
 
 
 def _loc(r: dict) -> str:
@@ -58,7 +59,8 @@ def _offcpu_rows(a: Analysis) -> tuple[list[str], list[list]]:
 
 
 def text(a: Analysis) -> str:
-    """The terminal summary."""
+    """The terminal summary. Names in it come from the traced program: tables
+    (format_table) and every other line show control characters escaped."""
     out: list[str] = []
 
     def section(title: str, table: tuple[list[str], list[list]] | None = None,
@@ -66,7 +68,7 @@ def text(a: Analysis) -> str:
         out.append(f"== {title} ==")
         if table is not None and table[1]:
             out.append(format_table(*table).rstrip("\n"))
-        out.extend(lines)
+        out.extend(safe(line) for line in lines)
         out.append("")
 
     if a.span_ns:
@@ -74,9 +76,9 @@ def text(a: Analysis) -> str:
         out.append(f"trace: {_ns(span)} | " + ", ".join(
             f"{t} {n:,}" for t, n in a.tables.items() if n) + "\n")
     for m in a.lost:
-        out.append(f"warning: {m}")
+        out.append(safe(f"warning: {m}"))
     for m in a.missing:
-        out.append(f"missing: {m}")
+        out.append(safe(f"missing: {m}"))
     if a.missing or a.lost:
         out.append("")
     if a.top:
@@ -96,16 +98,17 @@ def text(a: Analysis) -> str:
             "wake-ups"])
     section("anomalies", None, [f"- [{f.kind}] {f.text}" for f in a.findings] or ["none found"])
     section("recommendations", None,
-            [f"- {r['title']}\n    because {r['evidence']}" for r in a.recommendations]
-            or ["none"])
+            [line for r in a.recommendations
+             for line in (f"- {r['title']}", f"    because {r['evidence']}")] or ["none"])
     return "\n".join(out)
 
 
 # -- exports ----------------------------------------------------------------
 
 def folded_text(a: Analysis) -> str:
-    """Brendan Gregg's folded format: one "frame;frame;frame weight" per line."""
-    return "".join(f"{stack} {w}\n" for stack, w in a.folded)
+    """Brendan Gregg's folded format: one "frame;frame;frame weight" per line
+    (a line break or control character in a name is shown escaped)."""
+    return "".join(f"{safe(stack)} {w}\n" for stack, w in a.folded)
 
 
 def speedscope(a: Analysis, name: str) -> str:

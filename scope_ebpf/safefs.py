@@ -1,8 +1,10 @@
 """Creating output as root without being tricked by the file system.
 
 scope-ebpf runs as root and writes where users tell it to, often under /tmp.
-Everything below the output root is reached through directory file
-descriptors with ``O_NOFOLLOW``, files are created with ``O_EXCL`` (never
+An output path is resolved one component at a time from ``/`` (a symlink on
+the way is followed only if only root can change it, see :func:`open_dir`),
+everything below it is reached through directory file descriptors with
+``O_NOFOLLOW``, files are created with ``O_EXCL`` (never
 opened if they exist, so never truncated), and finished files are published
 with ``link()`` (which refuses to replace), so a symlink or file planted in
 the path makes the write fail instead of landing elsewhere.
@@ -14,9 +16,11 @@ under sudo), private (0700/0600) unless a group is given to share it with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import grp
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 
@@ -72,39 +76,118 @@ def _env_id(name: str) -> int | None:
     return int(v) if v.isdigit() else None
 
 
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def _root_only(link: os.stat_result, dir_fd: int) -> bool:
+    """A symlink only root can change: root's, in a directory that is root's and
+    writable by nobody else (such as /var/run -> /run). Not running as root, the
+    user's own count as root's: nobody else can change them either."""
+    d = os.fstat(dir_fd)
+    trusted = {0, os.geteuid()}
+    return link.st_uid in trusted and d.st_uid in trusted and not d.st_mode & 0o022
+
+
+def open_dir(path: str, create: bool = False) -> int:
+    """fd of the directory ``path``, resolved one component at a time from ``/``.
+
+    Each component is opened with ``O_NOFOLLOW`` relative to the one before, so
+    the directory reached is the one checked. A symlink on the way is followed
+    only if only root can change it (see :func:`_root_only`); any other, such as
+    ``/tmp/x/link -> /etc`` planted by a user, is refused. ``create``: missing
+    directories are made (0755, root's), as ``mkdir -p`` would.
+    """
+    parts = os.path.abspath(path).split("/")[1:]
+    parts.reverse()  # a stack: symlink targets are pushed on it
+    fd = os.open("/", _DIR_FLAGS)
+    walked = ""  # where fd is, for messages
+    links = 0
+    try:
+        while parts:
+            name = parts.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                new, walked = os.open("..", _DIR_FLAGS, dir_fd=fd), os.path.dirname(walked)
+            else:
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # raced: whatever is there now is checked below
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                here = f"{walked}/{name}"
+                if stat.S_ISLNK(st.st_mode):
+                    if not _root_only(st, fd):
+                        raise ScopeError(f"{here} is a symlink that a user other than root "
+                                         "can change: refusing to follow it")
+                    links += 1
+                    if links > _MAX_LINKS:
+                        raise ScopeError(f"{path}: too many levels of symbolic links")
+                    target = os.readlink(name, dir_fd=fd)
+                    parts.extend(reversed(target.split("/")))
+                    if target.startswith("/"):
+                        new, walked = os.open("/", _DIR_FLAGS), ""
+                    else:
+                        continue
+                else:
+                    # ELOOP if a symlink replaced it since the stat; ENOTDIR for a file
+                    new, walked = os.open(name, _DIR_FLAGS, dir_fd=fd), here
+            os.close(fd)
+            fd = new
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def open_root(path: str, owner: Ownership) -> int:
     """Create (0700/0750) or open the output root; its fd.
 
-    The last component must not be a symlink, and a directory that exists must
-    belong to root, to us, or to the user we write for: a directory planted by
-    another user (e.g. in /tmp) is refused rather than written into.
+    Its parents are resolved by :func:`open_dir` (created if missing; a symlink
+    that a user other than root can change is refused). The last component must
+    not be a symlink, and a directory that exists must belong to root, to us, or
+    to the user we write for: a directory planted by another user (e.g. in
+    /tmp) is refused rather than written into.
     """
+    parent, name = os.path.split(os.path.abspath(path))
+    if not name:
+        return open_dir(parent)  # "/"
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            raise ScopeError(f"output path {path} is a symlink: refusing to follow it")
-        if not stat.S_ISDIR(st.st_mode):
-            raise ScopeError(f"output path {path} exists and is not a directory")
-        allowed = {0, os.geteuid(), owner.uid}
-        if st.st_uid not in allowed:
-            raise ScopeError(f"output directory {path} belongs to another user "
-                             f"(uid {st.st_uid}): refusing to write into it")
-    created = False
-    if st is None:
-        parent = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(parent, mode=0o755, exist_ok=True)
-            os.mkdir(path, owner.dir_mode)
-            created = True
-        except FileExistsError:
-            return open_root(path, owner)  # raced: check what is there now
-    fd = os.open(path, _DIR_FLAGS)
-    if created:
-        owner.apply(fd, owner.dir_mode)
-    return fd
+        parent_fd = open_dir(parent, create=True)
+    except ScopeError as e:
+        raise ScopeError(f"output path {path}: {e}") from None
+    try:
+        while True:
+            try:
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, owner.dir_mode, dir_fd=parent_fd)
+                except FileExistsError:
+                    continue  # raced: check what is there now
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                try:
+                    owner.apply(fd, owner.dir_mode)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return fd
+            if stat.S_ISLNK(st.st_mode):
+                raise ScopeError(f"output path {path} is a symlink: refusing to follow it")
+            if not stat.S_ISDIR(st.st_mode):
+                raise ScopeError(f"output path {path} exists and is not a directory")
+            allowed = {0, os.geteuid(), owner.uid}
+            if st.st_uid not in allowed:
+                raise ScopeError(f"output directory {path} belongs to another user "
+                                 f"(uid {st.st_uid}): refusing to write into it")
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    finally:
+        os.close(parent_fd)
 
 
 def subdir(parent_fd: int, rel: str, owner: Ownership) -> int:
@@ -157,3 +240,48 @@ def publish(dir_fd: int, tmp: str, final: str) -> None:
             return
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), final) from None
     os.unlink(tmp, dir_fd=dir_fd)
+
+
+def write_file(path: str, data: bytes, owner: Ownership, replace: bool = False) -> None:
+    """Write ``path`` (0600/0640, ``owner``'s) atomically: a new file with a
+    temporary name, given ``path`` once complete.
+
+    The parent directory must exist and is reached by :func:`open_dir`. An
+    existing ``path`` is kept (FileExistsError) unless ``replace``; even then only
+    a regular file is replaced (a symlink or device named there is refused, never
+    followed or written through).
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    if not name:
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    try:
+        dir_fd = open_dir(parent)
+    except ScopeError as e:
+        raise ScopeError(f"output path {path}: {e}") from None
+    try:
+        if replace:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise ScopeError(f"{path} exists and is not a regular file: "
+                                     "refusing to replace it")
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = create(dir_fd, tmp, owner)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if replace:
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                publish(dir_fd, tmp, name)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
