@@ -96,7 +96,10 @@ class _Tracing:
         try:
             if isinstance(exc, ScopeError):
                 if self.session:
-                    self.session.close(f"error: {exc}")
+                    try:
+                        self.session.close(f"error: {exc}")
+                    except ScopeError:
+                        pass  # a write failing again: the first error is the one to tell
                 _fail(exc)
             if self.session:
                 self.session.close("error")  # no-op once closed
@@ -159,6 +162,10 @@ def _control_options(f):
                           "breaker)."),
         click.option("--max-output", default=None, metavar="SIZE",
                      help="Stop cleanly once the output reaches SIZE (e.g. 500MB)."),
+        click.option("--append", is_flag=True,
+                     help="Add this session to an output directory that already holds a "
+                          "trace (refused without it); rows carry a session_id, and "
+                          "`report --session` picks one session."),
         click.option("--group", default=None, metavar="NAME",
                      help="Share the output with this group (0750/0640); by default it "
                           "is private (0700/0600) to the user who ran sudo."),
@@ -178,7 +185,7 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
              exclude: tuple[str, ...], min_duration: str | None, tids: tuple[int, ...],
              thread_names: tuple[str, ...], max_rate: str, breaker_rate: str,
              max_cpu: str | None, max_output: str | None, group: str | None = None,
-             redact: tuple[str, ...] = (), no_redact: bool = False):
+             redact: tuple[str, ...] = (), no_redact: bool = False, append: bool = False):
     """Validate every option before anything is attached."""
     from .controller import Options, parse_probes
     from .matchers import Matcher
@@ -204,7 +211,7 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
         breaker_rate=_number(breaker_rate, "--breaker-rate"),
         max_cpu=_number(max_cpu, "--max-cpu") if max_cpu is not None else 0,
         max_output=parse_size(max_output, "--max-output") if max_output else 0,
-        owner=invoking_user(group), redact=redact, no_redact=no_redact,
+        owner=invoking_user(group), redact=redact, no_redact=no_redact, append=append,
     )
 
 

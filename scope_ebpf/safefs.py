@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .errors import ScopeError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def open_root(path: str, owner: Ownership) -> int:
             created = True
         except FileExistsError:
             return open_root(path, owner)  # raced: check what is there now
-    fd = os.open(path, _DIR_FLAGS)
+    fd = os.open(path, DIR_FLAGS)
     if created:
         owner.apply(fd, owner.dir_mode)
     return fd
@@ -117,10 +117,15 @@ def subdir(parent_fd: int, rel: str, owner: Ownership) -> int:
                 raise ScopeError(f"bad output path component {name!r} in {rel!r}")
             try:
                 os.mkdir(name, owner.dir_mode, dir_fd=fd)
-                new = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                new = os.open(name, DIR_FLAGS, dir_fd=fd)
                 owner.apply(new, owner.dir_mode)
             except FileExistsError:
-                new = os.open(name, _DIR_FLAGS, dir_fd=fd)  # ELOOP/ENOTDIR if planted
+                try:
+                    new = os.open(name, DIR_FLAGS, dir_fd=fd)  # ELOOP/ENOTDIR if planted
+                except NotADirectoryError:
+                    if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise OSError(errno.ELOOP, "a symlink, not followed", name) from None
+                    raise
             os.close(fd)
             fd = new
         return fd
