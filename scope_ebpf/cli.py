@@ -434,7 +434,7 @@ def daemon(config_path: Path, check: bool) -> None:
 
 
 def _filters(f):
-    """--pid/--since/--until and a daemon tree's --host/--date/--hour."""
+    """--pid/--since/--until/--session and a daemon tree's --host/--date/--hour."""
     opts = [
         click.option("--pid", "pid", type=int, default=None, help="Only this process's rows."),
         click.option("--since", default=None,
@@ -445,6 +445,9 @@ def _filters(f):
         click.option("--date", default=None,
                      help="Daemon tree: only this UTC date (YYYY-MM-DD)."),
         click.option("--hour", default=None, help="Daemon tree: only this UTC hour (00-23)."),
+        click.option("--session", default=None, metavar="ID",
+                     help="Only this session's rows (a directory written with --append, "
+                          "or a daemon tree, holds several: see the session_id column)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -452,15 +455,16 @@ def _filters(f):
 
 
 def _connect_args(directory: Path, pid: int | None, since: str | None, until: str | None,
-                  host: str | None, date: str | None, hour: str | None) -> dict:
+                  host: str | None, date: str | None, hour: str | None,
+                  session: str | None = None) -> dict:
     from .query import resolve_time
 
     if hour is not None and hour.isdigit():
         hour = f"{int(hour):02d}"
     where = {"host": host, "date": date, "hour": hour}
-    return {"where": where, "pid": pid,
-            "since_ns": resolve_time(directory, where, since, "--since"),
-            "until_ns": resolve_time(directory, where, until, "--until")}
+    return {"where": where, "pid": pid, "session": session,
+            "since_ns": resolve_time(directory, where, since, "--since", session),
+            "until_ns": resolve_time(directory, where, until, "--until", session)}
 
 
 @cli.command()
