@@ -628,7 +628,9 @@ class Session:
                 self._write_open_calls(exited=True)
                 self._write_open_calls()
                 stats = self.last_stats = self.program.stats()
-            if self.out is not None:
+            if self.out is not None and self.program is not None:
+                # (a session that failed before loading traced nothing: it leaves
+                # no trace, and its -o can be used again without --append)
                 self._write_session(self._session_rows(reason, stats))
         finally:
             from .activate import remove

@@ -255,9 +255,11 @@ def test_a_table_directory_replaced_by_a_symlink_while_tracing(tmp_path, sentine
     through it, the session table kept."""
     out, victim = tmp_path / "out", tmp_path / "victim"
     victim.mkdir()
-    # -S: no sitecustomize, so no profile hook and no calls rows until setprofile
+    # -S: no sitecustomize, so no profile hook and no calls rows until setprofile;
+    # then it waits again, so the failure meets the tracing loop, not the last drain
     code = ("import os, sys\nos.read(0, 1)\nsys.setprofile(slice)\n"
-            "def f():\n    pass\nfor _ in range(1000):\n    f()\n")
+            "def f():\n    pass\nfor _ in range(1000):\n    f()\n"
+            "sys.setprofile(None)\nos.read(0, 1)\n")
     tracer = subprocess.Popen([SCOPE, "run", "-o", str(out), "--", PY311, "-S", "-c", code],
                               stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -265,17 +267,21 @@ def test_a_table_directory_replaced_by_a_symlink_while_tracing(tmp_path, sentine
         assert not (out / "calls").exists()
         (out / "calls").symlink_to(victim)
         tracer.stdin.write("x")
-        tracer.stdin.close()
-        rest = tracer.stderr.read()
-        assert tracer.wait(timeout=60) == 2, rest
+        tracer.stdin.flush()
+        code = tracer.wait(timeout=60)  # a line or two: they fit in the pipe
     finally:
+        tracer.stdin.close()  # the program exits, and with it the last stderr writer
         if tracer.poll() is None:
             tracer.kill()
+    rest = tracer.stderr.read()
+    assert code == 2, rest
     assert rest.splitlines() == [f"scope-ebpf: error: cannot create a part in {out}/calls: "
                                  "a symlink, not followed"], rest
     assert list(victim.iterdir()) == []
     _valid_parts(out)
     assert not list(out.rglob("*.tmp"))
+    assert session_value(out, "output_error") == rest.splitlines()[0].removeprefix(
+        "scope-ebpf: error: ")
     assert session_value(out, "stop_reason").startswith("error: cannot create a part in")
     assert session_count(out, "kernel.entries") > 0
     assert semaphore(sentinel.pid) == 0

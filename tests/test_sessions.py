@@ -108,3 +108,23 @@ def test_trace_refuses_a_trace_too(two, tmp_path):
         target.kill()
         target.wait()
     assert len(rows(out, "SELECT DISTINCT session_id FROM session")) == 3
+
+
+def test_a_session_that_failed_before_loading_leaves_no_trace(tmp_path, monkeypatch):
+    """Its -o can be used again without --append (nothing was traced)."""
+    from scope_ebpf import controller
+    from scope_ebpf.errors import ScopeError
+
+    def no_program(*_a, **_k):
+        raise ScopeError("could not compile or load the BPF program")
+
+    monkeypatch.setattr(controller, "Program", no_program)
+    s = controller.Session(controller.Options(output=tmp_path / "out"))
+    with pytest.raises(ScopeError):
+        s.open()
+    s.close("error")
+    assert _files(tmp_path / "out") == ["session"]  # empty: its reserved part removed
+    s = controller.Session(controller.Options(output=tmp_path / "out"))
+    with pytest.raises(ScopeError, match="could not compile"):  # not "holds a trace"
+        s.open()
+    s.close("error")
