@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from .events import LOSSES
+from .query import sessions as list_sessions
 from .units import human_ns
 
 TOP_N = 15
@@ -61,6 +62,8 @@ class Analysis:
     missing: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # what the kernel counted as lost
     session: dict[str, str] = field(default_factory=dict)
+    sessions: list[dict] = field(default_factory=list)  # query.sessions(): id, t0, t1, ...
+    notes: list[str] = field(default_factory=list)  # several sessions: what each lasted
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
@@ -80,6 +83,9 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
     a = Analysis(tables=tables, span_ns=_span(con))
     a.session = {k: v for k, v in con.execute(
         "SELECT key, value FROM session WHERE key <> 'warning'").fetchall()}
+    a.sessions = list_sessions(con)
+    if len(a.sessions) > 1:
+        a.notes = _session_notes(a.sessions)
     if not tables["calls"] and not tables["functions"]:
         a.missing.append("no function calls were recorded (calls probes off, an interpreter "
                          "without function probes, or the target exited at once)")
@@ -89,6 +95,9 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         a.missing.append("no off-CPU intervals were recorded (sched probes off?)")
     if not tables["session"]:
         a.missing.append("no session table: the trace was not closed (tracer killed?)")
+    elif len(a.sessions) > 1:
+        a.missing += [f"session {s['session_id']}: no session table: it was not closed "
+                      "(tracer killed?)" for s in a.sessions if s["stop_reason"] is None]
     if tables["session"]:
         a.lost = _losses(con)
     if tables["calls"]:
@@ -123,6 +132,24 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
     a.findings = anomalies(con, a.span_ns, tables)
     a.recommendations = recommendations(con, a)
     return a
+
+
+SESSIONS_LISTED = 20
+
+
+def _session_notes(sessions: list[dict]) -> list[str]:
+    """Several sessions (--append, a daemon's restarts): say so, and what each
+    lasted, rather than one span across the gaps between them."""
+    out = [f"{len(sessions)} sessions in this directory: the figures combine them "
+           "(pick one with --session ID)"]
+    for s in sessions[:SESSIONS_LISTED]:
+        lasted = (f"{human_ns(s['t1'] - s['t0'])} of events" if s["t0"] is not None
+                  else "no events")
+        out.append(f"session {s['session_id'] or '(no id: older scope-ebpf)'}: {lasted}, "
+                   f"{s['stop_reason'] or 'not closed'}")
+    if len(sessions) > SESSIONS_LISTED:
+        out.append(f"... and {len(sessions) - SESSIONS_LISTED} more")
+    return out
 
 
 def _span(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:

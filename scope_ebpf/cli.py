@@ -99,7 +99,10 @@ class _Tracing:
         try:
             if isinstance(exc, ScopeError):
                 if self.session:
-                    self.session.close(f"error: {exc}")
+                    try:
+                        self.session.close(f"error: {exc}")
+                    except ScopeError:
+                        pass  # a write failing again: the first error is the one to tell
                 _fail(exc)
             if self.session:
                 self.session.close("error")  # no-op once closed
@@ -162,6 +165,10 @@ def _control_options(f):
                           "breaker)."),
         click.option("--max-output", default=None, metavar="SIZE",
                      help="Stop cleanly once the output reaches SIZE (e.g. 500MB)."),
+        click.option("--append", is_flag=True,
+                     help="Add this session to an output directory that already holds a "
+                          "trace (refused without it); rows carry a session_id, and "
+                          "`report --session` picks one session."),
         click.option("--group", default=None, metavar="NAME",
                      help="Share the output with this group (0750/0640); by default it "
                           "is private (0700/0600) to the user who ran sudo."),
@@ -181,7 +188,7 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
              exclude: tuple[str, ...], min_duration: str | None, tids: tuple[int, ...],
              thread_names: tuple[str, ...], max_rate: str, breaker_rate: str,
              max_cpu: str | None, max_output: str | None, group: str | None = None,
-             redact: tuple[str, ...] = (), no_redact: bool = False):
+             redact: tuple[str, ...] = (), no_redact: bool = False, append: bool = False):
     """Validate every option before anything is attached."""
     from .controller import Options, parse_probes
     from .matchers import Matcher
@@ -207,7 +214,7 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
         breaker_rate=_number(breaker_rate, "--breaker-rate"),
         max_cpu=_number(max_cpu, "--max-cpu") if max_cpu is not None else 0,
         max_output=parse_size(max_output, "--max-output") if max_output else 0,
-        owner=invoking_user(group), redact=redact, no_redact=no_redact,
+        owner=invoking_user(group), redact=redact, no_redact=no_redact, append=append,
     )
 
 
@@ -430,7 +437,7 @@ def daemon(config_path: Path, check: bool) -> None:
 
 
 def _filters(f):
-    """--pid/--since/--until and a daemon tree's --host/--date/--hour."""
+    """--pid/--since/--until/--session and a daemon tree's --host/--date/--hour."""
     opts = [
         click.option("--pid", "pid", type=int, default=None, help="Only this process's rows."),
         click.option("--since", default=None,
@@ -441,6 +448,9 @@ def _filters(f):
         click.option("--date", default=None,
                      help="Daemon tree: only this UTC date (YYYY-MM-DD)."),
         click.option("--hour", default=None, help="Daemon tree: only this UTC hour (00-23)."),
+        click.option("--session", default=None, metavar="ID",
+                     help="Only this session's rows (a directory written with --append, "
+                          "or a daemon tree, holds several: see the session_id column)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -448,15 +458,16 @@ def _filters(f):
 
 
 def _connect_args(directory: Path, pid: int | None, since: str | None, until: str | None,
-                  host: str | None, date: str | None, hour: str | None) -> dict:
+                  host: str | None, date: str | None, hour: str | None,
+                  session: str | None = None) -> dict:
     from .query import resolve_time
 
     if hour is not None and hour.isdigit():
         hour = f"{int(hour):02d}"
     where = {"host": host, "date": date, "hour": hour}
-    return {"where": where, "pid": pid,
-            "since_ns": resolve_time(directory, where, since, "--since"),
-            "until_ns": resolve_time(directory, where, until, "--until")}
+    return {"where": where, "pid": pid, "session": session,
+            "since_ns": resolve_time(directory, where, since, "--since", session),
+            "until_ns": resolve_time(directory, where, until, "--until", session)}
 
 
 @cli.command()

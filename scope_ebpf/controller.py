@@ -10,6 +10,7 @@ duration, records every counter in ``session`` and closes the Parquet files.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -33,7 +34,7 @@ from .program import Limits, Program, check_environment
 from .redact import Redactor
 from .safefs import AS_CREATED, Ownership
 from .sampling import Sampler
-from .writer import OutputDir, OutputError
+from .writer import OutputDir, OutputError, new_session_id
 
 PLAN_HEADROOM = 0.8
 GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
@@ -85,6 +86,8 @@ class Options:
     no_redact: bool = False           # keep command lines as they are
     net_addresses: bool = False       # addresses of every target's namespace, not only
                                       # of namespaces other than ours (daemon)
+    append: bool = False              # add a session to an output that holds a trace
+                                      # (else refused); the daemon always appends
 
 
 class Session:
@@ -133,6 +136,8 @@ class Session:
         self.stop_reason: str | None = None  # set when a self-limit ends the session
         self.detach_ns = 0
         self.start_ns = time.time_ns()
+        self.session_id = new_session_id()  # in every row this session writes
+        self._output_error: OutputError | None = None  # the first write that failed
         self.decoder = Decoder(_mono_to_wall())
         # With watch_exec: called with (pid, filename) for every exec on the host,
         # before its row is written; the daemon decides there what becomes a target.
@@ -146,7 +151,8 @@ class Session:
         try:
             self.out = OutputDir(o.output, rotate_seconds=o.rotate_seconds,
                                  rotate_bytes=o.rotate_bytes, owner=o.owner,
-                                 partition=hive_partition(o.host) if o.host else None)
+                                 partition=hive_partition(o.host) if o.host else None,
+                                 session_id=self.session_id, fresh=not o.append)
         except OutputError as e:
             raise ScopeError(str(e)) from None
         self.status("compiling BPF program")
@@ -310,12 +316,19 @@ class Session:
         audit = p.rings["audit_rb"].drain()
         self._learn(funcs)
         ncalls = 0
-        for part in calls:
-            for i in range(0, len(part), _BATCHES_PER_DECODE):
-                # in slices: a full ring decoded at once would double the peak memory
-                chunk = _unbatch(part[i:i + _BATCHES_PER_DECODE])
-                ncalls += len(chunk)
-                self._calls(chunk)
+        part = None
+        try:
+            for part in calls:
+                for i in range(0, len(part), _BATCHES_PER_DECODE):
+                    # in slices: a full ring decoded at once would double the peak memory
+                    chunk = _unbatch(part[i:i + _BATCHES_PER_DECODE])
+                    ncalls += len(chunk)
+                    self._calls(chunk)
+        finally:
+            # Views into the ring's mapping: a failed write's traceback keeps this
+            # frame, and with it these, alive; unmapping the ring then fails
+            # (BufferError: cannot close exported pointers exist).
+            del calls, part
         p.rings["calls_rb"].release(calls_pos)
         if len(gc):
             self._add("gc", self.decoder.gc(gc))
@@ -338,7 +351,12 @@ class Session:
             self._snapshot(now)
         if now - self._last_limits >= 0.25:
             self._limits(now)
-            self.out.tick()
+            try:
+                self.out.tick()  # rotation
+            except OutputError as e:
+                self._output_error = self._output_error or e
+                if not self._closed:
+                    raise
         return ncalls + sum(map(len, (funcs, gc, sched, proc, imports, audit)))
 
     def _learn(self, funcs: np.ndarray) -> None:
@@ -584,7 +602,13 @@ class Session:
 
     def _add(self, table: str, batch: pa.RecordBatch) -> None:
         # The writer groups batches into large row groups itself.
-        self.out.writer(table).write(batch)
+        try:
+            self.out.writer(table).write(batch)
+        except OutputError as e:
+            self._output_error = self._output_error or e
+            if not self._closed:
+                raise  # tracing stops: close() then keeps what it can
+            return
         self.written[table] += batch.num_rows
 
     # -- shutdown -----------------------------------------------------------
@@ -608,19 +632,47 @@ class Session:
                 self._write_open_calls(exited=True)
                 self._write_open_calls()
                 stats = self.last_stats = self.program.stats()
-            if self.out is not None:
-                self._add("session", rows_to_batch("session", self._session_rows(reason, stats)))
+            if self.out is not None and self.program is not None:
+                # (a session that failed before loading traced nothing: it leaves
+                # no trace, and its -o can be used again without --append)
+                self._write_session(self._session_rows(reason, stats))
         finally:
             from .activate import remove
 
             remove(self._cleanup)
-            if self.out is not None:
-                self.out.close()
-            if self.program is not None:
-                self.program.close()
+            try:
+                if self.out is not None:
+                    self.out.close()
+            except OutputError as e:
+                self._output_error = self._output_error or e
+            finally:
+                if self.program is not None:
+                    self.program.close()
+        if self._output_error is not None:
+            raise self._output_error
+
+    def _write_session(self, rows: list[dict]) -> None:
+        """The session table, closed before anything else (its part was allocated
+        at open); if even that fails, its facts go to the status line as JSON."""
+        try:
+            w = self.out.writer("session")
+            w.write(rows_to_batch("session", rows))
+            w.close()
+            self.written["session"] += len(rows)
+            return
+        except OutputError as e:
+            self._output_error = self._output_error or e
+        facts: dict[str, object] = {}
+        for r in rows:
+            if r["key"] == "warning":
+                facts.setdefault("warnings", []).append(r["value"])
+            else:
+                facts[r["key"]] = r["count"] if r.get("count") is not None else r["value"]
+        self.status("session table not written: " + json.dumps(facts))
 
     def _session_rows(self, reason: str, stats: dict[str, int]) -> list[dict]:
         meta = {
+            "session_id": self.session_id,
             "host": socket.gethostname(),
             "kernel": platform.release(),
             "tracer_version": __version__,
@@ -635,6 +687,8 @@ class Session:
         }
         rows = [{"key": k, "value": v} for k, v in meta.items()]
         rows += [{"key": "warning", "value": w} for w in self.warnings]
+        if self._output_error is not None:
+            rows.append({"key": "output_error", "value": str(self._output_error)})
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
         counts["processes_traced"] = self.traced_count
@@ -645,7 +699,9 @@ class Session:
         counts["controller_peak_rss_bytes"] = _peak_rss()
         counts["detach_ns"] = self.detach_ns  # removing every probe, at the end
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
-            counts[f"rows.{table}"] = self.written[table]
+            w = self.out.writers.get(table) if self.out is not None else None
+            # after a failed write: the rows in the parts that were finished
+            counts[f"rows.{table}"] = w.rows_finished if w and w.failed else self.written[table]
         rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
         return rows
 

@@ -78,7 +78,7 @@ class Daemon:
             rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
             max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate, max_cpu=cfg.max_cpu,
             owner=daemon_owner(cfg), redact=cfg.redact, no_redact=cfg.no_redact,
-            net_addresses=True,
+            net_addresses=True, append=True,  # restarts and reloads add sessions
             limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads))
         s = Session(opts, status=self.status)
         try:

@@ -331,4 +331,6 @@ def rows_to_batch(table: str, rows: list[dict]) -> pa.RecordBatch:
 
 
 def _schema(table: str) -> pa.Schema:
-    return schema.arrow_schema(table)
+    """The columns decoded here: session_id is the writer's to fill."""
+    sch = schema.arrow_schema(table)
+    return sch.remove(sch.get_field_index("session_id"))

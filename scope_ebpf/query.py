@@ -67,9 +67,10 @@ def _time_column(table: str) -> str | None:
 
 
 def _row_filter(table: str, pid: int | None, since_ns: int | None,
-                until_ns: int | None) -> list[str]:
-    """Conditions of --pid/--since/--until on one table (session has none)."""
-    conds = []
+                until_ns: int | None, session: str | None = None) -> list[str]:
+    """Conditions of --pid/--since/--until/--session on one table (session has
+    only the last)."""
+    conds = [f"session_id = {_sql_str(session)}"] if session is not None else []
     names = arrow_schema(table).names
     if pid is not None and "pid" in names:
         conds.append(f"pid = {int(pid)}")
@@ -82,15 +83,16 @@ def _row_filter(table: str, pid: int | None, since_ns: int | None,
 
 
 def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int | None = None,
-            since_ns: int | None = None,
-            until_ns: int | None = None) -> duckdb.DuckDBPyConnection:
+            since_ns: int | None = None, until_ns: int | None = None,
+            session: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory database whose views read the parts in place (nothing is copied).
 
     A daemon's Hive tree gains the columns host, date and hour; ``where``
     (e.g. ``{"host": "web-17", "date": "2026-11-26"}``) keeps only those
     partitions, and DuckDB then does not open the files of the others.
     ``pid`` and ``since_ns``/``until_ns`` (UTC epoch ns, on each table's start_ns
-    or ts_ns) keep only those rows.
+    or ts_ns) keep only those rows; ``session`` only that session's rows (a
+    directory written with --append holds several), and it must be there.
     """
     root = Path(root)
     if not root.is_dir():
@@ -112,7 +114,7 @@ def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int |
         # Timestamps are UTC; without this DuckDB renders them in the local zone.
         con.execute("SET TimeZone = 'UTC'")
         for name in TABLES:
-            conds = _row_filter(name, pid, since_ns, until_ns)
+            conds = _row_filter(name, pid, since_ns, until_ns, session)
             if layouts[name] == "flat":
                 glob = str((root / name).resolve() / "*.parquet")
                 # union_by_name keeps old parts readable after a column is added.
@@ -125,12 +127,69 @@ def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int |
                           "hive_types_autocast = false, union_by_name = true)")
             else:
                 source = f"({_empty_select(con, name)})"
+            if layouts[name] and "session_id" not in _column_names(con, source):
+                # written before session ids: one unnamed session
+                source = f"(SELECT *, NULL::VARCHAR AS session_id FROM {source})"
             con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {source}"
                         + (f" WHERE {' AND '.join(conds)}" if conds else ""))
     except duckdb.Error as e:
         con.close()
         raise QueryError(f"cannot open {root}: {_one_line(e)}") from e
+    if session is not None and not con.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM session UNION ALL SELECT 1 FROM processes)"
+    ).fetchall()[0][0]:
+        con.close()
+        raise QueryError(f"no session {session!r} in {root}: " + _session_list(root, where))
     return con
+
+
+def _column_names(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
+    cur = con.execute(f"SELECT * FROM {source} LIMIT 0")
+    names = [d[0] for d in cur.description]
+    cur.fetchall()  # a result left open blocks the next statement
+    return names
+
+
+def _session_list(root: Path, where: dict[str, str]) -> str:
+    con = connect(root, where)
+    try:
+        ids = [r["session_id"] for r in sessions(con)]
+    finally:
+        con.close()
+    if not [i for i in ids if i is not None]:
+        return "it has no session ids (written by an older scope-ebpf)"
+    shown = ", ".join(i or "(no id)" for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+    return f"it holds {shown}"
+
+
+def sessions(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The sessions in the views, in order of start: session_id (None: written
+    before session ids), t0/t1 (first event and end of the last, epoch ns; None
+    without calls, gc or sched rows) and stop_reason (None: never closed)."""
+    cur = con.execute("""
+        WITH ev AS (
+            SELECT session_id, epoch_ns(min(start_ns)) AS t0,
+                   max(epoch_ns(start_ns) + coalesce(duration_ns, 0)) AS t1
+            FROM calls GROUP BY ALL
+            UNION ALL SELECT session_id, epoch_ns(min(start_ns)),
+                             max(epoch_ns(start_ns) + duration_ns) FROM gc GROUP BY ALL
+            UNION ALL SELECT session_id, epoch_ns(min(start_ns)),
+                             max(epoch_ns(start_ns) + duration_ns) FROM sched GROUP BY ALL
+            UNION ALL SELECT session_id, NULL, NULL FROM processes GROUP BY ALL),
+        facts AS (
+            SELECT session_id, max(value) FILTER (WHERE key = 'stop_reason') AS stop_reason,
+                   max(TRY_CAST(value AS BIGINT)) FILTER (WHERE key = 'start_ns') AS started
+            FROM session GROUP BY ALL),
+        ids AS (SELECT session_id FROM ev UNION SELECT session_id FROM facts)
+        SELECT ids.session_id, min(ev.t0) AS t0, max(ev.t1) AS t1,
+               any_value(facts.stop_reason) AS stop_reason
+        FROM ids
+        LEFT JOIN ev ON ev.session_id IS NOT DISTINCT FROM ids.session_id
+        LEFT JOIN facts ON facts.session_id IS NOT DISTINCT FROM ids.session_id
+        GROUP BY ids.session_id
+        ORDER BY coalesce(any_value(facts.started), min(ev.t0)) NULLS LAST, ids.session_id""")
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def _empty_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
@@ -245,13 +304,14 @@ _FORMATTERS = {"table": format_table, "csv": format_csv, "json": format_json}
 
 
 def resolve_time(root: str | Path, where: dict[str, str] | None, text: str | None,
-                 option: str) -> int | None:
-    """--since/--until: ISO UTC time, or +DURATION after the trace's first event."""
+                 option: str, session: str | None = None) -> int | None:
+    """--since/--until: ISO UTC time, or +DURATION after the trace's (or the
+    session's) first event."""
     if text is None:
         return None
     if text.startswith("+"):
         offset = parse_duration(text[1:], option)
-        con = connect(root, where)
+        con = connect(root, where, session=session)
         try:
             first = con.execute(
                 "SELECT min(t) FROM (SELECT epoch_ns(min(start_ns)) AS t FROM calls UNION ALL "

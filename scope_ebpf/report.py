@@ -71,10 +71,13 @@ def text(a: Analysis) -> str:
         out.extend(safe(line) for line in lines)
         out.append("")
 
-    if a.span_ns:
+    counts = ", ".join(f"{t} {n:,}" for t, n in a.tables.items() if n)
+    if a.notes:  # several sessions: one span across them would mislead
+        out += [f"note: {a.notes[0]}"] + [f"  {n}" for n in a.notes[1:]]
+        out.append(f"tables: {counts}\n")
+    elif a.span_ns:
         span = (a.span_ns[1] - a.span_ns[0])
-        out.append(f"trace: {_ns(span)} | " + ", ".join(
-            f"{t} {n:,}" for t, n in a.tables.items() if n) + "\n")
+        out.append(f"trace: {_ns(span)} | {counts}\n")
     for m in a.lost:
         out.append(safe(f"warning: {m}"))
     for m in a.missing:
@@ -232,7 +235,9 @@ def page(a: Analysis, title: str) -> str:
     flame_json = json.dumps(a.folded).replace("</", "<\\/")
     missing = "".join(f"<p class=missing>{html.escape(m)}</p>" for m in a.missing) + "".join(
         f"<p class=missing>warning: {html.escape(m)}</p>" for m in a.lost)
-    span = f"{_ns(a.span_ns[1] - a.span_ns[0])}" if a.span_ns else "no events"
+    missing = "".join(f"<p class=missing>{html.escape(n)}</p>" for n in a.notes) + missing
+    span = (f"{len(a.sessions)} sessions" if a.notes else
+            f"{_ns(a.span_ns[1] - a.span_ns[0])}" if a.span_ns else "no events")
     counts = ", ".join(f"{t} {n:,}" for t, n in a.tables.items() if n)
     recs = "".join(f"<li><b>{html.escape(r['title'])}</b><br>because "
                    f"{html.escape(r['evidence'])}</li>" for r in a.recommendations)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .errors import ScopeError
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def open_dir(path: str, create: bool = False) -> int:
     """
     parts = os.path.abspath(path).split("/")[1:]
     parts.reverse()  # a stack: symlink targets are pushed on it
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", DIR_FLAGS)
     walked = ""  # where fd is, for messages
     links = 0
     try:
@@ -108,7 +108,7 @@ def open_dir(path: str, create: bool = False) -> int:
             if name in ("", "."):
                 continue
             if name == "..":
-                new, walked = os.open("..", _DIR_FLAGS, dir_fd=fd), os.path.dirname(walked)
+                new, walked = os.open("..", DIR_FLAGS, dir_fd=fd), os.path.dirname(walked)
             else:
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -131,12 +131,12 @@ def open_dir(path: str, create: bool = False) -> int:
                     target = os.readlink(name, dir_fd=fd)
                     parts.extend(reversed(target.split("/")))
                     if target.startswith("/"):
-                        new, walked = os.open("/", _DIR_FLAGS), ""
+                        new, walked = os.open("/", DIR_FLAGS), ""
                     else:
                         continue
                 else:
                     # ELOOP if a symlink replaced it since the stat; ENOTDIR for a file
-                    new, walked = os.open(name, _DIR_FLAGS, dir_fd=fd), here
+                    new, walked = os.open(name, DIR_FLAGS, dir_fd=fd), here
             os.close(fd)
             fd = new
         return fd
@@ -170,7 +170,7 @@ def open_root(path: str, owner: Ownership) -> int:
                     os.mkdir(name, owner.dir_mode, dir_fd=parent_fd)
                 except FileExistsError:
                     continue  # raced: check what is there now
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
                 try:
                     owner.apply(fd, owner.dir_mode)
                 except BaseException:
@@ -185,7 +185,7 @@ def open_root(path: str, owner: Ownership) -> int:
             if st.st_uid not in allowed:
                 raise ScopeError(f"output directory {path} belongs to another user "
                                  f"(uid {st.st_uid}): refusing to write into it")
-            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+            return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     finally:
         os.close(parent_fd)
 
@@ -200,10 +200,15 @@ def subdir(parent_fd: int, rel: str, owner: Ownership) -> int:
                 raise ScopeError(f"bad output path component {name!r} in {rel!r}")
             try:
                 os.mkdir(name, owner.dir_mode, dir_fd=fd)
-                new = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                new = os.open(name, DIR_FLAGS, dir_fd=fd)
                 owner.apply(new, owner.dir_mode)
             except FileExistsError:
-                new = os.open(name, _DIR_FLAGS, dir_fd=fd)  # ELOOP/ENOTDIR if planted
+                try:
+                    new = os.open(name, DIR_FLAGS, dir_fd=fd)  # ELOOP/ENOTDIR if planted
+                except NotADirectoryError:
+                    if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        raise OSError(errno.ELOOP, "a symlink, not followed", name) from None
+                    raise
             os.close(fd)
             fd = new
         return fd

@@ -7,7 +7,7 @@ exactly one place and the three can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -230,7 +230,14 @@ _TABLE_LIST = (
     ),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in _TABLE_LIST}
+# Last in every table, filled by the writer: a directory written with --append
+# (and a daemon's tree, one session per start or reload) holds several sessions.
+SESSION_ID = _req("session_id", pa.string(),
+                  "the tracing session that wrote the row (also the session table's "
+                  "session_id key): tells apart sessions appended to one directory")
+
+TABLES: dict[str, Table] = {t.name: replace(t, columns=t.columns + (SESSION_ID,))
+                            for t in _TABLE_LIST}
 
 
 def arrow_schema(table_name: str) -> pa.Schema:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -45,7 +48,8 @@ ROW_GROUP_SECONDS = 10.0
 MAX_PENDING_BATCHES = 64
 
 
-_STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key"}
+_STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key",
+                  "session_id"}
 
 _PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
 _DICT_STRING = pa.dictionary(pa.int32(), pa.string())
@@ -53,6 +57,11 @@ _DICT_STRING = pa.dictionary(pa.int32(), pa.string())
 
 class OutputError(ScopeError):
     """The output directory cannot be created or written (one-line message)."""
+
+
+def new_session_id() -> str:
+    """A session's id: its UTC start second (so ids sort by time) and 24 random bits."""
+    return time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + secrets.token_hex(3)
 
 
 def _reason(exc: BaseException) -> str:
@@ -79,7 +88,12 @@ class TableWriter:
         partition: Callable[[], str] | None = None,
         root_fd: int | None = None,
         owner: Ownership = safefs.AS_CREATED,
+        session_id: str | None = None,
+        reserve: int = 0,
     ) -> None:
+        """``session_id`` fills the session_id column of every row (a new id if
+        None). ``reserve`` bytes are allocated for the first part right away, so
+        that it can still be written once the disk is full (the session table)."""
         if rotate_rows < 1:
             raise ValueError("rotate_rows must be >= 1")
         self.table = table
@@ -100,6 +114,8 @@ class TableWriter:
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.rows_written = 0
+        self.rows_finished = 0  # in parts closed and published
+        self.failed = False  # a write failed: the open part's rows are lost
         self.parts: list[Path] = []
         self._string_cols = [f.name for f in self.schema if pa.types.is_string(f.type)]
         self._lock = threading.RLock()
@@ -115,6 +131,13 @@ class TableWriter:
         self._pending_rows = 0
         self._pending_bytes = 0
         self._pending_since = 0.0  # monotonic time of the oldest waiting batch
+        self.session_id = session_id or new_session_id()
+        # one-entry dictionary: the constant column costs 4 bytes a row in memory
+        self._sid_dict = pa.array([self.session_id], pa.string())
+        self._sid_zeros = pa.array(np.zeros(0, np.int32))
+        self._reserved = False  # the open tmp file was preallocated, nothing written yet
+        if reserve:
+            self._reserve(reserve)
 
     # -- public -----------------------------------------------------------
 
@@ -149,6 +172,8 @@ class TableWriter:
             try:
                 if self._writer is not None:
                     self._close_part()
+                elif self._tmp is not None:  # reserved, never written
+                    self.abort()
             except OutputError:
                 self.abort()  # a part that cannot be finished leaves no .tmp behind
                 raise
@@ -214,7 +239,9 @@ class TableWriter:
         arrays: list[pa.Array] = []
         fields: list[pa.Field] = []
         for field in self.schema:
-            if field.name in have:
+            if field.name == "session_id":
+                arr = self._session_ids(batch.num_rows)
+            elif field.name in have:
                 arr = batch.column(field.name)
             elif field.nullable:
                 arr = pa.nulls(batch.num_rows, field.type)
@@ -234,6 +261,13 @@ class TableWriter:
             arrays.append(arr)
             fields.append(field.with_type(arr.type))
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+    def _session_ids(self, n: int) -> pa.Array:
+        """This writer's id for ``n`` rows, whatever the batch said (rows_to_batch
+        leaves it null): one session, one id."""
+        if len(self._sid_zeros) < n:
+            self._sid_zeros = pa.array(np.zeros(max(n, 2 * len(self._sid_zeros)), np.int32))
+        return pa.DictionaryArray.from_arrays(self._sid_zeros[:n], self._sid_dict)
 
     def _match_part(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Make a batch fit the open part, whose string columns may be dictionaries."""
@@ -264,26 +298,42 @@ class TableWriter:
                 if (m := _PART_RE.match(name))]
         return max(seqs, default=-1) + 1
 
+    def _create_file(self) -> None:
+        """The next part's ``.tmp`` file, in the directory of the current partition."""
+        rel = self.table + (f"/{self.partition()}" if self.partition else "")
+        if rel != self._dir_rel or not self._dir_alive():
+            if self._dir_fd is not None:
+                os.close(self._dir_fd)
+                self._dir_fd = None
+            self._dir_fd = safefs.subdir(self._root_fd, rel, self.owner)
+            self._dir_rel, self.dir = rel, self.root / rel
+        seq = self._next_seq()
+        while True:
+            final = f"part-{seq:05d}.parquet"
+            tmp = f".{final}.tmp"
+            try:
+                self._file_fd = safefs.create(self._dir_fd, tmp, self.owner)
+                break
+            except FileExistsError:
+                seq += 1  # another writer took it meanwhile
+        self._seq = seq
+        self._tmp, self._final = tmp, final
+
+    def _reserve(self, size: int) -> None:
+        """Create the first part now, with ``size`` bytes allocated: a full disk
+        then cannot stop this table (the session's counters) from being written."""
+        try:
+            self._create_file()
+            os.posix_fallocate(self._file_fd, 0, size)
+        except (OSError, ScopeError) as e:
+            self.abort()
+            raise OutputError(f"cannot create a part in {self.dir}: {_reason(e)}") from e
+        self._reserved = True
+
     def _open_part(self, first: pa.RecordBatch) -> None:
         try:
-            rel = self.table + (f"/{self.partition()}" if self.partition else "")
-            if rel != self._dir_rel or not self._dir_alive():
-                if self._dir_fd is not None:
-                    os.close(self._dir_fd)
-                    self._dir_fd = None
-                self._dir_fd = safefs.subdir(self._root_fd, rel, self.owner)
-                self._dir_rel, self.dir = rel, self.root / rel
-            seq = self._next_seq()
-            while True:
-                final = f"part-{seq:05d}.parquet"
-                tmp = f".{final}.tmp"
-                try:
-                    self._file_fd = safefs.create(self._dir_fd, tmp, self.owner)
-                    break
-                except FileExistsError:
-                    seq += 1  # another writer took it meanwhile
-            self._seq = seq
-            self._tmp, self._final = tmp, final
+            if self._file_fd is None:
+                self._create_file()
             self._sink = os.fdopen(os.dup(self._file_fd), "wb")
             self._part_schema = first.schema
             self._writer = pq.ParquetWriter(
@@ -299,7 +349,7 @@ class TableWriter:
                 store_schema=False,
             )
         except (OSError, ScopeError) as e:
-            self._closed = True
+            self._closed = self.failed = True
             raise OutputError(f"cannot create a part in {self.dir}: {_reason(e)}") from e
         self._part_rows = 0
         self._part_started = time.monotonic()
@@ -347,8 +397,8 @@ class TableWriter:
             self._sink.flush()
             full = self.rotate_bytes and os.fstat(self._file_fd).st_size >= self.rotate_bytes
         except OSError as e:
-            self._closed = True
-            raise OutputError(f"cannot write {self.dir / self._tmp}: {_reason(e)}") from e
+            self._closed = self.failed = True
+            raise OutputError(f"cannot write {self.dir / self._final}: {_reason(e)}") from e
         if full and rotate:
             self._close_part()
 
@@ -358,8 +408,12 @@ class TableWriter:
         try:
             self._writer.close()
             self._writer = None
+            size = self._sink.tell()
             self._sink.close()
             self._sink = None
+            if self._reserved:  # the footer must end the file: drop the unused space
+                os.ftruncate(self._file_fd, size)
+                self._reserved = False
             os.fsync(self._file_fd)
             self._close_file()
             while True:
@@ -372,16 +426,28 @@ class TableWriter:
             os.fsync(self._dir_fd)  # without this the rename may not survive a power loss
         except OSError as e:
             # The part is unusable; keep the tmp name so abort() can remove it.
-            self._closed = True
+            self._closed = self.failed = True
             raise OutputError(f"cannot finish {self.dir / self._final}: {_reason(e)}") from e
         self.parts.append(self.dir / self._final)
+        self.rows_finished += self._part_rows
         self._tmp = self._final = None
         self._part_schema = None
         self._part_rows = 0
 
 
+# Bytes allocated for the session table when the output opens (a session table
+# with 1,000 target pids and a few warnings is ~20 kB).
+SESSION_RESERVE = 128 * 1024
+
+
 class OutputDir:
-    """The session's output root: validates it up front, hands out one writer per table."""
+    """The session's output root: validates it up front, hands out one writer per table.
+
+    ``fresh``: refuse a directory that already holds a trace (any table's entry),
+    so that two sessions are never mixed unless asked for (``run --append``).
+    Without ``partition`` the session table's part is created and allocated up
+    front, so the counters survive a disk that fills up.
+    """
 
     def __init__(
         self,
@@ -391,8 +457,12 @@ class OutputDir:
         rotate_bytes: int = 0,
         partition: Callable[[], str] | None = None,
         owner: Ownership = safefs.AS_CREATED,
+        session_id: str | None = None,
+        fresh: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.session_id = session_id or new_session_id()
+        self.fresh = fresh
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.rotate_bytes = rotate_bytes
@@ -402,6 +472,12 @@ class OutputDir:
         self._closed = False
         self._lock = threading.RLock()
         self._fd = self._prepare()
+        if partition is None:
+            try:
+                self._writers["session"] = self._new_writer("session", SESSION_RESERVE)
+            except OutputError:
+                self._close_fd()
+                raise
 
     def _prepare(self) -> int:
         """Fail before tracing starts, not minutes later at the first rotation.
@@ -423,7 +499,40 @@ class OutputDir:
         except OSError as e:
             os.close(fd)
             raise OutputError(f"output directory {root} is not writable: {_reason(e)}") from e
+        try:
+            self._check_tables(fd)
+        except OSError as e:
+            os.close(fd)
+            raise OutputError(f"cannot read output directory {root}: {_reason(e)}") from e
+        except OutputError:
+            os.close(fd)
+            raise
         return fd
+
+    def _check_tables(self, fd: int) -> None:
+        """What is already there: a trace (refused when ``fresh``), or a table's
+        name taken by something other than a directory (never followed)."""
+        found = []
+        for name in TABLES:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise OutputError(f"{self.root / name} is a symlink: refusing to follow it")
+            if not stat.S_ISDIR(st.st_mode):
+                raise OutputError(f"{self.root / name} is not a directory")
+            sub = os.open(name, safefs.DIR_FLAGS, dir_fd=fd)
+            try:
+                if os.listdir(sub):  # empty: a session that failed before writing
+                    found.append(name)
+            finally:
+                os.close(sub)
+        if found and self.fresh:
+            raise OutputError(
+                f"output directory {self.root} already holds a trace "
+                f"({', '.join(n + '/' for n in found[:3])}{', ...' if len(found) > 3 else ''}): "
+                "give a new -o, or --append to add this session to it")
 
     def bytes_on_disk(self) -> int:
         """Bytes of every part under the root, finished or in progress."""
@@ -450,10 +559,18 @@ class OutputDir:
                 raise KeyError(f"unknown table {table!r}")
             w = self._writers.get(table)
             if w is None:
-                w = TableWriter(self.root, table, self.rotate_rows, self.rotate_seconds,
-                                self.rotate_bytes, self.partition, self._fd, self.owner)
-                self._writers[table] = w
+                w = self._writers[table] = self._new_writer(table)
             return w
+
+    @property
+    def writers(self) -> dict[str, TableWriter]:
+        """The writers opened so far, by table."""
+        return self._writers
+
+    def _new_writer(self, table: str, reserve: int = 0) -> TableWriter:
+        return TableWriter(self.root, table, self.rotate_rows, self.rotate_seconds,
+                           self.rotate_bytes, self.partition, self._fd, self.owner,
+                           self.session_id, reserve)
 
     def close(self) -> None:
         """Close every writer even if one fails, then report the first failure."""

@@ -366,6 +366,16 @@ def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     with running(tmp_path, cfg) as d:
         assert not list(root.rglob("*.tmp"))
         d.stop()
+    # the restart appended a session: the killed one's rows keep their own id
+    (closed,), = query(root, "SELECT DISTINCT session_id FROM session")
+    (killed,), = query(root, "SELECT DISTINCT session_id FROM processes WHERE session_id <> "
+                             f"'{closed}'")
+    assert query(root, "SELECT count(*) FROM processes WHERE session_id IS NULL") == [(0,)]
+    r = scope("report", str(root), "-o", str(tmp_path / "r.html"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("note: 2 sessions in this directory")
+    assert f"  session {killed}: " in r.stdout and f"  session {closed}: " in r.stdout
+    assert f"session {killed}: no session table: it was not closed" in r.stdout
 
 
 def test_bad_config_on_reload_keeps_the_running_one(tmp_path):

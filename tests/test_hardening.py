@@ -3,6 +3,7 @@ kept out of the trace, and every fault leaving valid files and no probes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -222,20 +223,90 @@ def test_sigterm_with_a_full_ring_buffer(tmp_path, sentinel):
 
 
 def test_disk_full_stops_tracing_with_a_clear_message(tmp_path, sentinel):
+    """One error line naming the file and the cause, exit 2; the session table,
+    allocated when the output opened, still holds every counter."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
     try:
-        r = scope("run", "-o", str(mnt / "out"), "--max-rate", "0", "--", PY311,
+        out = mnt / "out"
+        r = scope("run", "-o", str(out), "--max-rate", "0", "--", PY311,
                   program("busy.py"), "6", timeout=120)
-        assert r.returncode != 0
-        last = r.stderr.strip().splitlines()[-1]
-        assert "No space left on device" in last and "Traceback" not in r.stderr
-        _valid_parts(mnt / "out")  # every closed part is complete
-        assert not list((mnt / "out").rglob("*.tmp"))
+        assert r.returncode == 2, r.stderr
+        errors = [ln for ln in r.stderr.splitlines() if "error" in ln]
+        assert errors == [f"scope-ebpf: error: cannot write {out}/calls/part-00000.parquet: "
+                          "No space left on device"], r.stderr
+        _valid_parts(out)  # every closed part is complete
+        assert not list(out.rglob("*.tmp"))
+        assert session_value(out, "stop_reason") == errors[0].removeprefix("scope-ebpf: ")
+        assert session_value(out, "output_error") == errors[0].removeprefix(
+            "scope-ebpf: error: ")
+        assert session_count(out, "kernel.entries") > 0
+        assert session_count(out, "rows.calls") == 0  # its part was lost: none on disk
         assert semaphore(sentinel.pid) == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_table_directory_replaced_by_a_symlink_while_tracing(tmp_path, sentinel):
+    """A symlink planted as calls/ after start: one error line naming it (was
+    ``internal error: BufferError``: ring buffer views kept alive by the failed
+    write's traceback stopped the ring from being unmapped), nothing written
+    through it, the session table kept."""
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.mkdir()
+    # -S: no sitecustomize, so no profile hook and no calls rows until setprofile;
+    # then it waits again, so the failure meets the tracing loop, not the last drain
+    code = ("import os, sys\nos.read(0, 1)\nsys.setprofile(slice)\n"
+            "def f():\n    pass\nfor _ in range(1000):\n    f()\n"
+            "sys.setprofile(None)\nos.read(0, 1)\n")
+    tracer = subprocess.Popen([SCOPE, "run", "-o", str(out), "--", PY311, "-S", "-c", code],
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_line(tracer, "tracing")
+        assert not (out / "calls").exists()
+        (out / "calls").symlink_to(victim)
+        tracer.stdin.write("x")
+        tracer.stdin.flush()
+        code = tracer.wait(timeout=60)  # a line or two: they fit in the pipe
+    finally:
+        tracer.stdin.close()  # the program exits, and with it the last stderr writer
+        if tracer.poll() is None:
+            tracer.kill()
+    rest = tracer.stderr.read()
+    assert code == 2, rest
+    assert rest.splitlines() == [f"scope-ebpf: error: cannot create a part in {out}/calls: "
+                                 "a symlink, not followed"], rest
+    assert list(victim.iterdir()) == []
+    _valid_parts(out)
+    assert not list(out.rglob("*.tmp"))
+    assert session_value(out, "output_error") == rest.splitlines()[0].removeprefix(
+        "scope-ebpf: error: ")
+    assert session_value(out, "stop_reason").startswith("error: cannot create a part in")
+    assert session_count(out, "kernel.entries") > 0
+    assert semaphore(sentinel.pid) == 0
+
+
+def test_session_facts_go_to_stderr_when_its_table_cannot_be_written(tmp_path):
+    from scope_ebpf.controller import Options, Session
+    from scope_ebpf.writer import OutputError
+
+    said: list[str] = []
+    s = Session(Options(output=tmp_path / "out"), said.append)
+
+    class Broken:
+        writers: dict = {}
+
+        def writer(self, table):
+            raise OutputError(f"cannot write {table}: No space left on device")
+
+    s.out = Broken()
+    s.warn("first warning")
+    s._write_session(s._session_rows("error: disk full", {"calls_lost": 3}))
+    assert said[-1].startswith("session table not written: {")
+    facts = json.loads(said[-1].removeprefix("session table not written: "))
+    assert facts["session_id"] == s.session_id and facts["stop_reason"] == "error: disk full"
+    assert facts["kernel.calls_lost"] == 3 and facts["warnings"] == ["first warning"]
 
 
 def test_target_killed_or_execing_into_something_else(tmp_path, sentinel):

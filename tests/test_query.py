@@ -49,7 +49,7 @@ def test_views_round_trip_types(trace: Path) -> None:
     rel = con.sql("SELECT * FROM calls ORDER BY start_ns")
     assert [str(t) for t in rel.types] == [
         "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
-        "INTEGER", "INTEGER", "INTEGER",
+        "INTEGER", "INTEGER", "INTEGER", "VARCHAR",
     ]
     assert con.sql("SELECT epoch_ns(start_ns), return_line FROM calls ORDER BY 1").fetchall() == [
         (T0, None),
@@ -62,7 +62,7 @@ def test_empty_views_have_schema_columns(trace: Path) -> None:
     rel = con.sql("SELECT * FROM gc")
     assert rel.columns == [c.name for c in TABLES["gc"].columns]
     assert [str(t) for t in rel.types] == [
-        "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "BIGINT",
+        "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "BIGINT", "VARCHAR",
     ]
     assert rel.fetchall() == []
     # Joining a present and an absent table works the same as two present ones.

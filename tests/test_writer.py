@@ -74,7 +74,7 @@ def test_schema_types_and_describe() -> None:
 
 
 def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
-    w = TableWriter(tmp_path, "calls")
+    w = TableWriter(tmp_path, "calls", session_id="s-1")
     w.write(calls_batch(3))
     w.close()
     assert parts(tmp_path / "calls") == ["part-00000.parquet"]
@@ -85,16 +85,17 @@ def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
     )
     assert [str(t) for t in rel.types] == [
         "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
-        "INTEGER", "INTEGER", "INTEGER",
+        "INTEGER", "INTEGER", "INTEGER", "VARCHAR",
     ]
     rows = con.sql(
         f"SELECT epoch_ns(start_ns), duration_ns, pid, tid, depth, function, file, line, "
-        f"return_line, weight FROM read_parquet('{tmp_path}/calls/*.parquet') ORDER BY 1"
+        f"return_line, weight, session_id FROM read_parquet('{tmp_path}/calls/*.parquet') "
+        "ORDER BY 1"
     ).fetchall()
-    assert rows == [
-        (T0, 0, 100, 101, 0, "main", "/app/a.py", 1, None, 1),
-        (T0 + 1, None, 100, 101, 1, "work", "/app/b.py", 2, None, 1),
-        (T0 + 2, 20, 100, 101, 2, None, None, 3, None, 1),
+    assert rows == [  # session_id: the writer's, in every row
+        (T0, 0, 100, 101, 0, "main", "/app/a.py", 1, None, 1, "s-1"),
+        (T0 + 1, None, 100, 101, 1, "work", "/app/b.py", 2, None, 1, "s-1"),
+        (T0 + 2, 20, 100, 101, 2, None, None, 3, None, 1, "s-1"),
     ]
     # Readers see the plain schema.py types, not the writer's storage choices.
     assert pq.read_schema(tmp_path / "calls" / "part-00000.parquet") == arrow_schema("calls")
@@ -348,3 +349,45 @@ def test_row_groups_are_bounded_by_bytes_as_well_as_rows(tmp_path: Path, monkeyp
     md = pq.ParquetFile(w.parts[0]).metadata
     assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [2000] * 4 + [1000]
     assert pq.read_table(w.parts[0])["line"].to_pylist() == list(range(1, 9001))
+
+
+def test_a_trace_is_refused_unless_appending_and_rows_carry_the_session(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    out = OutputDir(root, fresh=True, session_id="first")
+    out.writer("gc").write(gc_row(T0))
+    out.close()
+    assert parts(root / "session") == []  # its reserved part, never written, is gone
+    with pytest.raises(OutputError, match=rf"^output directory {root} already holds a trace "
+                       r"\(gc/\): give a new -o, or --append to add this session to it$"):
+        OutputDir(root, fresh=True)
+    out = OutputDir(root, session_id="second")  # appending
+    out.writer("gc").write(gc_row(T0 + 1))
+    out.close()
+    got = duckdb.sql(f"SELECT epoch_ns(start_ns), session_id FROM "
+                     f"read_parquet('{root}/gc/*.parquet') ORDER BY 1").fetchall()
+    assert got == [(T0, "first"), (T0 + 1, "second")]
+    # empty table directories (a session that failed before writing) are no trace
+    (tmp_path / "empty" / "calls").mkdir(parents=True)
+    OutputDir(tmp_path / "empty", fresh=True).close()
+
+
+def test_a_table_name_taken_by_a_symlink_is_refused_up_front(tmp_path: Path) -> None:
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "calls").symlink_to(tmp_path / "victim")
+    with pytest.raises(OutputError, match="calls is a symlink: refusing to follow it"):
+        OutputDir(tmp_path / "out")
+
+
+def test_the_session_part_is_allocated_when_the_output_opens(tmp_path: Path) -> None:
+    """So the counters are written even once the disk is full."""
+    from scope_ebpf.writer import SESSION_RESERVE
+
+    out = OutputDir(tmp_path)
+    (tmp,) = (tmp_path / "session").iterdir()
+    assert tmp.name == ".part-00000.parquet.tmp"
+    assert tmp.stat().st_blocks * 512 >= SESSION_RESERVE
+    out.writer("session").write(pa.table({"key": ["k"], "value": ["v"]}))
+    out.close()
+    assert parts(tmp_path / "session") == ["part-00000.parquet"]
+    assert pq.read_table(tmp_path / "session").to_pylist()[0]["key"] == "k"  # truncated
