@@ -389,7 +389,9 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
               default=Path("/etc/scope-ebpf/config.toml"), show_default=True,
               help="TOML config (see packaging/config.toml for every key).")
-@click.option("--check", is_flag=True, help="Validate the config and exit.")
+@click.option("--check", is_flag=True,
+              help="Run every check start-up runs (the config, root privileges, kernel "
+                   "headers, tracefs, the output root) and exit.")
 def daemon(config_path: Path, check: bool) -> None:
     """Trace every Python process the config selects, now and started later.
 
@@ -407,11 +409,12 @@ def daemon(config_path: Path, check: bool) -> None:
       scope-ebpf query /var/lib/scope-ebpf --host web-17 --date 2026-11-26 \\
           "SELECT count(*) FROM gc"
     """
-    from .daemon import Daemon, load_config
+    from .daemon import Daemon
+    from .daemon import check as check_config
 
     try:
         if check:
-            cfg = load_config(config_path)
+            cfg = check_config(config_path)
             _status(f"{config_path}: ok ({len(cfg.selectors)} selector(s), probes "
                     f"{','.join(sorted(cfg.probes))}, output {cfg.root})")
             return
