@@ -585,7 +585,12 @@ def probes(pid: int | None, binary: str | None) -> None:
         _fail(e)
     launched = pid is None
     who = f"process {pid}: " if pid is not None else ""
-    click.echo(f"{who}{path} (CPython {caps.version or 'unknown version'})")
+    if not caps.cpython:
+        click.echo(f"{who}{path} is not a CPython interpreter or libpython (no CPython "
+                   "USDT probes, no _PyRuntime symbol)")
+        sys.exit(capabilities.EXIT_NO_PROBES)
+    version = f"CPython {caps.version}" if caps.version else "CPython, version unknown"
+    click.echo(f"{who}{path} ({version})")
     for probe, table in capabilities.PROBES.items():
         n = caps.present.get(probe, 0)
         fires, why = caps.fires(probe, launched)

@@ -213,8 +213,8 @@ class Session:
             self.status(f"activated the perf trampoline in process {pid}")
             ok = True
         if "calls" in probes and b.calls_mode != "none" and not ok:
-            self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
-                      f"not appear: {why}. gc, sched and process data are recorded either way")
+            self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
+                      "gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes))
         self._started(pid, binary)
 

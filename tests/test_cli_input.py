@@ -5,11 +5,12 @@ syntax, unknown options refused, usage errors in the one-line style, `daemon
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import scope
+from conftest import PY311, SCOPE, SID, Ticker, attached, rows, scope
 
 
 def _only_error(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -44,3 +45,79 @@ def test_daemon_check_passes_a_config_start_up_accepts(tmp_path):
     r = scope("daemon", "--config", str(cfg), "--check")
     assert r.returncode == 0 and r.stderr.startswith(f"scope-ebpf: {cfg}: ok"), r.stderr
     assert (tmp_path / "root").is_dir()  # created, as start-up creates it
+
+
+def _no_ptrace(*args: str) -> subprocess.CompletedProcess:
+    """scope-ebpf as root but without CAP_SYS_PTRACE."""
+    return subprocess.run(["setpriv", "--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace",
+                           SCOPE, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_permission_denied_as_root_says_why_not_run_as_root(tmp_path):
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv missing")
+    target = subprocess.Popen(["sleep", "60"])  # as root, with every capability we hold
+    try:
+        for args in (["trace", "--pid", str(target.pid), "-o", str(tmp_path / "o")],
+                     ["probes", "--pid", str(target.pid)]):
+            line = _only_error(_no_ptrace(*args), f"cannot inspect process {target.pid}",
+                               "without CAP_SYS_PTRACE")
+            assert "run as root" not in line
+    finally:
+        target.kill()
+        target.wait()
+    assert not (tmp_path / "o").exists()
+
+
+def test_trace_311_with_a_hook_is_not_told_calls_will_not_appear(tmp_path):
+    target = Ticker(PY311, tmp_path / "go", after=20)  # ticker.py sets its own profile hook
+    out = tmp_path / "out"
+    tracer = subprocess.Popen([SCOPE, "trace", "--pid", str(target.pid), "-o", str(out)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        err = attached(tracer)
+        target.go()
+        err += tracer.communicate(timeout=120)[1]
+    finally:
+        target.stop()
+        tracer.kill()
+    assert tracer.returncode == 0, err
+    warning = [line for line in err.splitlines() if "warning:" in line]
+    assert warning == [
+        f"scope-ebpf: warning: process {target.pid} (CPython 3.11): function probes fire only "
+        "while the process has a profile or trace hook set (a profiler, debugger or coverage "
+        "tool); without one, trace it from its start with `scope-ebpf run`. gc, sched and "
+        "process data are recorded either way"], err
+    # and it was right to hedge: this process has a hook, so its calls are there
+    (n,) = rows(out, "SELECT count(*) FROM calls WHERE function = 'tick'")[0]
+    assert n >= 20
+
+
+@pytest.mark.parametrize("version", ["3.13", "3.14"])
+def test_probes_pid_eval_mode_names_activate_where_it_works(sid, tmp_path, version):
+    go = SID / "tmp" / "scope-tests" / f"go-h14-{version}"
+    go.unlink(missing_ok=True)
+    target = Ticker(f"python{version}", go, root=SID)  # ticks until stopped
+    try:
+        r = scope("probes", "--pid", str(target.pid))
+    finally:
+        target.stop()
+    assert r.returncode == 3, r.stdout + r.stderr
+    last = r.stdout.splitlines()[-1]
+    assert last.startswith("calls with `trace --pid`: no [eval] "), last
+    assert ("`scope-ebpf trace --activate` in a running process" in last) == (version == "3.14")
+
+
+def test_probes_on_a_file_that_is_not_python(tmp_path):
+    r = scope("probes", "--binary", "/bin/ls")
+    assert r.returncode == 4
+    assert r.stdout == ("/bin/ls is not a CPython interpreter or libpython (no CPython USDT "
+                        "probes, no _PyRuntime symbol)\n")
+    # a CPython built without probes is still named as one
+    stripped = tmp_path / "python3.11"
+    subprocess.run(["objcopy", "--remove-section", ".note.stapsdt", PY311, str(stripped)],
+                   check=True)
+    r = scope("probes", "--binary", str(stripped))
+    assert r.returncode == 4
+    assert r.stdout.splitlines()[0] == f"{stripped} (CPython 3.11)"
+    assert r.stdout.splitlines()[-1].startswith("calls: no (not a CPython with USDT probes")
