@@ -120,6 +120,50 @@ _PROBES = click.option("--probes", default="calls,gc,sched,imports,audit", show_
                             "imports, audit.")
 
 
+class _UsageError(click.ClickException):
+    """click's usage errors (unknown option, missing argument, bad value) in the
+    style of every other bad input: one ``error:`` line, then one hint line."""
+
+    exit_code = 2
+
+    def __init__(self, e: click.UsageError) -> None:
+        if isinstance(e, click.NoSuchOption):
+            message = f"no such option: {e.option_name}"
+            if e.possibilities:  # closest first
+                message += f". Did you mean {e.possibilities[0]}?"
+        else:
+            message = e.format_message().replace("\n", " ").removesuffix(".")
+            if message[1:2].islower():  # "Missing argument" -> "missing ...", not "DIRECTORY"
+                message = message[0].lower() + message[1:]
+        super().__init__(message)
+        self.hint = f"try '{e.ctx.command_path} --help'" if e.ctx is not None else None
+
+    def show(self, file=None) -> None:
+        click.echo(f"{_PREFIX}error: {self.message}", err=True)
+        if self.hint:
+            click.echo(f"{_PREFIX}{self.hint}", err=True)
+
+
+class _Group(click.Group):
+    """Turns the usage errors of the group and of every command into _UsageError."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `scope-ebpf`: the help, as click shows it
+        except click.UsageError as e:
+            raise _UsageError(e) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _UsageError(e) from None
+
+
 def main() -> None:
     """Console entry point: a bug in scope-ebpf is one line too, unless debugging."""
     try:
@@ -218,7 +262,7 @@ def _number(text: str, option: str) -> float:
     return v
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scope-ebpf")
 def cli() -> None:
     """eBPF tracer for CPython: USDT probes and scheduler tracepoints to Parquet.
@@ -235,8 +279,7 @@ def cli() -> None:
     """
 
 
-@cli.command(context_settings={"ignore_unknown_options": True,
-                                "allow_interspersed_args": False})
+@cli.command(context_settings={"allow_interspersed_args": False})
 @_OUTPUT
 @_PROBES
 @click.option("--no-hook", is_flag=True,
@@ -254,10 +297,12 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
     """Start COMMAND with the probes live and trace it until it exits.
 
     The program keeps its argv, cwd, environment and stdio; scope-ebpf exits
-    with its exit code. On CPython 3.11 a minimal profile hook (sys.setprofile
-    with the C builtin `slice`) is installed at start-up, because 3.11 fires its
-    function probes only while a hook is set. SIGTERM is passed on to the
-    program; a second SIGINT/SIGTERM stops tracing and leaves it running.
+    with its exit code. Options go before COMMAND (or before `--`); what
+    follows the command name is the command's. On CPython 3.11 a minimal
+    profile hook (sys.setprofile with the C builtin `slice`) is installed at
+    start-up, because 3.11 fires its function probes only while a hook is set.
+    SIGTERM is passed on to the program; a second SIGINT/SIGTERM stops tracing
+    and leaves it running.
 
     \b
     Examples:

@@ -23,6 +23,42 @@ def _only_error(r: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
+def test_unknown_option_before_the_command_is_an_error_with_a_suggestion(tmp_path):
+    marker = tmp_path / "started"
+    out = tmp_path / "out"
+    for args in (["--max-rat", "5", "--"], ["--max-rat", "5"]):
+        r = scope("run", "-o", str(out), *args, PY311, "-c", f"open({str(marker)!r}, 'w')")
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.splitlines() == [
+            "scope-ebpf: error: no such option: --max-rat. Did you mean --max-rate?",
+            "scope-ebpf: try 'scope-ebpf run --help'"]
+    r = scope("run", "--bogus", "--", PY311, "-c", f"open({str(marker)!r}, 'w')")
+    assert r.stderr.splitlines()[0] == "scope-ebpf: error: no such option: --bogus"
+    assert not marker.exists() and not out.exists()
+
+
+USAGE = [
+    (["trace", "--pid", "abc"], "invalid value for '-p' / '--pid'", "trace"),
+    (["query"], "missing argument 'DIRECTORY'", "query"),
+    (["run"], "missing argument 'COMMAND...'", "run"),
+    (["nosuch"], "no such command 'nosuch'", ""),
+    (["run", "--root", "/no/such/root", "--", PY311], "invalid value for '--root'", "run"),
+    (["report", "x", "--format", "xml"], "invalid value for '--format'", "report"),
+    (["--bogus"], "no such option: --bogus", ""),
+]
+
+
+@pytest.mark.parametrize(("args", "says", "command"), USAGE, ids=[" ".join(a) for a, _, _ in USAGE])
+def test_usage_errors_are_one_error_line_and_a_hint(args, says, command):
+    r = scope(*args)
+    assert r.returncode == 2, r.stderr
+    help_of = f"scope-ebpf {command}".strip()
+    assert r.stderr.splitlines() == [r.stderr.splitlines()[0],
+                                     f"scope-ebpf: try '{help_of} --help'"], r.stderr
+    assert r.stderr.startswith(f"scope-ebpf: error: {says}"), r.stderr
+    assert "Usage:" not in r.stderr and r.stdout == ""
+
+
 def _config(path: Path, root: str) -> Path:
     path.write_text(f'[output]\nroot = "{root}"\n[[select]]\nexe = "*"\nprobes = ["gc"]\n')
     os.chmod(path, 0o600)
