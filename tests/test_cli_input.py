@@ -5,12 +5,17 @@ syntax, unknown options refused, usage errors in the one-line style, `daemon
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PY311, SCOPE, SID, Ticker, attached, rows, scope
+from conftest import PY311, SCOPE, SID, Ticker, attached, rows, scope, session_value
+
+from scope_ebpf.errors import ScopeError
+from scope_ebpf.units import parse_duration
 
 
 def _only_error(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -21,6 +26,57 @@ def _only_error(r: subprocess.CompletedProcess, *words: str) -> str:
     for w in words:
         assert w in lines[0], lines[0]
     return lines[0]
+
+
+# (option, bad value, what the error line names): every option of run/trace that takes
+# a pattern, a duration, a size or a number, with values that used to pass until later.
+BAD_OPTIONS = [
+    ("--include", "re:(", "--include"),
+    ("--exclude", "*:get[0-9", "--exclude"),
+    ("--thread-name", "re:[", "--thread-name"),
+    ("--thread-name", "", "--thread-name"),
+    ("--redact", "(", "--redact"),
+    ("--min-duration", "500", "--min-duration needs a unit"),
+    ("--min-duration", "2 parsecs", "--min-duration"),
+    ("-d", "0", "--duration must be positive"),
+    ("-d", "0s", "--duration must be positive"),
+    ("-d", "-1s", "--duration must not be negative"),
+    ("-d", "30x", "--duration: unknown unit 'x'"),
+    ("--max-output", "5Q", "--max-output"),
+    ("--max-output", "-1MB", "--max-output"),
+    ("--max-rate", "inf", "--max-rate needs a finite number"),
+    ("--max-rate", "1e400", "--max-rate needs a finite number"),
+    ("--breaker-rate", "nan", "--breaker-rate needs a finite number"),
+    ("--max-cpu", "-5", "--max-cpu must not be negative"),
+    ("--tid", "0", "--tid 0 is not a thread id"),
+    ("--tid", "99999999999", "is not a thread id"),
+    ("--group", "no-such-group-h14", "no such group"),
+    ("--probes", "calls,cpu", "unknown probe set cpu"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "says"), BAD_OPTIONS,
+                         ids=[f"{o}={v}" for o, v, _ in BAD_OPTIONS])
+def test_bad_option_refused_before_anything_starts(tmp_path, option, value, says):
+    marker = tmp_path / "started"
+    out = tmp_path / "out"
+    # run: the program would create the marker as its first act
+    r = scope("run", "-o", str(out), option, value, "--", PY311, "-c",
+              f"open({str(marker)!r}, 'w')")
+    _only_error(r, says)
+    assert not marker.exists(), "the program was started"
+    assert not out.exists(), "an output directory was created"
+    # trace: refused before the target is even looked at
+    r = scope("trace", "--pid", str(os.getpid()), "-o", str(out), option, value)
+    _only_error(r, says)
+    assert not out.exists()
+
+
+def test_trace_exe_that_does_not_exist_creates_no_output(tmp_path):
+    out = tmp_path / "out"
+    _only_error(scope("trace", "--exe", "/no/such/python", "-o", str(out)),
+                "no such file: /no/such/python")
+    assert not out.exists()
 
 
 def test_unknown_option_before_the_command_is_an_error_with_a_suggestion(tmp_path):
@@ -35,6 +91,51 @@ def test_unknown_option_before_the_command_is_an_error_with_a_suggestion(tmp_pat
     r = scope("run", "--bogus", "--", PY311, "-c", f"open({str(marker)!r}, 'w')")
     assert r.stderr.splitlines()[0] == "scope-ebpf: error: no such option: --bogus"
     assert not marker.exists() and not out.exists()
+
+
+def test_options_after_the_command_name_are_the_commands(tmp_path):
+    # -d takes the shared duration syntax (30s); what follows the command name,
+    # option-like or not, is the program's argv, untouched
+    out = tmp_path / "out"
+    r = scope("run", "-d", "30s", "-o", str(out), PY311, "-c",
+              "import sys; print(sys.argv[1:])", "-d", "5", "--bogus", "--", "x")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['-d', '5', '--bogus', '--', 'x']\n"
+    assert session_value(out, "stop_reason") == "target exited"
+
+
+def test_duration_with_a_unit_stops_run(tmp_path):
+    go = tmp_path / "go"
+    out = tmp_path / "out"
+    wait = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)"
+    tracer = subprocess.Popen([SCOPE, "run", "-d", "300ms", "-o", str(out), "--", PY311,
+                               "-c", wait], stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        # the program keeps the stderr pipe open: read up to scope-ebpf's last line
+        err = attached(tracer, "is still running")
+        m = re.search(r"stopped tracing; pid (\d+) is still running", err)
+        assert tracer.wait(timeout=60) == 0 and m, err
+        pid = int(m[1])
+    finally:
+        tracer.kill()
+        go.touch()  # the program was left running: let it end
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert session_value(out, "stop_reason") == "duration"
+
+
+@pytest.mark.parametrize(("text", "ns"), [("30", 30_000_000_000), ("1.5", 1_500_000_000),
+                                          ("30s", 30_000_000_000), ("5m", 300_000_000_000),
+                                          ("250ms", 250_000_000)])
+def test_duration_bare_number_is_seconds_only_where_named(text, ns):
+    assert parse_duration(text, "--duration", bare="s") == ns
+    if text[-1].isdigit():
+        with pytest.raises(ScopeError, match="--min-duration needs a unit"):
+            parse_duration(text, "--min-duration")
 
 
 USAGE = [
