@@ -32,6 +32,7 @@ class Capabilities:
     version: str | None
     present: dict[str, int]   # probe name -> number of locations
     calls_mode: str           # "usdt", "usdt+hook", "eval" or "none"
+    cpython: bool = True      # a CPython interpreter or libpython (exports _PyRuntime)
 
     @property
     def has_probes(self) -> bool:
@@ -56,14 +57,21 @@ class Capabilities:
         if self.calls_mode == "usdt+hook":
             if launched:
                 return True, "function probes under the profile hook `run` installs"
-            return False, ("function probes fire only under a profile/trace hook: use "
-                           "`scope-ebpf run`, or give the process a hook")
+            # Whether a running process has a hook is not known from outside: say when
+            # calls appear, not that they will not.
+            return False, ("function probes fire only while the process has a profile or "
+                           "trace hook set (a profiler, debugger or coverage tool); without "
+                           "one, trace it from its start with `scope-ebpf run`")
         if self.calls_mode == "eval":
             if launched:
                 return True, ("perf trampoline (PYTHONPERFSUPPORT=1) + uprobes on "
                               "_PyEval_EvalFrameDefault, frames read via _Py_DebugOffsets")
+            how = "`scope-ebpf run` turns it on at start-up"
+            if _minor(self.version) >= 14:
+                how += ", `scope-ebpf trace --activate` in a running process"
             return False, ("no function probes in this version: calls need the perf "
-                           "trampoline, which `scope-ebpf run` turns on")
+                           "trampoline, on only if the process started with "
+                           f"PYTHONPERFSUPPORT=1 or -X perf; {how}")
         return False, "no function probes and no known frame layout in this version"
 
 
@@ -74,6 +82,7 @@ def of_file(path: str) -> Capabilities:
         if p.provider == "python":
             present[p.name] = present.get(p.name, 0) + 1
     version = procs.python_version(path)
+    cpython = bool(present) or _exports(path, "_PyRuntime")
     if not present:
         mode = "none"
     elif "function__entry" in present:
@@ -82,13 +91,25 @@ def of_file(path: str) -> Capabilities:
         mode = "eval"
     else:
         mode = "none"
-    return Capabilities(path, version, present, mode)
+    return Capabilities(path, version, present, mode, cpython)
 
 
-def _exports_eval(path: str) -> bool:
+def _minor(version: str | None) -> int:
+    """11 for '3.11'; 0 when unknown."""
     try:
-        usdt.find_symbol(path, "_PyEval_EvalFrameDefault")
-        usdt.find_symbol(path, "_PyRuntime")
+        return int(version.split(".")[1]) if version else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def _exports(path: str, *names: str) -> bool:
+    try:
+        for name in names:
+            usdt.find_symbol(path, name)
     except usdt.ProbeError:
         return False
     return True
+
+
+def _exports_eval(path: str) -> bool:
+    return _exports(path, "_PyEval_EvalFrameDefault", "_PyRuntime")

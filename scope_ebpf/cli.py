@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -51,7 +52,8 @@ def _summary(session, seconds: float) -> None:
 
 
 def _preload() -> None:
-    """Start compiling the BPF program now, while the rest of scope-ebpf imports."""
+    """Start compiling the BPF program now, while the rest of scope-ebpf imports
+    (called once the options are valid: bad input starts no compiler)."""
     if os.geteuid() == 0:
         from .program import start_loading
 
@@ -114,9 +116,16 @@ class _Tracing:
         _summary(self.session, time.monotonic() - self.started)
 
 
-def _check_duration(duration: float | None) -> None:
-    if duration is not None and duration <= 0:
-        raise ScopeError("--duration must be positive")
+def _duration(text: str | None) -> float | None:
+    """-d/--duration in seconds: the shared duration grammar, a bare number is seconds."""
+    if text is None:
+        return None
+    from .units import parse_duration
+
+    ns = parse_duration(text, "--duration", bare="s")
+    if ns <= 0:
+        raise ScopeError(f"--duration must be positive, not {text!r}")
+    return ns / 1e9
 
 
 _OUTPUT = click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -124,6 +133,50 @@ _OUTPUT = click.option("-o", "--output", type=click.Path(path_type=Path), defaul
 _PROBES = click.option("--probes", default="calls,gc,sched,imports,audit", show_default=True,
                        help="Probe sets to attach (comma-separated): calls, gc, sched, "
                             "imports, audit.")
+
+
+class _UsageError(click.ClickException):
+    """click's usage errors (unknown option, missing argument, bad value) in the
+    style of every other bad input: one ``error:`` line, then one hint line."""
+
+    exit_code = 2
+
+    def __init__(self, e: click.UsageError) -> None:
+        if isinstance(e, click.NoSuchOption):
+            message = f"no such option: {e.option_name}"
+            if e.possibilities:  # closest first
+                message += f". Did you mean {e.possibilities[0]}?"
+        else:
+            message = e.format_message().replace("\n", " ").removesuffix(".")
+            if message[1:2].islower():  # "Missing argument" -> "missing ...", not "DIRECTORY"
+                message = message[0].lower() + message[1:]
+        super().__init__(message)
+        self.hint = f"try '{e.ctx.command_path} --help'" if e.ctx is not None else None
+
+    def show(self, file=None) -> None:
+        click.echo(f"{_PREFIX}error: {self.message}", err=True)
+        if self.hint:
+            click.echo(f"{_PREFIX}{self.hint}", err=True)
+
+
+class _Group(click.Group):
+    """Turns the usage errors of the group and of every command into _UsageError."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `scope-ebpf`: the help, as click shows it
+        except click.UsageError as e:
+            raise _UsageError(e) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _UsageError(e) from None
 
 
 def main() -> None:
@@ -148,10 +201,11 @@ def _control_options(f):
         click.option("--exclude", multiple=True, metavar="PATTERN",
                      help="Drop calls of matching functions; wins over --include."),
         click.option("--min-duration", metavar="DURATION",
-                     help="Only calls at least this long become rows (e.g. 500us, 2ms)."),
-        click.option("--tid", "tids", type=int, multiple=True,
+                     help="Only calls at least this long become rows (a unit is required: "
+                          "500us, 2ms)."),
+        click.option("--tid", "tids", type=int, multiple=True, metavar="TID",
                      help="Only these threads' calls become rows (repeatable)."),
-        click.option("--thread-name", "thread_names", multiple=True, metavar="GLOB",
+        click.option("--thread-name", "thread_names", multiple=True, metavar="PATTERN",
                      help="Only calls of threads whose kernel name matches (repeatable)."),
         click.option("--max-rate", default="200000", show_default=True, metavar="N",
                      help="Call rows per second; hot functions are sampled 1-in-k above "
@@ -191,12 +245,16 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
              redact: tuple[str, ...] = (), no_redact: bool = False, append: bool = False):
     """Validate every option before anything is attached."""
     from .controller import Options, parse_probes
-    from .matchers import Matcher
+    from .matchers import Matcher, check_patterns
     from .redact import Redactor
     from .safefs import invoking_user
     from .units import parse_duration, parse_size
 
     Matcher(list(include), list(exclude))  # raises on a bad glob or regex
+    check_patterns(thread_names, "--thread-name")
+    for tid in tids:
+        if not 0 < tid <= _PID_MAX_LIMIT:
+            raise ScopeError(f"--tid {tid} is not a thread id (1 to {_PID_MAX_LIMIT})")
     Redactor(redact)
     sets = parse_probes(probes)
     if "calls" not in sets:
@@ -218,17 +276,22 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
     )
 
 
+_PID_MAX_LIMIT = 4_194_304  # the kernel's largest pid_max (64-bit)
+
+
 def _number(text: str, option: str) -> float:
     try:
         v = float(text.replace("_", "").replace(",", ""))
     except ValueError:
         raise ScopeError(f"{option} needs a number, not {text!r}") from None
-    if v < 0 or v != v:
+    if not math.isfinite(v):  # "inf", "nan", "1e400": the kernel limits are integers
+        raise ScopeError(f"{option} needs a finite number, not {text!r}")
+    if v < 0:
         raise ScopeError(f"{option} must not be negative: {text}")
     return v
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scope-ebpf")
 def cli() -> None:
     """eBPF tracer for CPython: USDT probes and scheduler tracepoints to Parquet.
@@ -236,7 +299,7 @@ def cli() -> None:
     \b
     Examples:
       sudo scope-ebpf run -o out -- python3 app.py --port 8080
-      sudo scope-ebpf trace --pid 1234 --duration 30 -o out
+      sudo scope-ebpf trace --pid 1234 --duration 30s -o out
       scope-ebpf query out "SELECT function, count(*) FROM calls GROUP BY 1 ORDER BY 2 DESC"
       sudo scope-ebpf daemon --config /etc/scope-ebpf/config.toml
       scope-ebpf report out -o report.html
@@ -245,8 +308,7 @@ def cli() -> None:
     """
 
 
-@cli.command(context_settings={"ignore_unknown_options": True,
-                                "allow_interspersed_args": False})
+@cli.command(context_settings={"allow_interspersed_args": False})
 @_OUTPUT
 @_PROBES
 @click.option("--no-hook", is_flag=True,
@@ -255,26 +317,29 @@ def cli() -> None:
 @click.option("--root", type=click.Path(exists=True, file_okay=False), default="/",
               help="Run COMMAND chrooted in this directory (a container image or a "
                    "debootstrap root); the probes are attached through the host path.")
-@click.option("-d", "--duration", type=float, default=None,
-              help="Stop tracing after this many seconds (the program keeps running).")
+@click.option("-d", "--duration", default=None, metavar="DURATION",
+              help="Stop tracing after this long (30s, 5m; a bare number is seconds); "
+                   "the program keeps running.")
 @_control_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: float | None,
+def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: str | None,
         command: tuple[str, ...], **control) -> None:
     """Start COMMAND with the probes live and trace it until it exits.
 
     The program keeps its argv, cwd, environment and stdio; scope-ebpf exits
-    with its exit code. On CPython 3.11 a minimal profile hook (sys.setprofile
-    with the C builtin `slice`) is installed at start-up, because 3.11 fires its
-    function probes only while a hook is set. SIGTERM is passed on to the
-    program; a second SIGINT/SIGTERM stops tracing and leaves it running.
+    with its exit code. Options go before COMMAND (or before `--`); what
+    follows the command name is the command's. On CPython 3.11 a minimal
+    profile hook (sys.setprofile with the C builtin `slice`) is installed at
+    start-up, because 3.11 fires its function probes only while a hook is set.
+    SIGTERM is passed on to the program; a second SIGINT/SIGTERM stops tracing
+    and leaves it running.
 
     \b
     Examples:
       sudo scope-ebpf run -o out -- python3 app.py arg1 arg2
+      sudo scope-ebpf run -d 30s -o out -- python3 server.py --port 8080
       sudo scope-ebpf run --root /srv/image -o out -- python3.15 /app/main.py
     """
-    _preload()
     from .controller import Session
 
     child_pid = 0
@@ -286,8 +351,10 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
     sigs = _Signals(forward)
     exit_status: list[int] = []
     with _Tracing(sigs) as t:
-        _check_duration(duration)
-        session = t.session = Session(_options(output, probes, **control), _status)
+        seconds = _duration(duration)
+        opts = _options(output, probes, **control)
+        _preload()
+        session = t.session = Session(opts, _status)
         root = os.path.abspath(root)
         session.check_command(list(command), root)
         session.open()
@@ -295,7 +362,7 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
         child_pid = child.pid
         _status(f"tracing pid {child.pid} ({os.path.basename(child.interpreter)}) "
                 f"-> {session.opts.output}")
-        deadline = None if duration is None else time.monotonic() + duration
+        deadline = None if seconds is None else time.monotonic() + seconds
 
         def done() -> bool:
             if sigs.count >= 2:
@@ -329,15 +396,15 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: fl
               help="--exe for every interpreter file that a running Python process uses.")
 @_OUTPUT
 @_PROBES
-@click.option("-d", "--duration", type=float, default=None,
-              help="Trace for this many seconds once attached (default: until Ctrl-C, or until the "
-                   "--pid targets exit).")
+@click.option("-d", "--duration", default=None, metavar="DURATION",
+              help="Trace for this long once attached (30s, 5m; a bare number is seconds; "
+                   "default: until Ctrl-C, or until the --pid targets exit).")
 @click.option("--activate", is_flag=True,
               help="CPython 3.14 --pid targets: turn on the perf trampoline with "
                    "sys.remote_exec (runs code in the target) so calls can be traced.")
 @_control_options
 def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
-          output: Path | None, probes: str, duration: float | None, activate: bool,
+          output: Path | None, probes: str, duration: str | None, activate: bool,
           **control) -> None:
     """Attach to running Python processes, or to every process of a binary.
 
@@ -347,11 +414,10 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 
     \b
     Examples:
-      sudo scope-ebpf trace --pid 1234 --pid 5678 --duration 60 -o out
+      sudo scope-ebpf trace --pid 1234 --pid 5678 --duration 60s -o out
       sudo scope-ebpf trace --exe /usr/bin/python3.11 -o out
-      sudo scope-ebpf trace --all-python --probes gc,sched -d 300 -o out
+      sudo scope-ebpf trace --all-python --probes gc,sched -d 5m -o out
     """
-    _preload()
     from .controller import Session
 
     sigs = _Signals()
@@ -359,10 +425,14 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
     with _Tracing(sigs) as t:
         if not (pids or exes or all_python):
             raise ScopeError("nothing to trace: give --pid, --exe or --all-python")
-        _check_duration(duration)
-        session = t.session = Session(_options(output, probes, **control), _status)
+        seconds = _duration(duration)
+        opts = _options(output, probes, **control)
+        _preload()
+        session = t.session = Session(opts, _status)
         for pid in pids:
             session.check_pid(pid)
+        for exe in exes:
+            session.check_exe(exe)
         session.open()
         for pid in pids:
             session.add_pid(pid, activate=activate)
@@ -372,7 +442,7 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
         what = [f"pid {', '.join(map(str, pids))}"] if pids else []
         what += [f"{len(binaries)} interpreter file(s)"] if binaries else []
         _status(f"tracing {' and '.join(what)} -> {session.opts.output} (Ctrl-C to stop)")
-        deadline = None if duration is None else time.monotonic() + duration  # from attach
+        deadline = None if seconds is None else time.monotonic() + seconds  # from attach
         last_check = 0.0
         watch_pids = bool(pids) and not binaries
 
@@ -399,7 +469,9 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 @click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
               default=Path("/etc/scope-ebpf/config.toml"), show_default=True,
               help="TOML config (see packaging/config.toml for every key).")
-@click.option("--check", is_flag=True, help="Validate the config and exit.")
+@click.option("--check", is_flag=True,
+              help="Run every check start-up runs (the config, root privileges, kernel "
+                   "headers, tracefs, the output root) and exit.")
 def daemon(config_path: Path, check: bool) -> None:
     """Trace every Python process the config selects, now and started later.
 
@@ -417,11 +489,12 @@ def daemon(config_path: Path, check: bool) -> None:
       scope-ebpf query /var/lib/scope-ebpf --host web-17 --date 2026-11-26 \\
           "SELECT count(*) FROM gc"
     """
-    from .daemon import Daemon, load_config
+    from .daemon import Daemon
+    from .daemon import check as check_config
 
     try:
         if check:
-            cfg = load_config(config_path)
+            cfg = check_config(config_path)
             _status(f"{config_path}: ok ({len(cfg.selectors)} selector(s), probes "
                     f"{','.join(sorted(cfg.probes))}, output {cfg.root})")
             return
@@ -614,7 +687,12 @@ def probes(pid: int | None, binary: str | None) -> None:
         _fail(e)
     launched = pid is None
     who = f"process {pid}: " if pid is not None else ""
-    click.echo(safe(f"{who}{path} (CPython {caps.version or 'unknown version'})"))
+    if not caps.cpython:
+        click.echo(safe(f"{who}{path} is not a CPython interpreter or libpython (no CPython "
+                        "USDT probes, no _PyRuntime symbol)"))
+        sys.exit(capabilities.EXIT_NO_PROBES)
+    version = f"CPython {caps.version}" if caps.version else "CPython, version unknown"
+    click.echo(safe(f"{who}{path} ({version})"))
     for probe, table in capabilities.PROBES.items():
         n = caps.present.get(probe, 0)
         fires, why = caps.fires(probe, launched)

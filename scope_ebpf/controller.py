@@ -221,8 +221,8 @@ class Session:
             self.status(f"activated the perf trampoline in process {pid}")
             ok = True
         if "calls" in probes and b.calls_mode != "none" and not ok:
-            self.warn(f"process {pid} (CPython {procs.python_version(binary)}): calls may "
-                      f"not appear: {why}. gc, sched and process data are recorded either way")
+            self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
+                      "gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes))
         self._started(pid, binary)
 
@@ -235,14 +235,20 @@ class Session:
         else:
             self.program.add_target(pid, probe_mask(probes))
 
-    def add_exe(self, path: str) -> Binary:
-        """Exe mode: trace every process that runs ``path``, now or started later."""
+    @staticmethod
+    def check_exe(path: str) -> str:
+        """Validate an --exe file before anything is loaded; return its real path."""
         real = os.path.realpath(path)
         if not os.path.isfile(real):
             raise ScopeError(f"no such file: {path}")
         if not _has_python_probes(real):
             raise ScopeError(f"{path} has no CPython USDT probes (for a shared build, pass "
                              "its libpython3.X.so; CPython must be built with --with-dtrace)")
+        return real
+
+    def add_exe(self, path: str) -> Binary:
+        """Exe mode: trace every process that runs ``path``, now or started later."""
+        real = self.check_exe(path)
         b = self.attach_binary(real, any_pid=True)
         self.meta.setdefault("exe_mode", "")
         self.meta["exe_mode"] = ",".join(filter(None, [self.meta["exe_mode"], real]))

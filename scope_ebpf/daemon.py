@@ -26,7 +26,7 @@ from . import notify, privileges, procs, retention
 from .config import Config, ConfigError
 from .controller import Options, Session
 from .errors import ScopeError
-from .program import Limits
+from .program import Limits, check_environment
 from .safefs import Ownership, group_id
 from .shipping import Shipper
 from .writer import OutputDir, OutputError
@@ -274,12 +274,27 @@ def load_config(path: Path) -> Config:
     return cfgmod.load(path)
 
 
-def prepare_root(root: Path, owner: Ownership) -> None:
-    """Check the root is writable and drop unfinished parts of a killed daemon."""
+def check(config_path: Path) -> Config:
+    """What ``daemon --check`` runs: every check start-up makes before it traces
+    (the config, the host, the output root, created if missing as start-up
+    would), so a config that passes is not then refused by the daemon."""
+    cfg = load_config(config_path)
+    check_environment()
+    check_root(cfg.root, daemon_owner(cfg))
+    return cfg
+
+
+def check_root(root: Path, owner: Ownership) -> None:
+    """The output root exists or can be created, and is writable (ConfigError)."""
     try:
         OutputDir(root, owner=owner).close()  # validates and proves writability
     except OutputError as e:
         raise ConfigError(f"output.root: {e}") from None
+
+
+def prepare_root(root: Path, owner: Ownership) -> None:
+    """Check the root is writable and drop unfinished parts of a killed daemon."""
+    check_root(root, owner)
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.startswith(".part-") and name.endswith(".tmp"):

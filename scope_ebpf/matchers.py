@@ -66,9 +66,9 @@ def _unclosed_bracket(glob: str) -> int | None:
 def _compile(text: str, option: str) -> _Pattern:
     """Validate and compile one pattern; ``option`` names the flag in errors."""
     if not text.strip():
-        raise ScopeError(
-            f"empty {option} pattern: use e.g. '*/myapp/*:*', 'handle_*' or 're:REGEX'"
-        )
+        examples = ("'worker*'" if option == "--thread-name"
+                    else "'*/myapp/*:*', 'handle_*'")
+        raise ScopeError(f"empty {option} pattern: use e.g. {examples} or 're:REGEX'")
     if text.startswith("re:"):
         source = text[3:]
         if not source:
@@ -84,6 +84,12 @@ def _compile(text: str, option: str) -> _Pattern:
             " (write '[[]' for a literal '[')"
         )
     return _Pattern(text, re.compile(fnmatch.translate(text)), whole=":" in text, glob=True)
+
+
+def check_patterns(patterns: Iterable[str], option: str) -> None:
+    """Raise ScopeError for the first bad pattern: done before anything starts."""
+    for p in patterns:
+        _compile(p, option)
 
 
 class Matcher:

@@ -1,8 +1,11 @@
 """Durations and sizes as users type them on the command line, and back.
 
-Units are always required (except ``B`` for plain bytes): a bare ``500`` on
-``--min-duration`` could mean ns, us or ms, and guessing wrong silently drops
-or floods rows, so it is rejected with a message showing valid forms.
+One duration grammar for every option (``-d``, ``--min-duration``, ``--since``):
+a number and a unit, ``500us``, ``1.5ms``, ``30s``, ``5m``. Units are required
+(except ``B`` for plain bytes): a bare ``500`` on ``--min-duration`` could mean
+ns, us or ms, and guessing wrong silently drops or floods rows, so it is
+rejected with a message showing valid forms. Only where a bare number has
+always meant seconds (``-d/--duration``) does the caller name that default.
 
 Sizes use powers of 1024 for every spelling (``K``/``KB``/``KiB`` = 1024,
 ``M``/``MB``/``MiB`` = 1024**2, ``G``, ``T`` likewise), matching what ``du`` and
@@ -37,12 +40,14 @@ _QUANTITY = re.compile(r"(?P<sign>[-+]?)\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<un
 
 
 def _parse(
-    text: str, option: str, units: dict[str, int], what: str, examples: str, fold: bool
+    text: str, option: str, units: dict[str, int], what: str, examples: str, fold: bool,
+    bare: str | None = None,
 ) -> int:
     """Shared grammar for durations and sizes; returns the value in base units.
 
     ``fold`` lowercases the unit first: right for sizes (``mb`` = ``MB``) but not
-    for durations, where ``M`` would silently become minutes.
+    for durations, where ``M`` would silently become minutes. ``bare`` is the unit
+    of a number given without one (None: a unit is required).
     """
     stripped = text.strip()
     if not stripped:
@@ -52,7 +57,7 @@ def _parse(
         raise ScopeError(f"{option}: cannot read {text!r} as a {what}: use e.g. {examples}")
     if m["sign"] == "-" and Decimal(m["num"]) != 0:
         raise ScopeError(f"{option} must not be negative: {text!r}")
-    unit = m["unit"]
+    unit = m["unit"] or bare
     if not unit:
         raise ScopeError(f"{option} needs a unit: {examples}")
     scale = units.get(unit.lower() if fold else unit)
@@ -64,13 +69,15 @@ def _parse(
     return int(round(Decimal(m["num"]) * scale))
 
 
-def parse_duration(text: str, option: str) -> int:
+def parse_duration(text: str, option: str, bare: str | None = None) -> int:
     """Parse ``500us``, ``1.5ms``, ``2s``, ``100ns``, ``1m`` (minute), ``1h`` into nanoseconds.
 
     ``option`` (e.g. ``"--min-duration"``) names the flag in error messages so the
-    user knows which argument to fix. Fractions of a nanosecond are rounded.
+    user knows which argument to fix. ``bare`` (e.g. ``"s"``) is the unit of a
+    number given without one; None requires a unit. Fractions of a nanosecond
+    are rounded.
     """
-    return _parse(text, option, _DURATION_UNITS, "duration", "500us, 2ms, 1s", False)
+    return _parse(text, option, _DURATION_UNITS, "duration", "500us, 2ms, 1s", False, bare)
 
 
 def parse_size(text: str, option: str) -> int:

@@ -398,9 +398,30 @@ def find_python_binary(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError) as e:
         raise ProbeError(f"process {pid} does not exist (or has exited)") from e
     except PermissionError as e:
-        raise ProbeError(f"no permission to inspect process {pid}: run as root") from e
+        raise ProbeError(_denied(pid)) from e
     except OSError as e:
         raise ProbeError(f"cannot inspect process {pid}: {e.strerror or e}") from e
+
+
+_CAP_SYS_PTRACE = 19
+
+
+def _denied(pid: int) -> str:
+    """Why reading /proc/PID/maps was refused: "run as root" only when we are not."""
+    if os.geteuid() != 0:
+        return f"no permission to inspect process {pid}: run as root"
+    try:
+        with open("/proc/self/status") as f:
+            eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        eff = -1
+    if not eff >> _CAP_SYS_PTRACE & 1:
+        return (f"cannot inspect process {pid}: scope-ebpf runs as root but without "
+                "CAP_SYS_PTRACE, which the kernel requires to read the memory maps of a "
+                "process holding capabilities that it lacks: run it with full capabilities")
+    return (f"cannot inspect process {pid}: the kernel refused to show its memory maps "
+            "although scope-ebpf runs as root with CAP_SYS_PTRACE (a security module "
+            "such as Landlock, Yama or SELinux, or a user-namespace boundary, protects it)")
 
 
 def _same_file(link: str, shown: str, pid: int) -> str:
