@@ -33,15 +33,24 @@ def _command(pid: int, binary: str, version: str) -> tuple[list[str], dict[str, 
     return [loader, "--library-path", libs, binary], {"PYTHONHOME": os.path.join(root, "usr")}
 
 
+def check_version(pid: int, version: str) -> None:
+    """Raise ScopeError unless ``version`` has sys.remote_exec (3.14+)."""
+    try:
+        ok = tuple(int(x) for x in version.split(".")[:2]) >= (3, 14)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ScopeError(f"process {pid}: --activate needs CPython 3.14+ (sys.remote_exec); "
+                         f"it runs {version}")
+
+
 def perf_trampoline(pid: int, binary: str, version: str, timeout: float = 10) -> list[str]:
     """Ask process ``pid`` to activate the perf trampoline; raise ScopeError if it fails.
 
     Returns the script copies to delete once the target has run it (at the
     session's end: the target reads it at its next safe point, not now).
     """
-    if tuple(int(x) for x in version.split(".")) < (3, 14):
-        raise ScopeError(f"process {pid}: --activate needs CPython 3.14+ (sys.remote_exec); "
-                         f"it runs {version}")
+    check_version(pid, version)
     argv, env = _command(pid, binary, version)
     name = f"/tmp/scope-ebpf-activate-{secrets.token_hex(8)}.py"
     paths = {name, _root_of(pid) + name}

@@ -430,7 +430,9 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
         _preload()
         session = t.session = Session(opts, _status)
         for pid in pids:
-            session.check_pid(pid)
+            binary = session.check_pid(pid)
+            if activate:
+                session.check_activate(pid, binary)
         for exe in exes:
             session.check_exe(exe)
         session.open()

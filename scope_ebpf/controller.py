@@ -197,6 +197,17 @@ class Session:
             raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
         return binary
 
+    @staticmethod
+    def check_activate(pid: int, binary: str) -> None:
+        """Refuse ``--activate`` for a target that needs it but cannot run it, before
+        anything is created: eval mode below 3.14 has no sys.remote_exec."""
+        if capabilities.of_file(binary).calls_mode != "eval":
+            return  # its calls are traced without the trampoline
+        version = procs.python_version(binary) or "?"
+        from . import activate as act
+
+        act.check_version(pid, version)
+
     def add_pid(self, pid: int, *, activate: bool = False,
                 probes: frozenset[str] | None = None, binary: str | None = None) -> None:
         """Trace a running process from now on.

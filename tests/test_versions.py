@@ -182,3 +182,4 @@ def test_activate_refuses_313(sid, tmp_path):
         target.stop()
     assert r.returncode == 2
     assert "--activate needs CPython 3.14+" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was created
