@@ -18,6 +18,9 @@
 #ifndef MAX_THREADS
 #define MAX_THREADS 4096
 #endif
+#ifndef MAX_PATHS
+#define MAX_PATHS 65536
+#endif
 #ifndef MAX_FUNCS
 #define MAX_FUNCS 65536
 #endif
@@ -28,23 +31,9 @@
 #define MAX_SPECS 256
 #endif
 
-struct frame {
-    __u64 start_ns;
-    __u32 func_id;
-    __u32 k;             /* the function's verdict when the call began, or NOT_A_CALL */
-    __u64 iframe;        /* its _PyInterpreterFrame, where the probes tell; 0 if not */
-};
 /* k of a frame pushed only to keep the eval function's entries and exits paired
  * (a generator's creation runs a frame that is not a call): popped unseen */
 #define NOT_A_CALL 0xffffffff
-
-struct thread_stack {
-    __u32 pid;
-    __u32 depth;
-    __u32 generation;    /* breaker generation it was built in */
-    __u32 pad;
-    struct frame frames[SCOPE_MAX_DEPTH];
-};
 
 struct func_key {
     __u64 name;   /* pointers into the target: stable while the code object lives */
@@ -89,7 +78,13 @@ BPF_PERCPU_ARRAY(func_seq, __u32, 1);                 /* per-CPU id sequence: no
 /* tid -> shadow stack: 16 KiB each, so allocated per traced thread, not up front */
 BPF_F_TABLE("hash", __u32, struct thread_stack, stacks, MAX_THREADS, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", __u32, struct thread_stack, exited_stacks, MAX_THREADS, BPF_F_NO_PREALLOC);
-BPF_PERCPU_ARRAY(zero_stack, struct thread_stack, 1); /* never written: template for new stacks */
+/* never written: the template new stacks are copied from (too big for a per-CPU
+ * array, and with no writer it needs none) */
+BPF_ARRAY(zero_stack, struct thread_stack, 1);
+/* call paths already announced on paths_rb: least recently used forgotten first,
+ * and announced again when seen again (the controller keeps one row per path) */
+BPF_TABLE("lru_hash", __u64, __u8, paths, MAX_PATHS);
+BPF_RINGBUF_OUTPUT(paths_rb, 64);
 BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
 BPF_HASH(imports, __u32, struct import_stack, MAX_THREADS);
@@ -454,15 +449,16 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
     st = zero_stack.lookup(&zero);
     if (!st)
         return 0;
-    st->pid = pid;
-    st->generation = generation;
     if (stacks.update(&tid, st)) {
         stat_add(STAT_STACK_FULL);
-        st->pid = 0;
         return 0;
     }
-    st->pid = 0;
-    return stacks.lookup(&tid);
+    st = stacks.lookup(&tid);
+    if (st) {
+        st->pid = pid;
+        st->generation = generation;
+    }
+    return st;
 }
 
 /* The circuit breaker: count this probe hit; 1 if function probes must stop.
@@ -538,10 +534,13 @@ static __always_inline struct fstat *fstat_of(__u32 func_id)
 }
 
 /* Exact aggregates: every completed call, whatever happens to its row. */
-static __always_inline void count_call(struct fstat *fs, __u64 duration)
+static __always_inline void count_call(struct fstat *fs, __u64 duration, __u64 self_ns,
+                                       __u64 self_off_ns)
 {
     fs->count++;
     fs->total_ns += duration;
+    fs->self_ns += self_ns;
+    fs->self_offcpu_ns += self_off_ns;
     if (duration < fs->min_ns)
         fs->min_ns = duration;
     if (duration > fs->max_ns)
@@ -568,6 +567,8 @@ static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
         stat_add(STAT_TID_FILTERED);
         return 0;
     }
+    if (c->keep_ns && duration >= c->keep_ns)
+        k = 1;  /* kept with probability 1: no noise from the slowest calls */
     if (k > 1 && bpf_get_prandom_u32() % k) {
         stat_add(STAT_SAMPLED_OUT);
         return 0;
@@ -579,19 +580,70 @@ static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
         if (now - b->rows_window_ns >= GUARD_WINDOW_NS) {
             b->rows_window_ns = now;
             b->rows = 0;
+            b->window_k = 0;
         }
-        if (b->rows >= c->row_limit && c->guard_k > k) {
-            /* keep with probability k / guard_k: the row then stands for guard_k
-             * calls, so weights stay bounded (and sums unbiased) */
-            if (bpf_get_prandom_u32() % c->guard_k >= k) {
-                stat_add(STAT_GUARD_SAMPLED);
-                return 0;
+        if (b->rows >= c->row_limit) {
+            /* The budget went in t of the window's W: at that rate, 1 in (W - t) / t
+             * of the rest keeps the window near twice the budget, with weights no
+             * larger than that needs (each row's k is the one it was drawn with,
+             * so sums stay unbiased whatever k a window takes). */
+            __u32 wk = b->window_k;
+            if (!wk) {
+                __u64 t = now - b->rows_window_ns;
+                __u64 want = t ? (GUARD_WINDOW_NS - t) / t + 1 : c->guard_k;
+                wk = want < 2 ? 2 : want > c->guard_k ? c->guard_k : want;
+                b->window_k = wk;
             }
-            k = c->guard_k;
+            if (wk > k && duration < c->keep_ns) {
+                /* keep with probability k / wk: the row then stands for wk calls */
+                if (bpf_get_prandom_u32() % wk >= k) {
+                    stat_add(STAT_GUARD_SAMPLED);
+                    return 0;
+                }
+                k = wk;
+            }
         }
         __sync_fetch_and_add(&b->rows, 1);
     }
     return k;
+}
+
+/* The id of the path `parent` -> function: a 64-bit mix (splitmix64's
+ * finaliser), never 0, so equal paths get equal ids in every thread. */
+static __always_inline __u64 path_of(__u64 parent, __u32 func_id)
+{
+    __u64 h = parent ^ ((__u64)func_id * 0x9e3779b97f4a7c15ULL);
+
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return h ? h : 1;
+}
+
+/* Tell the controller of a path the first time it is seen, before any row
+ * that carries it can be sent (rows leave at return, after this push). */
+static __always_inline __u32 announce(__u64 path, __u64 parent, __u32 func_id, __u32 pid,
+                                      __u32 depth)
+{
+    __u8 one = 1;
+    struct path_event *e;
+
+    if (paths.lookup(&path))
+        return 1;
+    e = paths_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_PATHS_LOST);  /* not remembered: announced at its next call */
+        return 0;
+    }
+    e->stack_id = path;
+    e->parent_id = parent;
+    e->func_id = func_id;
+    e->pid = pid;
+    e->depth = depth;
+    e->pad = 0;
+    paths_rb.ringbuf_submit(e, 0);
+    paths.update(&path, &one);
+    return 1;
 }
 
 static __always_inline void push_call(struct thread_stack *st, struct func_info fn, __u64 iframe)
@@ -601,10 +653,22 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
     if (depth < SCOPE_MAX_DEPTH) {
         /* The mask keeps the verifier's bound through register spills. */
         struct frame *f = &st->frames[depth & (SCOPE_MAX_DEPTH - 1)];
+        __u64 parent = 0;
+        if (depth > 0)
+            parent = st->frames[(depth - 1) & (SCOPE_MAX_DEPTH - 1)].path;
+        __u64 path = fn.k == NOT_A_CALL ? parent : path_of(parent, fn.id);
+        /* A loop calls the same function from the same place: the slot then still
+         * holds this path, sent already, and the map lookup is saved. */
+        if (fn.k != NOT_A_CALL && !(f->announced && f->path == path))
+            f->announced = announce(path, parent, fn.id, st->pid, depth);
+        f->path = path;  /* a non-call is no step of any path: its parent's */
         f->start_ns = bpf_ktime_get_ns();
         f->func_id = fn.id;
         f->k = fn.k;
         f->iframe = iframe;
+        f->child_ns = 0;
+        f->off_ns = 0;
+        f->self_off_ns = 0;
     } else if (fn.k != NOT_A_CALL) {
         /* No frame to time it with: counted now, at entry, as lost. */
         struct fstat *fs = fstat_of(fn.id);
@@ -714,9 +778,21 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     if (k == NOT_A_CALL)
         return 0;
     __u64 duration = now - start_ns;
+    __u64 off_ns = f->off_ns, self_off_ns = f->self_off_ns;
+    __u64 self_ns = duration > f->child_ns ? duration - f->child_ns : 0;
+    if (self_off_ns > self_ns)
+        self_off_ns = self_ns;  /* clock edges: never more off-CPU than wall */
+    if (off_ns > duration)
+        off_ns = duration;
+    if (depth > 0) {
+        /* the parent's self time is what its children leave of its duration */
+        struct frame *p = &st->frames[(depth - 1) & (SCOPE_MAX_DEPTH - 1)];
+        p->child_ns += duration;
+        p->off_ns += off_ns;
+    }
     struct fstat *fs = fstat_of(func_id);
     if (fs)
-        count_call(fs, duration);
+        count_call(fs, duration, self_ns, self_off_ns);
     weight = row_weight(k, tid, duration, now, ctl);
     if (!weight) {
         if (fs)
@@ -736,6 +812,10 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     e->depth = depth;
     e->flags = 0;
     e->weight = weight;
+    e->stack_id = f->path;
+    e->self_ns = self_ns;
+    e->offcpu_ns = off_ns;
+    e->self_offcpu_ns = self_off_ns;
     return e;
 }
 
@@ -1113,12 +1193,29 @@ TRACEPOINT_PROBE(sched, sched_switch)
 
     if (b)
         flush_calls(b);  /* the thread whose calls these are leaves this CPU */
-    if (prev && (mask = targets.lookup(&pid)) && (*mask & PROBE_SCHED)) {
-        struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
+    if (prev && (mask = targets.lookup(&pid))) {
         struct thread_stack *st = stacks.lookup(&prev);
-        if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
-            s.func_id = st->frames[(st->depth - 1) & (SCOPE_MAX_DEPTH - 1)].func_id;
-        offcpu.update(&prev, &s);
+        if (st && st->pid == pid)
+            st->off_since = now;  /* its calls' off-CPU time starts */
+        if (*mask & PROBE_SCHED) {
+            struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
+            if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
+                s.func_id = st->frames[(st->depth - 1) & (SCOPE_MAX_DEPTH - 1)].func_id;
+            offcpu.update(&prev, &s);
+        }
+    }
+    if (next) {
+        struct thread_stack *st = stacks.lookup(&next);
+        if (st && st->off_since) {
+            /* Python ran nothing meanwhile: the whole interval is the top frame's */
+            __u32 depth = st->depth;
+            if (depth > 0 && depth <= SCOPE_MAX_DEPTH) {
+                struct frame *f = &st->frames[(depth - 1) & (SCOPE_MAX_DEPTH - 1)];
+                f->off_ns += now - st->off_since;
+                f->self_off_ns += now - st->off_since;
+            }
+            st->off_since = 0;
+        }
     }
     o = offcpu.lookup(&next);
     if (!o)

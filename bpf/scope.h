@@ -69,7 +69,8 @@
 #define STAT_GUARD_SAMPLED 24   /* calls skipped by the row guard (over --max-rate in 100 ms) */
 #define STAT_CREATED 25         /* generator/coroutine creations seen (not calls) */
 #define STAT_UNSYNCED 26        /* shadow frames whose return never came (counted, lost) */
-#define STAT_COUNT 27
+#define STAT_PATHS_LOST 27      /* new call paths not announced: paths ring buffer full */
+#define STAT_COUNT 28
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
@@ -93,6 +94,46 @@ struct call_event {
     __u16 depth;
     __u16 flags;
     __u32 weight;        /* k of the 1-in-k sampling the call was kept under */
+    __u64 stack_id;      /* its path (struct frame.path) */
+    __u64 self_ns;       /* duration minus its traced children's durations */
+    __u64 offcpu_ns;     /* off-CPU time inside the call, its children's included */
+    __u64 self_offcpu_ns; /* off-CPU time while it was the top frame (<= self_ns) */
+};
+
+/* A frame of a thread's shadow stack (the `stacks` map; the controller reads
+ * the frames still open when tracing stops or their thread exits). */
+struct frame {
+    __u64 start_ns;
+    __u32 func_id;
+    __u32 k;             /* the function's verdict when the call began, or NOT_A_CALL */
+    __u64 iframe;        /* its _PyInterpreterFrame, where the probes tell; 0 if not */
+    __u64 path;          /* stack id: a hash of the function ids from the root to it */
+    __u64 child_ns;      /* wall time of its completed child calls */
+    __u64 off_ns;        /* off-CPU time inside it so far, its children's included */
+    __u64 self_off_ns;   /* off-CPU time while it was the thread's top frame */
+    __u32 announced;     /* 1 once `path` was sent: the next call at this depth with the
+                          * same path needs no lookup in the paths map */
+    __u32 pad;
+};
+
+struct thread_stack {
+    __u32 pid;
+    __u32 depth;
+    __u32 generation;    /* breaker generation it was built in */
+    __u32 pad;
+    __u64 off_since;     /* when the thread left the CPU; 0 while it runs */
+    struct frame frames[SCOPE_MAX_DEPTH];
+};
+
+/* Sent the first time a call path is seen (the `paths` LRU map remembers it),
+ * always before any row that carries it: parents before children. */
+struct path_event {
+    __u64 stack_id;
+    __u64 parent_id;     /* 0 at the root */
+    __u32 func_id;
+    __u32 pid;
+    __u32 depth;
+    __u32 pad;
 };
 
 /* Completed calls are staged per CPU and reach the calls ring buffer as one
@@ -179,6 +220,8 @@ struct fstat {
     __u64 max_ns;
     __u64 dropped;       /* no row by choice: matcher, --min-duration, threads, sampling */
     __u64 lost;          /* no row by force: deeper than the shadow stack, ring buffer full */
+    __u64 self_ns;       /* summed self time (duration minus traced children's) */
+    __u64 self_offcpu_ns; /* of which off the CPU */
     __u64 hist[SCOPE_HIST_BUCKETS];
 };
 
@@ -197,11 +240,13 @@ struct config {
     __u64 min_duration_ns;   /* calls shorter than this are counted, not sent */
     __u64 breaker_limit;     /* probe hits per BREAKER_WINDOW_NS that trip it; 0 = off */
     __u32 tid_filter;        /* 1: only threads in `tids` produce call rows */
-    __u32 guard_k;           /* rows past ... */
+    __u32 guard_k;           /* rows past ... (at most this k: see breaker.window_k) */
     __u64 row_limit;         /* ... this many in a GUARD_WINDOW_NS (100 ms) window are sampled
                               * 1-in-guard_k more; 0 = off */
     __u32 any_pid_mask;      /* PROBE_* of processes adopted by an exe-mode probe */
     __u32 watch_exec;        /* 1: report every exec on the host, not only targets' (daemon) */
+    __u64 keep_ns;           /* calls this long are never sampled out (weight 1): a rare
+                              * slow call would otherwise stand for k calls */
 };
 
 struct breaker {
@@ -214,6 +259,8 @@ struct breaker {
     __u64 rows;              /* ... and the rows sent in it */
     __u32 state;             /* BREAKER_* */
     __u32 generation;        /* bumped on re-attach: shadow stacks older than it restart */
+    __u32 window_k;          /* the row guard's k for the rest of its window; 0 = not yet */
+    __u32 pad;
 };
 
 /* Where a probe's three arguments live, written by the controller for every

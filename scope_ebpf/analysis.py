@@ -5,10 +5,10 @@ of :func:`scope_ebpf.query.connect` (a run's directory or a fleet tree, with
 its filters), so the work scales with DuckDB rather than with Python loops.
 The results are small: lists of dicts that report.py renders.
 
-Call nesting is recovered with an ASOF join: a call's parent is the latest
-call of the same thread, one level up, that started before it and had not
-ended. Self time is a call's duration minus its children's; with sampled rows
-(weight > 1) children can be missing, so self time is then an upper bound.
+Self time and call paths come from the kernel, which knows a call's
+children when it returns (calls.self_ns, calls.stack_id and the stacks
+table), so they hold for sampled rows too: weight x self time on the full
+path is an unbiased estimate.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class Analysis:
     tables: dict[str, int]                  # rows per table
     span_ns: tuple[int, int] | None         # first and last event
     top: list[dict] = field(default_factory=list)
-    self_top: list[dict] = field(default_factory=list)
+    self_top: list[dict] = field(default_factory=list)    # by on-CPU self time
+    waiting: list[dict] = field(default_factory=list)     # by off-CPU self time
     folded: list[tuple[str, int]] = field(default_factory=list)  # stack, weighted self ns
     gc_by_gen: list[dict] = field(default_factory=list)
     gc_series: list[dict] = field(default_factory=list)
@@ -104,6 +105,7 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         _prepare_calls(con)
         a.top = top_functions(con)
         a.self_top = self_time(con)
+        a.waiting = self_time(con, "self_offcpu_ns")
         a.folded = folded(con)
     elif tables["functions"]:
         a.top = top_functions(con)
@@ -165,8 +167,7 @@ def _span(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
 
 
 def _prepare_calls(con: duckdb.DuckDBPyConnection) -> None:
-    """Temp tables: c (calls with ids, open calls end at the trace's end) and
-    nest (each call with its parent id and self time)."""
+    """Temp table c: calls with ids, open calls ending at the trace's end."""
     con.execute("""
         CREATE OR REPLACE TEMP TABLE c AS
         WITH base AS (
@@ -178,16 +179,6 @@ def _prepare_calls(con: duckdb.DuckDBPyConnection) -> None:
                duration_ns IS NULL AS open, pid, tid, depth, function, file, line,
                weight::BIGINT AS weight
         FROM base""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE nest AS
-        WITH linked AS (
-            SELECT c.*, CASE WHEN p.id IS NOT NULL AND c.s < p.s + p.d THEN p.id END AS parent
-            FROM c ASOF LEFT JOIN c AS p
-              ON c.pid = p.pid AND c.tid = p.tid AND c.depth - 1 = p.depth AND c.s >= p.s),
-        kids AS (SELECT parent, sum(d) AS child_ns FROM linked WHERE parent IS NOT NULL
-                 GROUP BY parent)
-        SELECT linked.*, greatest(d - coalesce(child_ns, 0), 0) AS self_ns
-        FROM linked LEFT JOIN kids ON kids.parent = linked.id""")
 
 
 def top_functions(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -223,31 +214,49 @@ def top_functions(con: duckdb.DuckDBPyConnection) -> list[dict]:
         ORDER BY total_ns DESC LIMIT {TOP_N}""")
 
 
-def self_time(con: duckdb.DuckDBPyConnection) -> list[dict]:
+def self_time(con: duckdb.DuckDBPyConnection, by: str = "self_cpu_ns") -> list[dict]:
+    """Functions by self time, the kernel's (a call's duration minus its traced
+    children's), split into on- and off-CPU and ranked by ``by`` (on-CPU: hot
+    code; self_offcpu_ns: waiting code); weight x time is unbiased for sampled
+    rows. total_ns counts a recursive function's nested calls again."""
     return _rows(con, f"""
-        SELECT pid, function, file, line, sum(weight) AS calls,
-               sum(self_ns * weight) AS self_ns, sum(d * weight) AS total_ns
-        FROM nest GROUP BY ALL ORDER BY self_ns DESC LIMIT {TOP_N}""")
+        SELECT * FROM (
+        SELECT pid, coalesce(function, '?') AS function, file, line,
+               sum(weight) AS calls,
+               sum(self_ns * weight) AS self_ns,
+               sum((self_ns - self_offcpu_ns) * weight) AS self_cpu_ns,
+               sum(self_offcpu_ns * weight) AS self_offcpu_ns,
+               sum(duration_ns * weight) AS total_ns
+        FROM calls WHERE self_ns IS NOT NULL
+        GROUP BY ALL) WHERE {by} > 0 ORDER BY {by} DESC LIMIT {TOP_N}""")
 
 
 def _frame_sql(alias: str) -> str:
-    return (f"replace({alias}.function, ';', ':') || ' (' || "
+    return (f"replace(coalesce({alias}.function, '?'), ';', ':') || ' (' || "
             f"coalesce(regexp_extract({alias}.file, '[^/]*$'), '?') || ':' || "
             f"coalesce({alias}.line::VARCHAR, '?') || ')'")
 
 
 def folded(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
-    """Folded stacks ("a;b;c weight") weighted by self time in ns x weight."""
-    multi = con.execute("SELECT count(DISTINCT pid) > 1 FROM nest").fetchone()[0]
-    root = "'pid ' || n.pid::VARCHAR || ';' || " if multi else ""
+    """Folded stacks ("a;b;c weight"): each call's on-CPU self time x weight on
+    its kernel-recorded path (stacks), so sampled rows keep their parents and
+    waiting (sleep, I/O, locks, the GIL) does not pass for work."""
+    multi = con.execute("SELECT count(DISTINCT pid) > 1 FROM calls").fetchone()[0]
+    root = "'pid ' || s.pid::VARCHAR || ';' || " if multi else ""
     return [(p, int(w)) for p, w in con.execute(f"""
-        WITH RECURSIVE paths(id, path) AS (
-            SELECT n.id, {root}{_frame_sql('n')} FROM nest n WHERE n.parent IS NULL
+        WITH RECURSIVE s AS (
+            SELECT DISTINCT pid, stack_id, parent_stack_id, function, file, line FROM stacks),
+        paths(pid, stack_id, path) AS (
+            SELECT s.pid, s.stack_id, {root}{_frame_sql('s')} FROM s
+            WHERE s.parent_stack_id IS NULL
             UNION ALL
-            SELECT n.id, paths.path || ';' || {_frame_sql('n')}
-            FROM nest n JOIN paths ON n.parent = paths.id)
-        SELECT path, sum(self_ns * weight) AS w FROM paths JOIN nest USING (id)
-        GROUP BY path HAVING sum(self_ns * weight) > 0 ORDER BY path""").fetchall()]
+            SELECT s.pid, s.stack_id, paths.path || ';' || {_frame_sql('s')}
+            FROM s JOIN paths ON s.pid = paths.pid AND s.parent_stack_id = paths.stack_id),
+        w AS (SELECT pid, stack_id, sum((self_ns - self_offcpu_ns) * weight) AS w FROM calls
+              WHERE self_ns IS NOT NULL GROUP BY ALL)
+        SELECT coalesce(path, 'pid ' || w.pid::VARCHAR || ';(path lost)') AS path, sum(w) AS w
+        FROM w LEFT JOIN paths USING (pid, stack_id)
+        GROUP BY 1 HAVING sum(w) > 0 ORDER BY 1""").fetchall()]
 
 
 def _window_ns(span: tuple[int, int] | None) -> int:
@@ -434,13 +443,18 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
                         + (f" with an RSS of up to {rss / 2**20:,.0f} MiB" if rss else "")
                         + ": objects that live for the whole run are scanned again each time",
         })
+    waits = {(w["function"], w["file"]): w for w in a.waiting}
     for r in a.offcpu:
         if r["state"] == "io" and r["function"] != "(no Python frame)":
-            total = _function_total(con, r["function"], r["file"])
-            if total and r["total_ns"] >= 0.5 * total:
+            # the calls' own figures, off-CPU <= self <= wall by construction; sched's
+            # intervals also cover calls that never completed (or had no row)
+            w = waits.get((r["function"], r["file"]))
+            off, total = ((w["self_offcpu_ns"], w["total_ns"]) if w else
+                          (r["total_ns"], _function_total(con, r["function"], r["file"])))
+            if total and total >= off >= 0.5 * total:
                 out.append({
                     "title": f"{r['function']} is I/O-bound",
-                    "evidence": f"{ns_text(r['total_ns'])} of its {ns_text(total)} wall time "
+                    "evidence": f"{ns_text(off)} of its {ns_text(total)} wall time "
                                 "was spent off-CPU waiting for I/O: batch, cache, or make it "
                                 "concurrent",
                 })

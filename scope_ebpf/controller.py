@@ -38,6 +38,7 @@ from .writer import OutputDir, OutputError, new_session_id
 
 PLAN_HEADROOM = 0.8
 GUARD_K = 256  # further 1-in-k sampling of rows over budget within a 100 ms window
+KEEP_NS = 1_000_000  # calls at least this long are never sampled (README: --max-rate)
 
 
 
@@ -163,7 +164,8 @@ class Session:
             tid_filter=int(bool(o.tids or o.thread_names)),
             row_limit=math.ceil(o.max_rate * events.const("GUARD_WINDOW_NS") / 1e9)
             if self.sampler else 0,
-            guard_k=GUARD_K, any_pid_mask=probe_mask(o.probes), watch_exec=int(o.watch_exec))
+            guard_k=GUARD_K, keep_ns=KEEP_NS if self.sampler else 0,
+            any_pid_mask=probe_mask(o.probes), watch_exec=int(o.watch_exec))
         for tid in o.tids:
             self.program.select_tid(tid)
         self.meta["uprobe_links"] = "uprobe_multi" if self.program.uprobe_multi else "perf_event"
@@ -325,6 +327,8 @@ class Session:
         # Calls first, then names: every function a drained call refers to
         # was submitted before that call, so it is in this names batch.
         calls, calls_pos = p.rings["calls_rb"].peek()
+        # paths before names too: a path is sent after the function it ends in
+        paths = p.rings["paths_rb"].drain()
         funcs = p.rings["funcs_rb"].drain()
         gc = p.rings["gc_rb"].drain()
         sched = p.rings["sched_rb"].drain()
@@ -332,6 +336,7 @@ class Session:
         imports = p.rings["imports_rb"].drain()
         audit = p.rings["audit_rb"].drain()
         self._learn(funcs)
+        self._paths(paths)
         ncalls = 0
         part = None
         try:
@@ -374,7 +379,7 @@ class Session:
                 self._output_error = self._output_error or e
                 if not self._closed:
                     raise
-        return ncalls + sum(map(len, (funcs, gc, sched, proc, imports, audit)))
+        return ncalls + sum(map(len, (funcs, paths, gc, sched, proc, imports, audit)))
 
     def _learn(self, funcs: np.ndarray) -> None:
         """New functions: their names, and the matcher's verdict on them."""
@@ -383,6 +388,12 @@ class Session:
             drop = [fid for fid, name, file in new if not self.matcher.keep(file, name)]
             self.decoder.functions.set_keep(drop, False)
             self._verdicts({fid: 0 for fid in drop})
+
+    def _paths(self, recs: np.ndarray) -> None:
+        if len(recs):
+            batch = self.decoder.paths.add(recs, self.decoder.functions)
+            if batch is not None:
+                self._add("stacks", batch)
 
     def _calls(self, calls: np.ndarray) -> None:
         """Decode call records (possibly a view into the ring: nothing keeps them)."""
@@ -482,6 +493,7 @@ class Session:
         ids = f.ids_of(pids)
         self.program.forget_functions(f.kernel_keys(ids))
         f.forget(ids)
+        self.decoder.paths.forget(pids)
         if self.sampler is not None:
             self.sampler.forget(ids)
         for pid in pids:

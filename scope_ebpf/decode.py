@@ -201,12 +201,64 @@ class Functions:
         return keep, w
 
 
+class Paths:
+    """Call paths the kernel announced: stack id -> (pid, parent id, names).
+
+    The kernel sends a path before any row that carries it and parents before
+    children, so a path's names are its parent's plus its own function's."""
+
+    def __init__(self) -> None:
+        self._names: dict[int, tuple[str | None, ...] | None] = {}
+        self._pid: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def add(self, recs: np.ndarray, functions: Functions) -> pa.RecordBatch | None:
+        """Rows of the stacks table for the paths not seen before, or None."""
+        ids = recs["stack_id"].view(np.int64).tolist()
+        parents = recs["parent_id"].view(np.int64).tolist()
+        fresh = [i for i, sid in enumerate(ids) if sid not in self._names]
+        if not fresh:
+            return None
+        sub = recs[fresh]
+        function, file, line = functions.columns(sub["func_id"])
+        names = function.to_pylist()
+        paths: list[list[str | None] | None] = []
+        for i, name in zip(fresh, names, strict=True):
+            sid, parent = ids[i], parents[i]
+            if parent == 0:
+                path: tuple[str | None, ...] | None = (name,)
+            else:
+                above = self._names.get(parent)
+                path = None if above is None else (*above, name)  # parent's announcement lost
+            self._names[sid] = path
+            self._pid[sid] = int(recs["pid"][i])
+            paths.append(None if path is None else list(path))
+        parent_col = recs["parent_id"][fresh].view(np.int64)
+        return pa.RecordBatch.from_arrays([
+            pa.array(sub["pid"].astype(np.int32)),
+            pa.array(sub["stack_id"].view(np.int64)),
+            pa.array(parent_col, mask=parent_col == 0),
+            pa.array(sub["depth"].astype(np.int32)),
+            function, file, line,
+            pa.array(paths, pa.list_(pa.string())),
+        ], names=_schema("stacks").names)
+
+    def forget(self, pids: set[int]) -> None:
+        """Drop the paths of exited processes (their function ids go too)."""
+        gone = [sid for sid, pid in self._pid.items() if pid in pids]
+        for sid in gone:
+            del self._names[sid], self._pid[sid]
+
+
 class Decoder:
     """Record arrays -> Arrow batches in the schema of scope_ebpf.schema."""
 
     def __init__(self, mono_to_wall_ns: int) -> None:
         self.offset = mono_to_wall_ns
         self.functions = Functions()
+        self.paths = Paths()
 
     def _ts(self, mono: np.ndarray) -> pa.Array:
         return pa.array(mono.astype(np.int64) + self.offset, _TS)
@@ -226,15 +278,20 @@ class Decoder:
             function, file, line,
             pa.array(r["return_line"], pa.int32(), mask=no_line),
             pa.array((r["weight"] if weight is None else weight).astype(np.int32)),
+            pa.array(r["stack_id"].view(np.int64)),
+            pa.array(r["self_ns"].astype(np.int64), mask=is_open),
+            pa.array(r["offcpu_ns"].astype(np.int64), mask=is_open),
+            pa.array(r["self_offcpu_ns"].astype(np.int64), mask=is_open),
         ], names=_schema("calls").names)
 
-    def open_calls(self, frames: list[tuple[int, int, int, int, int]]) -> pa.RecordBatch:
+    def open_calls(self, frames: list[tuple[int, int, int, int, int, int]]) -> pa.RecordBatch:
         """Rows for calls still open at stop: call records flagged open, as the
         kernel sends for a thread that exits mid-call (null duration, return line)."""
         r = np.zeros(len(frames), events.dtypes()["call_event"])
         if frames:
-            a = np.array(frames, np.int64)
-            r["pid"], r["tid"], r["depth"], r["start_ns"], r["func_id"] = a.T
+            a = np.array(frames, np.uint64)
+            (r["pid"], r["tid"], r["depth"], r["start_ns"], r["func_id"],
+             r["stack_id"]) = a.T
         r["flags"] = _C["CALL_OPEN"]
         r["weight"] = 1
         return self.calls(r)

@@ -95,6 +95,7 @@ STAT_NAMES = (
     "imports", "imports_lost", "audit", "audit_lost",
     "calls_filtered", "calls_short", "calls_sampled_out", "calls_tid_filtered",
     "breaker_skipped", "calls_guard_sampled", "generators_created", "unsynced_frames",
+    "paths_lost",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -108,6 +109,8 @@ LOSSES = {
     "threads_untraced": "threads not traced: thread map full",
     "functions_uninterned": "calls not attributed to a function: function map full",
     "funcs_lost": "function names lost: names ring buffer full",
+    "paths_lost": "call paths not written to stacks: paths ring buffer full (sent again "
+                  "at the path's next call)",
     "gc_lost": "gc rows lost: buffer full",
     "sched_lost": "off-CPU rows lost: buffer full",
     "proc_lost": "process events lost: buffer full",

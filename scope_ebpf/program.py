@@ -39,6 +39,7 @@ TRACEFS = "/sys/kernel/tracing"
 RINGS = {
     "calls_rb": "call_batch",
     "funcs_rb": "func_event",
+    "paths_rb": "path_event",
     "gc_rb": "gc_event",
     "sched_rb": "sched_event",
     "proc_rb": "proc_event",
@@ -93,18 +94,14 @@ MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "exited_sta
         "tracer_pid",
         "config", "breaker", "tids", "fstats")
 
-# struct thread_stack and struct func_key are private to scope.bpf.c; the
-# controller reads stacks at stop and writes verdicts by key. Checked against
-# the sizes the compiler reports.
-_FRAME = np.dtype([("start_ns", "<u8"), ("func_id", "<u4"), ("k", "<u4"), ("iframe", "<u8")])
+# struct func_key is private to scope.bpf.c (the controller writes verdicts by
+# key); struct thread_stack is in scope.h: the controller reads stacks at stop.
 NOT_A_CALL = 0xFFFFFFFF  # k of a shadow frame that is no call (see scope.bpf.c)
 _FUNC_KEY = struct.Struct("<QQIi")
 
 
 def _stack_dtype() -> np.dtype:
-    depth = events.const("SCOPE_MAX_DEPTH")
-    return np.dtype([("pid", "<u4"), ("depth", "<u4"), ("generation", "<u4"), ("pad", "<u4"),
-                     ("frames", _FRAME, (depth,))])
+    return events.dtypes()["thread_stack"]
 
 
 class Program:
@@ -261,9 +258,10 @@ class Program:
         recs = np.ndarray((n, cpus), dt, values, 0, (m.value_size, m.cpu_size)).copy()
         return ids, recs
 
-    def open_frames(self, exited: bool = False) -> list[tuple[int, int, int, int, int]]:
-        """(pid, tid, depth, start_ns, func_id) of every call not yet returned; with
-        ``exited``, of calls open when their thread exited (taken: read once)."""
+    def open_frames(self, exited: bool = False) -> list[tuple[int, int, int, int, int, int]]:
+        """(pid, tid, depth, start_ns, func_id, stack_id) of every call not yet
+        returned; with ``exited``, of calls open when their thread exited (taken:
+        read once)."""
         dt = _stack_dtype()
         m = self.maps["exited_stacks" if exited else "stacks"]
         out = []
@@ -274,7 +272,8 @@ class Program:
             for i in range(depth):
                 f = st["frames"][i]
                 if int(f["k"]) != NOT_A_CALL:
-                    out.append((int(st["pid"]), tid, i, int(f["start_ns"]), int(f["func_id"])))
+                    out.append((int(st["pid"]), tid, i, int(f["start_ns"]), int(f["func_id"]),
+                                int(f["path"])))
             if exited:
                 try:
                     m.delete(key)

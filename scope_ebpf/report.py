@@ -28,10 +28,12 @@ def _top_rows(a: Analysis) -> tuple[list[str], list[list]]:
                     _ns(r["max_ns"])] for r in a.top]
 
 
-def _self_rows(a: Analysis) -> tuple[list[str], list[list]]:
-    names = ["function", "where", "pid", "calls", "self", "total"]
-    return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}", _ns(r["self_ns"]),
-                    _ns(r["total_ns"])] for r in a.self_top]
+def _self_rows(a: Analysis, rows: list[dict] | None = None) -> tuple[list[str], list[list]]:
+    names = ["function", "where", "pid", "calls", "self on-CPU", "self off-CPU", "self wall",
+             "total"]
+    return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}",
+                    _ns(r["self_cpu_ns"]), _ns(r["self_offcpu_ns"]), _ns(r["self_ns"]),
+                    _ns(r["total_ns"])] for r in (a.self_top if rows is None else rows)]
 
 
 def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
@@ -87,7 +89,10 @@ def text(a: Analysis) -> str:
     if a.top:
         section("top functions by total time (exact counts)", _top_rows(a))
     if a.self_top:
-        section("top functions by self time", _self_rows(a))
+        section("hot code: top functions by on-CPU self time", _self_rows(a))
+    if a.waiting:
+        section("waiting code: top functions by off-CPU self time (sleep, I/O, locks, "
+                "the GIL, preemption)", _self_rows(a, a.waiting))
     if a.gc_by_gen:
         section("garbage collection", _gc_rows(a))
         section("longest GC pauses", _longest_rows(a))
@@ -260,8 +265,10 @@ def page(a: Analysis, title: str) -> str:
 {_findings(a.findings)}
 <h2 id=top>Top functions by total time</h2>
 {_table(_top_rows(a))}
-<h2 id=self>Top functions by self time</h2>
+<h2 id=self>Hot code: top functions by on-CPU self time</h2>
 {_table(_self_rows(a))}
+<h2 id=waiting>Waiting code: top functions by off-CPU self time</h2>
+{_table(_self_rows(a, a.waiting))}
 <h2 id=flamegraph>Flame graph</h2>
 {flame}
 <h2 id=gc>Garbage collection</h2>

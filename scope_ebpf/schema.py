@@ -75,6 +75,31 @@ _TABLE_LIST = (
                 pa.int32(),
                 "calls this row stands for: 1 = every call kept, k when sampled 1-in-k",
             ),
+            _req("stack_id", pa.int64(), "the call's path from its thread's outermost traced "
+                 "frame (join stacks on pid, stack_id): equal paths, equal ids"),
+            _opt("self_ns", pa.int64(), "duration_ns minus its traced children's durations, "
+                 "measured in the kernel (exact whatever rows are sampled); NULL if open"),
+            _opt("offcpu_ns", pa.int64(), "ns of the call spent off the CPU (sleeping, I/O, "
+                 "preempted, waiting for the GIL), its children's included; NULL if open"),
+            _opt("self_offcpu_ns", pa.int64(), "ns off the CPU while this call was on top: "
+                 "self_ns - self_offcpu_ns is its on-CPU self time; NULL if open"),
+        ),
+    ),
+    Table(
+        "stacks",
+        "One row per call path (the stack_id of calls rows), sent by the kernel the first "
+        "time the path is entered: parents before their children.",
+        (
+            _PID,
+            _req("stack_id", pa.int64(), "id of the path (a 64-bit hash of its function ids)"),
+            _opt("parent_stack_id", pa.int64(), "the path without its last call; NULL at a "
+                 "thread's outermost traced frame"),
+            _req("depth", pa.int32(), "calls on the path minus one (the calls rows' depth)"),
+            _opt("function", pa.string(), "the path's last function"),
+            _opt("file", pa.string(), "its source file"),
+            _opt("line", pa.int32(), "its def line"),
+            _opt("path", pa.list_(pa.string()), "function names from the outermost frame to "
+                 "this one; NULL if a parent path was lost (kernel.paths_lost)"),
         ),
     ),
     Table(
@@ -128,6 +153,9 @@ _TABLE_LIST = (
                  "ring buffer; calls - dropped - lost = completed calls rows"),
             _req("hist", pa.list_(pa.int64()), "log2 latency histogram of the interval: "
                  "hist[i] counts calls with 2^i <= duration_ns < 2^(i+1) (last bucket open)"),
+            _req("self_ns", pa.int64(), "the completed calls' summed self time (calls.self_ns), "
+                 "exact whatever rows were kept"),
+            _req("self_offcpu_ns", pa.int64(), "of which off the CPU (calls.self_offcpu_ns)"),
         ),
     ),
     Table(

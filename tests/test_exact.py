@@ -59,6 +59,49 @@ def test_counts_equal_cprofile_on_realistic_code(version, sid, tmp_path):
     assert rows(out, "SELECT count(*) FROM calls WHERE function = 'thread_step' "
                      f"AND epoch_ns(start_ns) > {t0}") == [(1000,)]
     _functions_account_for_every_call(out)
+    _paths_and_self_times_hold(out)
+
+
+def _paths_and_self_times_hold(out: Path) -> None:
+    """Every row's stack_id names its path (ending in its function, one entry per
+    level), and the kernel's self time is the row's duration minus its child
+    rows' durations, to the nanosecond (every call kept, none lost)."""
+    assert session_count(out, "kernel.calls_lost") == 0
+    assert rows(out, """
+        SELECT count(*) FROM calls c LEFT JOIN stacks s USING (pid, stack_id)
+        WHERE s.stack_id IS NULL OR len(s.path) <> c.depth + 1 OR s.depth <> c.depth
+           OR s.path[-1] IS DISTINCT FROM c.function
+           OR s.function IS DISTINCT FROM c.function""") == [(0,)]
+    assert rows(out, """
+        SELECT count(*) FROM stacks s JOIN stacks p
+          ON s.pid = p.pid AND s.parent_stack_id = p.stack_id
+        WHERE list_slice(s.path, 1, len(s.path) - 1) <> p.path""") == [(0,)]
+    assert rows(out, "SELECT count(*) FROM stacks WHERE path IS NULL") == [(0,)]
+    bad = rows(out, """
+        WITH c AS (SELECT pid, tid, stack_id, epoch_ns(start_ns) s, duration_ns d, self_ns,
+                          function FROM calls WHERE duration_ns IS NOT NULL),
+             p AS (SELECT DISTINCT pid, stack_id, parent_stack_id FROM stacks),
+             kids AS (SELECT par.pid, par.tid, par.s, sum(ch.d) child_ns
+                      FROM c par JOIN p ON p.pid = par.pid AND p.parent_stack_id = par.stack_id
+                      JOIN c ch ON ch.pid = par.pid AND ch.tid = par.tid
+                               AND ch.stack_id = p.stack_id
+                               AND ch.s >= par.s AND ch.s < par.s + par.d
+                      GROUP BY ALL)
+        SELECT c.function, c.d, c.self_ns, kids.child_ns FROM c
+        LEFT JOIN kids USING (pid, tid, s)
+        WHERE c.self_ns <> c.d - coalesce(kids.child_ns, 0) LIMIT 5""")
+    assert not bad, bad
+    assert rows(out, """
+        SELECT count(*) FROM calls WHERE self_offcpu_ns < 0 OR self_offcpu_ns > self_ns
+           OR self_offcpu_ns > offcpu_ns OR offcpu_ns > duration_ns""") == [(0,)]
+    # the exact per-function self times agree with the rows'
+    assert rows(out, """
+        WITH f AS (SELECT pid, function, file, line, sum(self_ns) a, sum(self_offcpu_ns) b
+                   FROM functions GROUP BY ALL),
+             c AS (SELECT pid, function, file, line, sum(self_ns) a, sum(self_offcpu_ns) b
+                   FROM calls WHERE duration_ns IS NOT NULL GROUP BY ALL)
+        SELECT count(*) FROM f JOIN c USING (pid, function, file, line)
+        WHERE f.a <> c.a OR f.b <> c.b""") == [(0,)]
 
 
 def _functions_account_for_every_call(out: Path) -> None:

@@ -30,6 +30,7 @@ def trace(tmp_path: Path) -> Path:
                 "file": ["/a.py", None],
                 "line": [1, 22],
                 "weight": [1, 4],
+                "stack_id": [1, 2],
             }
         )
     )
@@ -49,7 +50,7 @@ def test_views_round_trip_types(trace: Path) -> None:
     rel = con.sql("SELECT * FROM calls ORDER BY start_ns")
     assert [str(t) for t in rel.types] == [
         "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
-        "INTEGER", "INTEGER", "INTEGER", "VARCHAR",
+        "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR",
     ]
     assert con.sql("SELECT epoch_ns(start_ns), return_line FROM calls ORDER BY 1").fetchall() == [
         (T0, None),

@@ -49,6 +49,7 @@ def calls_batch(n: int, start: int = 0, dictionary: bool = False) -> pa.RecordBa
             "line": pa.array([i + 1 for i in k]),
             "return_line": pa.array([None] * n, pa.int32()),
             "weight": pa.array([1] * n),
+            "stack_id": pa.array([7] * n, pa.int64()),
         }
     )
 
@@ -67,7 +68,7 @@ def test_schema_types_and_describe() -> None:
     assert s.field("function").type == pa.string()
     assert not s.field("pid").nullable and s.field("duration_ns").nullable
     assert set(TABLES) == {"calls", "functions", "sampling", "breaker", "gc", "sched",
-                           "imports", "audit", "processes", "session"}
+                           "imports", "audit", "processes", "session", "stacks"}
     text = describe()
     assert "runq_ns" in text and "ctx_switches_involuntary" in text
     assert "session:" in text
@@ -85,7 +86,7 @@ def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
     )
     assert [str(t) for t in rel.types] == [
         "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
-        "INTEGER", "INTEGER", "INTEGER", "VARCHAR",
+        "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR",
     ]
     rows = con.sql(
         f"SELECT epoch_ns(start_ns), duration_ns, pid, tid, depth, function, file, line, "
