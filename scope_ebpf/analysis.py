@@ -51,6 +51,9 @@ class Analysis:
     self_top: list[dict] = field(default_factory=list)    # by on-CPU self time
     waiting: list[dict] = field(default_factory=list)     # by off-CPU self time
     folded: list[tuple[str, int]] = field(default_factory=list)  # stack, weighted self ns
+    # per thread: ((pid, tid), [(frames root first as (function, file, line), on-CPU ns)])
+    thread_stacks: list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]] = field(
+        default_factory=list)
     gc_by_gen: list[dict] = field(default_factory=list)
     gc_series: list[dict] = field(default_factory=list)
     gc_longest: list[dict] = field(default_factory=list)
@@ -107,6 +110,7 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         a.self_top = self_time(con)
         a.waiting = self_time(con, "self_offcpu_ns")
         a.folded = folded(con)
+        a.thread_stacks = thread_stacks(con)
     elif tables["functions"]:
         a.top = top_functions(con)
     if tables["gc"]:
@@ -257,6 +261,44 @@ def folded(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
         SELECT coalesce(path, 'pid ' || w.pid::VARCHAR || ';(path lost)') AS path, sum(w) AS w
         FROM w LEFT JOIN paths USING (pid, stack_id)
         GROUP BY 1 HAVING sum(w) > 0 ORDER BY 1""").fetchall()]
+
+
+Frame = tuple[str, "str | None", "int | None"]  # function, file, line
+
+
+def thread_stacks(con: duckdb.DuckDBPyConnection
+                  ) -> list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]]:
+    """On-CPU self time x weight per thread and path, paths as frames with file
+    and line (for exports that keep threads apart, like py-spy's)."""
+    nodes = {(pid, sid): (parent, (fn or "?", file, line)) for pid, sid, parent, fn, file, line
+             in con.execute("SELECT DISTINCT pid, stack_id, parent_stack_id, function, file, "
+                            "line FROM stacks").fetchall()}
+    memo: dict[tuple[int, int], tuple[Frame, ...]] = {}
+
+    def frames(pid: int, sid: int) -> tuple[Frame, ...]:
+        chain: list[tuple[int, int]] = []
+        key: tuple[int, int] | None = (pid, sid)
+        while key is not None and key in nodes and key not in memo:  # paths run 1000 deep
+            chain.append(key)
+            parent = nodes[key][0]
+            key = (pid, parent) if parent is not None else None
+        if key is None:
+            base: tuple[Frame, ...] = ()
+        elif key in memo:
+            base = memo[key]
+        else:  # a parent whose announcement was lost (kernel.paths_lost)
+            base = (("(path lost)", None, None),)
+        for k in reversed(chain):
+            base = memo[k] = (*base, nodes[k][1])
+        return memo.get((pid, sid), base)
+
+    out: dict[tuple[int, int], list[tuple[tuple[Frame, ...], int]]] = {}
+    for pid, tid, sid, w in con.execute("""
+            SELECT pid, tid, stack_id, sum((self_ns - self_offcpu_ns) * weight) FROM calls
+            WHERE self_ns IS NOT NULL GROUP BY ALL HAVING sum((self_ns - self_offcpu_ns)
+            * weight) > 0 ORDER BY ALL""").fetchall():
+        out.setdefault((pid, tid), []).append((frames(pid, sid), int(w)))
+    return list(out.items())
 
 
 def _window_ns(span: tuple[int, int] | None) -> int:

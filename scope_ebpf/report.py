@@ -120,19 +120,22 @@ def folded_text(a: Analysis) -> str:
 
 
 def speedscope(a: Analysis, name: str) -> str:
-    """speedscope's file format: one sampled profile weighted by self time (ns)."""
-    frames: dict[str, int] = {}
-    samples, weights = [], []
-    for stack, w in a.folded:
-        samples.append([frames.setdefault(f, len(frames)) for f in stack.split(";")])
-        weights.append(w)
-    total = sum(weights)
+    """speedscope's file format: one sampled profile per thread (as py-spy
+    writes them), weighted by on-CPU self time (ns), frames with file and line."""
+    frames: dict[tuple, int] = {}
+    profiles = []
+    for (pid, tid), stacks in a.thread_stacks:
+        samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
+        weights = [w for _path, w in stacks]
+        profiles.append({"type": "sampled", "name": f"pid {pid} tid {tid}",
+                         "unit": "nanoseconds", "startValue": 0, "endValue": sum(weights),
+                         "samples": samples, "weights": weights})
     return json.dumps({
         "$schema": "https://www.speedscope.app/file-format-schema.json",
-        "shared": {"frames": [{"name": f} for f in frames]},
-        "profiles": [{"type": "sampled", "name": name, "unit": "nanoseconds",
-                      "startValue": 0, "endValue": total, "samples": samples,
-                      "weights": weights}],
+        "shared": {"frames": [{"name": fn, **({"file": file} if file else {}),
+                               **({"line": line} if line is not None else {})}
+                              for fn, file, line in frames]},
+        "profiles": profiles,
         "name": name, "exporter": f"scope-ebpf {__version__}", "activeProfileIndex": 0,
     })
 

@@ -57,9 +57,10 @@ def test_hot_function_and_self_time_match_direct_queries(trace, result):
           AND epoch_ns(c.start_ns) < epoch_ns(p.start_ns) + p.duration_ns
         WHERE c.function = 'spin' AND p.function = 'hot'""")[0][0]
     assert hot_self == hot["total_ns"] - spin_under_hot
-    # the flame graph holds the same time under hot
+    # the (on-CPU) flame graph holds hot's time on the CPU under hot, exactly: the
+    # kernel's self times and off-CPU times add up along every path
     under_hot = sum(w for stack, w in result.folded if "hot (report_app.py:17)" in stack)
-    assert under_hot == rows(trace, "SELECT sum(duration_ns) FROM calls "
+    assert under_hot == rows(trace, "SELECT sum(duration_ns - offcpu_ns) FROM calls "
                                     "WHERE function = 'hot'")[0][0]
 
 
@@ -97,14 +98,19 @@ def test_report_command_exports_and_named_queries(trace, tmp_path):
     assert r.returncode == 0, r.stderr
     folded = [ln.rsplit(" ", 1) for ln in (tmp_path / "f.txt").read_text().splitlines()]
     total = sum(int(w) for _s, w in folded)
-    top_level = rows(trace, "SELECT sum(duration_ns) FROM calls WHERE depth = "
-                            "(SELECT min(depth) FROM calls)")[0][0]
+    # every call's on-CPU self time, which adds up to the outermost calls' on-CPU time
+    top_level = rows(trace, "SELECT sum(duration_ns - offcpu_ns) FROM calls WHERE depth = 0 "
+                            "AND duration_ns IS NOT NULL")[0][0]
     assert total == top_level
     r = scope("report", str(trace), "-q", "--format", "speedscope",
               "-o", str(tmp_path / "s.json"))
     doc = json.loads((tmp_path / "s.json").read_text())
-    assert sum(doc["profiles"][0]["weights"]) == total
-    assert {"name": "hot (report_app.py:17)"} in doc["shared"]["frames"]
+    # one profile per thread, named, frames with their file and line
+    threads = rows(trace, "SELECT DISTINCT pid, tid FROM calls ORDER BY ALL")
+    assert [p["name"] for p in doc["profiles"]] == [f"pid {p} tid {t}" for p, t in threads]
+    assert sum(sum(p["weights"]) for p in doc["profiles"]) == total
+    hot = [f for f in doc["shared"]["frames"] if f["name"] == "hot"]
+    assert len(hot) == 1 and hot[0]["file"].endswith("report_app.py") and hot[0]["line"] == 17
 
     r = scope("query", str(trace), "--top", "--format", "csv")
     assert r.returncode == 0, r.stderr
