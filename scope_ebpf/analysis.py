@@ -29,7 +29,9 @@ BUCKETS = 20            # latency windows per function, of consecutive calls
 OUTLIER_MADS = 5.0      # a window's median latency this many (scaled) MADs above ...
 OUTLIER_RATIO = 3.0     # ... and this many times the function's usual median
 RATE_RATIO = 5.0        # a window's call count this many times the usual
-MIN_CALLS = 5           # calls a window needs for its median to count
+MIN_CALLS = 20          # calls a window needs for its median to count (5 made noise)
+RATE_MIN_CALLS = 1000   # calls a window needs before its rate can be called a jump ...
+RATE_MIN_WINDOWS = 8    # ... among this many windows with calls (the usual rate's base)
 GC_STORM_SHARE = 0.10   # GC pauses taking this share of a window
 TIMELINE_MAX_RECTS = 4000
 
@@ -432,7 +434,8 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
             usual AS (SELECT pid, function, file, line, median(n) AS base, count(*) AS windows
                       FROM win GROUP BY ALL)
             SELECT win.*, base FROM win JOIN usual USING (pid, function, file, line)
-            WHERE windows >= 4 AND n >= 50 AND n > {RATE_RATIO} * base
+            WHERE windows >= {RATE_MIN_WINDOWS} AND n >= {RATE_MIN_CALLS}
+              AND n > {RATE_RATIO} * base
             ORDER BY n / base DESC LIMIT 10"""):
             a, b = t0 + r["win"] * w, t0 + (r["win"] + 1) * w
             out.append(Finding(
