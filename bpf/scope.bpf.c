@@ -583,14 +583,14 @@ static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
             b->window_k = 0;
         }
         if (b->rows >= c->row_limit) {
-            /* The budget went in t of the window's W: at that rate, 1 in (W - t) / t
-             * of the rest keeps the window near twice the budget, with weights no
-             * larger than that needs (each row's k is the one it was drawn with,
-             * so sums stay unbiased whatever k a window takes). */
+            /* The budget went in t of the window's W: at that rate, 1 in
+             * 4 (W - t) / t of the rest ends the window near 1.25 times the budget,
+             * with weights no larger than that needs (each row's k is the one it
+             * was drawn with, so sums stay unbiased whatever k a window takes). */
             __u32 wk = b->window_k;
             if (!wk) {
                 __u64 t = now - b->rows_window_ns;
-                __u64 want = t ? (GUARD_WINDOW_NS - t) / t + 1 : c->guard_k;
+                __u64 want = t ? 4 * (GUARD_WINDOW_NS - t) / t + 1 : c->guard_k;
                 wk = want < 2 ? 2 : want > c->guard_k ? c->guard_k : want;
                 b->window_k = wk;
             }

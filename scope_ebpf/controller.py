@@ -399,7 +399,8 @@ class Session:
         """Decode call records (possibly a view into the ring: nothing keeps them)."""
         f = self.decoder.functions
         found = f.find(calls["func_id"])
-        keep, weights = f.row_filter(found, calls["weight"], self._rng)
+        keep, weights = f.row_filter(found, calls["weight"], self._rng,
+                                     calls["duration_ns"] >= KEEP_NS)
         if not keep.all():
             # decisions the kernel did not have yet: counted per function as dropped
             gone = calls["func_id"][~keep & ((calls["flags"] & _CALL_OPEN) == 0)]

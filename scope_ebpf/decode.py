@@ -180,12 +180,14 @@ class Functions:
             self._k[pos[0]] = k
 
     def row_filter(self, found: tuple[np.ndarray, np.ndarray], weights: np.ndarray,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, exempt: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """Apply the decisions to calls the kernel sent before it had them.
 
         Rows of dropped functions go; a row kept at 1-in-w while the function's
         k is now larger is kept with probability w/k and then weighs k, so
-        sum(weight) stays an unbiased count. ``found`` is find(func_ids).
+        sum(weight) stays an unbiased count. ``found`` is find(func_ids);
+        ``exempt`` rows are never thinned (calls the kernel keeps whatever k).
         Returns (mask, weights).
         """
         pos, known = found
@@ -195,6 +197,8 @@ class Functions:
         k = np.where(known, self._k[pos], 1)
         w = weights.astype(np.int64)
         thin = k > w
+        if exempt is not None:
+            thin &= ~exempt
         if thin.any():
             keep &= ~thin | (rng.random(len(w)) * k < w)
             w = np.where(thin, k, w)

@@ -108,7 +108,12 @@ def trace(tmp_path: Path) -> Path:
         "duration_ns": pa.array([9000, 3000, 1000], pa.int64()),
         "pid": [7, 7, 7], "tid": [7, 7, 7], "depth": [0, 1, 1],
         "function": ["main", "work", "work"], "file": ["/a.py"] * 3, "line": [1, 5, 5],
-        "weight": [1, 1, 1]}))
+        "weight": [1, 1, 1], "stack_id": [1, 2, 2], "self_ns": [5000, 3000, 1000],
+        "offcpu_ns": [0, 0, 0], "self_offcpu_ns": [0, 0, 0]}))
+    out.writer("stacks").write(pa.table({
+        "pid": [7, 7], "stack_id": [1, 2], "parent_stack_id": [None, 1], "depth": [0, 1],
+        "function": ["main", "work"], "file": ["/a.py"] * 2, "line": [1, 5],
+        "path": [["main"], ["main", "work"]]}))
     out.writer("session").write(
         pa.table({"key": ["stop_reason"], "value": ["target exited"],
                   "count": pa.array([0], pa.int64())}))

@@ -23,7 +23,7 @@ def sleeper():
 
 
 def spin():
-    return work(20000)
+    return work(200000)
 
 
 def leaf_a():
