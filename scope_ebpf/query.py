@@ -146,17 +146,17 @@ def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int |
             if layouts[name] == "flat":
                 glob = str((root / name).resolve() / "*.parquet")
                 # union_by_name keeps old parts readable after a column is added.
-                source = f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+                opts = "union_by_name = true"
             elif layouts[name] == "hive":
                 glob = str((root / name).resolve() / "**" / "*.parquet")
                 # partition values stay strings ('01'): what the paths say
                 conds += [f"{k} = {_sql_str(str(v))}" for k, v in where.items()]
-                source = (f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-                          "hive_types_autocast = false, union_by_name = true)")
+                opts = ("hive_partitioning = true, hive_types_autocast = false, "
+                        "union_by_name = true")
+            if layouts[name]:
+                source = _parts(con, name, glob, opts)
             else:
                 source = f"({_empty_select(con, name)})"
-            if layouts[name]:
-                source = _upgrade(name, source, _column_types(con, source))
             times = "".join(f", {_utc(c)} AS {_ident(v)}" for c, v in VIEW_TIMES.items()
                             if c in arrow_schema(name).names)
             con.execute(f"CREATE VIEW {_ident(name)} AS SELECT *{times} FROM {source}"
@@ -170,6 +170,31 @@ def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int |
         con.close()
         raise QueryError(f"no session {session!r} in {root}: " + _session_list(root, where))
     return con
+
+
+def _parts(con: duckdb.DuckDBPyConnection, table: str, glob: str, opts: str) -> str:
+    """SQL reading a table's parts with today's columns. Parts whose instants are
+    Parquet timestamps (written before they were integers: a daemon's tree or an
+    --append directory spans the upgrade) are read apart, since one read_parquet
+    cannot unify TIMESTAMPTZ_NS with BIGINT, and upgraded before the union."""
+    old: list[str] = []
+    if any(c in arrow_schema(table).names for c in VIEW_TIMES):
+        old = [r[0] for r in con.execute(
+            "SELECT DISTINCT file_name FROM parquet_schema(?) WHERE name IN "
+            "('start_ns', 'ts_ns') AND logical_type ILIKE '%timestamp%' ORDER BY 1",
+            [glob]).fetchall()]
+    if not old:
+        source = f"read_parquet({_sql_str(glob)}, {opts})"
+        return _upgrade(table, source, _column_types(con, source))
+    everything = [r[0] for r in con.execute(
+        "SELECT DISTINCT file_name FROM parquet_schema(?) ORDER BY 1", [glob]).fetchall()]
+    new = sorted(set(everything) - set(old))
+    sources = [f"read_parquet([{', '.join(map(_sql_str, files))}], {opts})"
+               for files in (new, old) if files]
+    # today's parts first: BY NAME keeps the first input's column order
+    return "(" + " UNION ALL BY NAME ".join(
+        f"SELECT * FROM {_upgrade(table, src, _column_types(con, src))}"
+        for src in sources) + ")"
 
 
 def _column_types(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str]:

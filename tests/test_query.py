@@ -171,3 +171,32 @@ def test_parts_written_with_timestamps_read_as_integers(tmp_path: Path) -> None:
         (T0, T0 + 5, T0), (T0 + 10, None, T0 + 10)]
     assert con.sql("SELECT key, value_int FROM session ORDER BY key").fetchall() == [
         ("end_ns", T0 + 99), ("host", None), ("rows.gc", 2), ("start_ns", T0)]
+
+
+def test_parts_of_both_formats_in_one_table_read_together(tmp_path: Path) -> None:
+    """An --append directory or a daemon tree that spans the upgrade: old parts
+    (timestamp instants) and new ones (integers) are one table."""
+    import pyarrow.parquet as pq
+
+    ts = pa.timestamp("ns", tz="UTC")
+    for layout in ("flat", "hive"):
+        root = tmp_path / layout
+        sub = "host=h/date=2023-11-14/hour=22" if layout == "hive" else ""
+        (root / "gc" / sub).mkdir(parents=True)
+        pq.write_table(pa.table({
+            "start_ns": pa.array([T0], pa.int64()).cast(ts),
+            "duration_ns": pa.array([5], pa.int64()),
+            "pid": pa.array([1], pa.int32()), "tid": pa.array([1], pa.int32()),
+            "session_id": ["old"]}), root / "gc" / sub / "part-00000.parquet")
+        out = OutputDir(root, session_id="new", partition=(lambda s=sub: s) if sub else None)
+        out.writer("gc").write(pa.table({"start_ns": pa.array([T0 + 10], pa.int64()),
+                                         "duration_ns": pa.array([7], pa.int64()),
+                                         "pid": [1], "tid": [1]}))
+        out.close()
+        con = connect(root)
+        rel = con.sql("SELECT * FROM gc")
+        assert rel.columns[:3] == ["start_ns", "duration_ns", "end_ns"], layout
+        assert con.sql("SELECT session_id, start_ns, end_ns, epoch_ns(start) FROM gc "
+                       "ORDER BY 2").fetchall() == [
+            ("old", T0, T0 + 5, T0), ("new", T0 + 10, T0 + 17, T0 + 10)], layout
+        assert con.sql("SELECT max(start_ns) - min(start_ns) FROM gc").fetchall() == [(10,)]
