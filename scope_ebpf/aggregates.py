@@ -17,8 +17,6 @@ import pyarrow as pa
 from . import events
 from .decode import Functions, _schema
 
-_TS = pa.timestamp("ns", tz="UTC")
-
 
 @dataclass
 class Totals:
@@ -137,7 +135,7 @@ def functions_batch(now: Totals, delta: Delta, functions: Functions, ts_ns: int,
     flat = pa.array(delta.hist[sel].reshape(-1))
     timed = now.count[sel] > now.lost[sel]  # min/max only exist once a call completed
     return pa.RecordBatch.from_arrays([
-        pa.array(np.full(n, ts_ns, np.int64), _TS),
+        pa.array(np.full(n, ts_ns, np.int64)),
         pa.array(pids),
         function, file, line,
         pa.array(delta.count[sel]),

@@ -163,12 +163,9 @@ def _session_notes(sessions: list[dict]) -> list[str]:
 def _span(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     lo, hi = con.execute("""
         SELECT min(t0), max(t1) FROM (
-            SELECT epoch_ns(min(start_ns)) AS t0,
-                   max(epoch_ns(start_ns) + coalesce(duration_ns, 0)) AS t1 FROM calls
-            UNION ALL SELECT epoch_ns(min(start_ns)), max(epoch_ns(start_ns) + duration_ns)
-                FROM gc
-            UNION ALL SELECT epoch_ns(min(start_ns)), max(epoch_ns(start_ns) + duration_ns)
-                FROM sched)""").fetchone()
+            SELECT min(start_ns) AS t0, max(coalesce(end_ns, start_ns)) AS t1 FROM calls
+            UNION ALL SELECT min(start_ns), max(end_ns) FROM gc
+            UNION ALL SELECT min(start_ns), max(end_ns) FROM sched)""").fetchone()
     return (int(lo), int(hi)) if lo is not None else None
 
 
@@ -177,7 +174,7 @@ def _prepare_calls(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""
         CREATE OR REPLACE TEMP TABLE c AS
         WITH base AS (
-            SELECT epoch_ns(start_ns) AS s, duration_ns, pid, tid, depth,
+            SELECT start_ns AS s, duration_ns, pid, tid, depth,
                    coalesce(function, '?') AS function, file, line, weight
             FROM calls)
         SELECT row_number() OVER (ORDER BY s, depth) AS id, s,
@@ -313,7 +310,7 @@ def gc_series(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None) -> l
     w = _window_ns(span)
     t0 = span[0] if span else 0
     return _rows(con, f"""
-        SELECT (epoch_ns(start_ns) - {t0}) // {w} AS win, generation,
+        SELECT (start_ns - {t0}) // {w} AS win, generation,
                count(*) AS collections, sum(duration_ns) AS total_ns, max(duration_ns) AS max_ns
         FROM gc GROUP BY ALL ORDER BY win, generation""") if span else []
 
@@ -330,16 +327,16 @@ def _running_at(source: str) -> str:
 def gc_longest(con: duckdb.DuckDBPyConnection, with_calls: bool) -> list[dict]:
     running = _running_at("g") if with_calls else "NULL"
     return _rows(con, f"""
-        WITH g AS (SELECT *, epoch_ns(start_ns) AS s FROM gc
+        WITH g AS (SELECT *, start_ns AS s FROM gc
                    ORDER BY duration_ns DESC LIMIT 10)
-        SELECT start_ns, pid, tid, generation, duration_ns, collected, {running} AS running
+        SELECT start, pid, tid, generation, duration_ns, collected, {running} AS running
         FROM g ORDER BY duration_ns DESC""")
 
 
 def gc_triggers(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """Which Python functions were running when collections started."""
     return _rows(con, f"""
-        WITH g AS (SELECT *, epoch_ns(start_ns) AS s FROM gc),
+        WITH g AS (SELECT *, start_ns AS s FROM gc),
         r AS (SELECT generation, duration_ns, {_running_at('g')} AS running FROM g)
         SELECT coalesce(running, '(outside traced calls)') AS function,
                count(*) AS collections, sum(duration_ns) AS total_ns,
@@ -363,12 +360,12 @@ def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
                    function AS label FROM c WHERE d >= {min_ns}""")
     if tables["gc"]:
         parts.append(f"""
-            SELECT 'gc' AS kind, pid, tid, epoch_ns(start_ns) - {t0} AS start,
+            SELECT 'gc' AS kind, pid, tid, start_ns - {t0} AS start,
                    duration_ns AS dur, 0 AS level, 'gen ' || generation::VARCHAR AS label
             FROM gc WHERE duration_ns >= {min_ns}""")
     if tables["sched"]:
         parts.append(f"""
-            SELECT 'off-cpu ' || state AS kind, pid, tid, epoch_ns(start_ns) - {t0} AS start,
+            SELECT 'off-cpu ' || state AS kind, pid, tid, start_ns - {t0} AS start,
                    duration_ns AS dur, 0 AS level, coalesce(function, '') AS label
             FROM sched WHERE duration_ns >= {min_ns}""")
     if not parts:
@@ -446,7 +443,7 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
     if tables["gc"]:
         for r in _rows(con, f"""
             WITH win AS (
-                SELECT pid, (epoch_ns(start_ns) - {t0}) // {w} AS win, count(*) AS n,
+                SELECT pid, (start_ns - {t0}) // {w} AS win, count(*) AS n,
                        sum(duration_ns) AS pause_ns
                 FROM gc GROUP BY ALL HAVING sum(duration_ns) > {GC_STORM_SHARE} * {w}),
             islands AS (SELECT *, win - row_number() OVER (PARTITION BY pid ORDER BY win)
@@ -460,7 +457,7 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
                 f"GC storm in pid {r['pid']}: {r['n']} collections paused it for "
                 f"{ns_text(r['pause_ns'])} ({r['pause_ns'] / (b - a):.0%} of the time) from "
                 f"+{(a - t0) / 1e9:.1f} s to +{(b - t0) / 1e9:.1f} s",
-                f"SELECT * FROM gc WHERE pid = {r['pid']} AND epoch_ns(start_ns) "
+                f"SELECT * FROM gc WHERE pid = {r['pid']} AND start_ns "
                 f"BETWEEN {a} AND {b} ORDER BY start_ns"))
     for i, f in enumerate(out):
         f.anchor = f"finding-{i}"
@@ -471,7 +468,7 @@ def _calls_sql(r: dict, a: int, b: int) -> str:
     fn = str(r["function"]).replace("'", "''")
     file = str(r["file"]).replace("'", "''")
     return (f"SELECT * FROM calls WHERE pid = {r['pid']} AND function = '{fn}' "
-            f"AND file = '{file}' AND epoch_ns(start_ns) BETWEEN {a} AND {b} "
+            f"AND file = '{file}' AND start_ns BETWEEN {a} AND {b} "
             "ORDER BY start_ns")
 
 

@@ -564,6 +564,8 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
     output or a daemon's root (one host's or many hosts' copied together): its
     views then have the columns host, date and hour, and --host/--date/--hour
     read only the matching partitions. --pid/--since/--until filter every view.
+    Every *_ns column is an integer (instants: ns since the Unix epoch, UTC); the
+    views add start, "end" and ts, the same instants as UTC timestamps.
 
     \b
     Examples:

@@ -697,7 +697,7 @@ class Session:
             if r["key"] == "warning":
                 facts.setdefault("warnings", []).append(r["value"])
             else:
-                facts[r["key"]] = r["count"] if r.get("count") is not None else r["value"]
+                facts[r["key"]] = r["value_int"] if r.get("value_int") is not None else r["value"]
         self.status("session table not written: " + json.dumps(facts))
 
     def _session_rows(self, reason: str, stats: dict[str, int]) -> list[dict]:
@@ -710,12 +710,13 @@ class Session:
                        + (",..." if self.traced_count > len(self._traced) else ""),
             "probes": ",".join(sorted(self.opts.probes)),
             "binaries": ",".join(b.path for b in self.binaries.values()),
-            "start_ns": str(self.start_ns),
-            "end_ns": str(time.time_ns()),
             "stop_reason": reason,
             **self.meta,
         }
         rows = [{"key": k, "value": v} for k, v in meta.items()]
+        # instants typed as in every other table (ns since the epoch), not only as text
+        rows += [{"key": k, "value": str(v), "value_int": v}
+                 for k, v in (("start_ns", self.start_ns), ("end_ns", time.time_ns()))]
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         if self._output_error is not None:
             rows.append({"key": "output_error", "value": str(self._output_error)})
@@ -732,7 +733,8 @@ class Session:
             w = self.out.writers.get(table) if self.out is not None else None
             # after a failed write: the rows in the parts that were finished
             counts[f"rows.{table}"] = w.rows_finished if w and w.failed else self.written[table]
-        rows += [{"key": k, "count": v, "value": str(v)} for k, v in counts.items()]
+        rows += [{"key": k, "count": v, "value": str(v), "value_int": v}
+                 for k, v in counts.items()]
         return rows
 
     @property

@@ -13,7 +13,6 @@ import pyarrow as pa
 from . import events, schema
 
 _C = events.constants()
-_TS = pa.timestamp("ns", tz="UTC")
 
 
 def _text(raw: bytes) -> str | None:
@@ -265,7 +264,8 @@ class Decoder:
         self.paths = Paths()
 
     def _ts(self, mono: np.ndarray) -> pa.Array:
-        return pa.array(mono.astype(np.int64) + self.offset, _TS)
+        """Kernel monotonic ns -> ns since the Unix epoch (UTC)."""
+        return pa.array(mono.astype(np.int64) + self.offset)
 
     def calls(self, r: np.ndarray, weight: np.ndarray | None = None,
               found: tuple[np.ndarray, np.ndarray] | None = None) -> pa.RecordBatch:
@@ -381,17 +381,15 @@ def _strings(col: np.ndarray) -> pa.Array:
 def rows_to_batch(table: str, rows: list[dict]) -> pa.RecordBatch:
     """A batch from a few dict rows (missing keys are null); for rare events."""
     sch = _schema(table)
-    cols = []
-    for f in sch:
-        vals = [row.get(f.name) for row in rows]
-        if pa.types.is_timestamp(f.type):
-            cols.append(pa.array(vals, pa.int64()).cast(f.type))
-        else:
-            cols.append(pa.array(vals, f.type))
+    cols = [pa.array([row.get(f.name) for row in rows], f.type) for f in sch]
     return pa.RecordBatch.from_arrays(cols, schema=sch)
 
 
+# Filled by the writer, never decoded: end_ns is start_ns + duration_ns.
+_WRITER_COLUMNS = ("end_ns", "session_id")
+
+
 def _schema(table: str) -> pa.Schema:
-    """The columns decoded here: session_id is the writer's to fill."""
+    """The columns decoded here: the writer's own (_WRITER_COLUMNS) left out."""
     sch = schema.arrow_schema(table)
-    return sch.remove(sch.get_field_index("session_id"))
+    return pa.schema([f for f in sch if f.name not in _WRITER_COLUMNS])

@@ -35,9 +35,7 @@ TIMEOUT = 300
 TOP_FUNCTIONS = """
 WITH c AS (
     SELECT pid, tid, function, file, line, duration_ns,
-           epoch_ns(start_ns) AS t0,
-           epoch_ns(start_ns) + coalesce(duration_ns, 9223372036854775807 - epoch_ns(start_ns))
-               AS t1
+           start_ns AS t0, coalesce(end_ns, 9223372036854775807) AS t1
     FROM calls
     WHERE function IS DISTINCT FROM '<module>'
 ), marked AS (
@@ -73,8 +71,7 @@ SELECT
     (SELECT count(DISTINCT (function, file, line)) FROM calls) AS functions,
     (SELECT count(*) FROM gc) AS gcs,
     (SELECT count(*) FROM sched) AS offcpu,
-    (SELECT (max(epoch_ns(start_ns) + coalesce(duration_ns, 0)) - min(epoch_ns(start_ns))) / 1e6
-     FROM calls) AS span_ms
+    (SELECT (max(coalesce(end_ns, start_ns)) - min(start_ns)) / 1e6 FROM calls) AS span_ms
 """
 
 EXAMPLES = (

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ScopeError
-from .schema import TABLES, arrow_schema
+from .schema import TABLES, VIEW_TIMES, arrow_schema
 from .textsafe import json_text, safe
 from .units import parse_duration
 
@@ -76,10 +76,38 @@ def _row_filter(table: str, pid: int | None, since_ns: int | None,
         conds.append(f"pid = {int(pid)}")
     col = _time_column(table)
     if col and since_ns is not None:
-        conds.append(f"epoch_ns({col}) >= {int(since_ns)}")
+        conds.append(f"{col} >= {int(since_ns)}")
     if col and until_ns is not None:
-        conds.append(f"epoch_ns({col}) < {int(until_ns)}")
+        conds.append(f"{col} < {int(until_ns)}")
     return conds
+
+
+def _utc(col: str) -> str:
+    """SQL: an integer instant as TIMESTAMPTZ_NS. timezone('UTC', ...) fixes the
+    zone, where a cast would read the naive timestamp in the session's TimeZone."""
+    return f"timezone('UTC', make_timestamp_ns({_ident(col)}))"
+
+
+def _upgrade(table: str, source: str, types: dict[str, str]) -> str:
+    """``source`` with the current columns, whatever scope-ebpf wrote its parts:
+    instants as integers (they were TIMESTAMPTZ_NS), end_ns, session_id and the
+    session's value_int (added later)."""
+    names = arrow_schema(table).names
+    fixes = [f"epoch_ns({_ident(c)}) AS {_ident(c)}" for c in VIEW_TIMES
+             if c in names and "TIMESTAMP" in types.get(c, "")]
+    if fixes:
+        source = f"(SELECT * REPLACE ({', '.join(fixes)}) FROM {source})"
+    added = []
+    if "session_id" not in types:  # written before session ids: one unnamed session
+        added.append("NULL::VARCHAR AS session_id")
+    if "end_ns" in names and "end_ns" not in types:
+        added.append("start_ns + duration_ns AS end_ns")
+    if table == "session" and "value_int" not in types:
+        added.append("CASE WHEN count IS NOT NULL OR key IN ('start_ns', 'end_ns') "
+                     "THEN TRY_CAST(value AS BIGINT) END AS value_int")
+    if added:
+        source = f"(SELECT *, {', '.join(added)} FROM {source})"
+    return source
 
 
 def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int | None = None,
@@ -118,19 +146,20 @@ def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int |
             if layouts[name] == "flat":
                 glob = str((root / name).resolve() / "*.parquet")
                 # union_by_name keeps old parts readable after a column is added.
-                source = f"read_parquet({_sql_str(glob)}, union_by_name = true)"
+                opts = "union_by_name = true"
             elif layouts[name] == "hive":
                 glob = str((root / name).resolve() / "**" / "*.parquet")
                 # partition values stay strings ('01'): what the paths say
                 conds += [f"{k} = {_sql_str(str(v))}" for k, v in where.items()]
-                source = (f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-                          "hive_types_autocast = false, union_by_name = true)")
+                opts = ("hive_partitioning = true, hive_types_autocast = false, "
+                        "union_by_name = true")
+            if layouts[name]:
+                source = _parts(con, name, glob, opts)
             else:
                 source = f"({_empty_select(con, name)})"
-            if layouts[name] and "session_id" not in _column_names(con, source):
-                # written before session ids: one unnamed session
-                source = f"(SELECT *, NULL::VARCHAR AS session_id FROM {source})"
-            con.execute(f"CREATE VIEW {_ident(name)} AS SELECT * FROM {source}"
+            times = "".join(f", {_utc(c)} AS {_ident(v)}" for c, v in VIEW_TIMES.items()
+                            if c in arrow_schema(name).names)
+            con.execute(f"CREATE VIEW {_ident(name)} AS SELECT *{times} FROM {source}"
                         + (f" WHERE {' AND '.join(conds)}" if conds else ""))
     except duckdb.Error as e:
         con.close()
@@ -143,11 +172,34 @@ def connect(root: str | Path, where: dict[str, str] | None = None, *, pid: int |
     return con
 
 
-def _column_names(con: duckdb.DuckDBPyConnection, source: str) -> list[str]:
-    cur = con.execute(f"SELECT * FROM {source} LIMIT 0")
-    names = [d[0] for d in cur.description]
-    cur.fetchall()  # a result left open blocks the next statement
-    return names
+def _parts(con: duckdb.DuckDBPyConnection, table: str, glob: str, opts: str) -> str:
+    """SQL reading a table's parts with today's columns. Parts whose instants are
+    Parquet timestamps (written before they were integers: a daemon's tree or an
+    --append directory spans the upgrade) are read apart, since one read_parquet
+    cannot unify TIMESTAMPTZ_NS with BIGINT, and upgraded before the union."""
+    old: list[str] = []
+    if any(c in arrow_schema(table).names for c in VIEW_TIMES):
+        old = [r[0] for r in con.execute(
+            "SELECT DISTINCT file_name FROM parquet_schema(?) WHERE name IN "
+            "('start_ns', 'ts_ns') AND logical_type ILIKE '%timestamp%' ORDER BY 1",
+            [glob]).fetchall()]
+    if not old:
+        source = f"read_parquet({_sql_str(glob)}, {opts})"
+        return _upgrade(table, source, _column_types(con, source))
+    everything = [r[0] for r in con.execute(
+        "SELECT DISTINCT file_name FROM parquet_schema(?) ORDER BY 1", [glob]).fetchall()]
+    new = sorted(set(everything) - set(old))
+    sources = [f"read_parquet([{', '.join(map(_sql_str, files))}], {opts})"
+               for files in (new, old) if files]
+    # today's parts first: BY NAME keeps the first input's column order
+    return "(" + " UNION ALL BY NAME ".join(
+        f"SELECT * FROM {_upgrade(table, src, _column_types(con, src))}"
+        for src in sources) + ")"
+
+
+def _column_types(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str]:
+    rel = con.sql(f"SELECT * FROM {source}")
+    return {n: str(t) for n, t in zip(rel.columns, rel.types, strict=True)}
 
 
 def _session_list(root: Path, where: dict[str, str]) -> str:
@@ -168,17 +220,14 @@ def sessions(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     without calls, gc or sched rows) and stop_reason (None: never closed)."""
     cur = con.execute("""
         WITH ev AS (
-            SELECT session_id, epoch_ns(min(start_ns)) AS t0,
-                   max(epoch_ns(start_ns) + coalesce(duration_ns, 0)) AS t1
+            SELECT session_id, min(start_ns) AS t0, max(coalesce(end_ns, start_ns)) AS t1
             FROM calls GROUP BY ALL
-            UNION ALL SELECT session_id, epoch_ns(min(start_ns)),
-                             max(epoch_ns(start_ns) + duration_ns) FROM gc GROUP BY ALL
-            UNION ALL SELECT session_id, epoch_ns(min(start_ns)),
-                             max(epoch_ns(start_ns) + duration_ns) FROM sched GROUP BY ALL
+            UNION ALL SELECT session_id, min(start_ns), max(end_ns) FROM gc GROUP BY ALL
+            UNION ALL SELECT session_id, min(start_ns), max(end_ns) FROM sched GROUP BY ALL
             UNION ALL SELECT session_id, NULL, NULL FROM processes GROUP BY ALL),
         facts AS (
             SELECT session_id, max(value) FILTER (WHERE key = 'stop_reason') AS stop_reason,
-                   max(TRY_CAST(value AS BIGINT)) FILTER (WHERE key = 'start_ns') AS started
+                   max(value_int) FILTER (WHERE key = 'start_ns') AS started
             FROM session GROUP BY ALL),
         ids AS (SELECT session_id FROM ev UNION SELECT session_id FROM facts)
         SELECT ids.session_id, min(ev.t0) AS t0, max(ev.t1) AS t1,
@@ -194,7 +243,7 @@ def sessions(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
 
 def _empty_select(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """Column types come from DuckDB's own Arrow mapping, so they equal what the
-    same table read from Parquet would have (e.g. TIMESTAMPTZ_NS)."""
+    same table read from Parquet would have (e.g. BIGINT for int64)."""
     schema = arrow_schema(table)
     types = con.from_arrow(schema.empty_table()).types
     cols = ", ".join(
@@ -314,10 +363,9 @@ def resolve_time(root: str | Path, where: dict[str, str] | None, text: str | Non
         con = connect(root, where, session=session)
         try:
             first = con.execute(
-                "SELECT min(t) FROM (SELECT epoch_ns(min(start_ns)) AS t FROM calls UNION ALL "
-                "SELECT epoch_ns(min(start_ns)) FROM gc UNION ALL "
-                "SELECT epoch_ns(min(start_ns)) FROM sched UNION ALL "
-                "SELECT epoch_ns(min(ts_ns)) FROM processes)").fetchone()[0]
+                "SELECT min(t) FROM (SELECT min(start_ns) AS t FROM calls UNION ALL "
+                "SELECT min(start_ns) FROM gc UNION ALL SELECT min(start_ns) FROM sched "
+                "UNION ALL SELECT min(ts_ns) FROM processes)").fetchone()[0]
         finally:
             con.close()
         if first is None:

@@ -44,7 +44,7 @@ def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
 
 def _longest_rows(a: Analysis) -> tuple[list[str], list[list]]:
     names = ["start", "pid", "tid", "gen", "pause", "collected", "running"]
-    return names, [[str(r["start_ns"]), r["pid"], r["tid"], r["generation"], _ns(r["duration_ns"]),
+    return names, [[str(r["start"]), r["pid"], r["tid"], r["generation"], _ns(r["duration_ns"]),
                     r["collected"], r["running"] or ""] for r in a.gc_longest]
 
 

@@ -11,7 +11,14 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-TIMESTAMP = pa.timestamp("ns", tz="UTC")
+# Every *_ns column is an int64: an instant is nanoseconds since the Unix epoch
+# (UTC), a duration nanoseconds, so start_ns + duration_ns, end_ns - start_ns or
+# max(ts_ns) - min(ts_ns) is plain integer arithmetic in any reader of the Parquet.
+INSTANT = pa.int64()
+
+# The query layer's views add these TIMESTAMPTZ_NS columns computed from the
+# integer instants (the Parquet files hold only the integers).
+VIEW_TIMES = {"start_ns": "start", "end_ns": "end", "ts_ns": "ts"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ def _opt(name: str, type_: pa.DataType, description: str) -> Column:
 
 _PID = _req("pid", pa.int32(), "process id (kernel tgid)")
 _TID = _req("tid", pa.int32(), "thread id (kernel pid)")
+# Derived (the writer fills it), so an interval's end is a column, not arithmetic.
+_END = _opt("end_ns", INSTANT, "start_ns + duration_ns: when it ended, ns since the Unix "
+            "epoch (UTC); NULL when duration_ns is")
 
 _TABLE_LIST = (
     Table(
@@ -56,13 +66,14 @@ _TABLE_LIST = (
         "One row per Python call: a frame's start or resume (generators, coroutines) to its "
         "return, yield or unwind; creating a generator is not a call (README: the call model).",
         (
-            _req("start_ns", TIMESTAMP, "UTC wall-clock time the call was entered"),
+            _req("start_ns", INSTANT, "when the call was entered: ns since the Unix epoch (UTC)"),
             _opt(
                 "duration_ns",
                 pa.int64(),
                 "ns from entry to return; NULL if the call was still open when tracing "
                 "stopped or the thread exited",
             ),
+            _END,
             _PID,
             _TID,
             _req("depth", pa.int32(), "stack depth, 0 = outermost traced frame of the thread"),
@@ -106,8 +117,9 @@ _TABLE_LIST = (
         "gc",
         "One row per garbage collection (USDT gc__start/gc__done).",
         (
-            _req("start_ns", TIMESTAMP, "UTC wall-clock time the collection started"),
+            _req("start_ns", INSTANT, "when the collection started: ns since the Unix epoch (UTC)"),
             _opt("duration_ns", pa.int64(), "ns the collection took; NULL if it never finished"),
+            _END,
             _PID,
             _TID,
             _opt("generation", pa.int32(), "generation collected (0, 1 or 2)"),
@@ -118,8 +130,10 @@ _TABLE_LIST = (
         "sched",
         "One row per off-CPU interval of a traced thread (sched_switch/sched_wakeup).",
         (
-            _req("start_ns", TIMESTAMP, "UTC wall-clock time the thread left the CPU"),
+            _req("start_ns", INSTANT, "when the thread left the CPU: ns since the Unix epoch "
+                 "(UTC)"),
             _opt("duration_ns", pa.int64(), "ns off-CPU; NULL if it never came back"),
+            _END,
             _PID,
             _TID,
             _req("state", pa.string(), "why it left: 'sleeping' | 'io' | 'preempted' | 'other'"),
@@ -136,7 +150,8 @@ _TABLE_LIST = (
         "snapshot interval (every few seconds and at stop): exact whatever calls rows were "
         "filtered, sampled or cut by the breaker, so sum(calls) is the true call count.",
         (
-            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the snapshot (end of the interval)"),
+            _req("ts_ns", INSTANT, "when the snapshot was taken (end of the interval): "
+                 "ns since the Unix epoch (UTC)"),
             _PID,
             _opt("function", pa.string(), "function name"),
             _opt("file", pa.string(), "source file"),
@@ -162,7 +177,7 @@ _TABLE_LIST = (
         "sampling",
         "Every change of a function's 1-in-k call sampling, and of the row budget.",
         (
-            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the change"),
+            _req("ts_ns", INSTANT, "when it changed: ns since the Unix epoch (UTC)"),
             _opt("pid", pa.int32(), "process of the function (NULL for budget changes)"),
             _opt("function", pa.string(), "function name (NULL for budget changes)"),
             _opt("file", pa.string(), "source file"),
@@ -178,7 +193,7 @@ _TABLE_LIST = (
         "Circuit breaker transitions: 'open' (function probes detached), 'half-open' "
         "(re-attached on probation), 'closed'.",
         (
-            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the transition"),
+            _req("ts_ns", INSTANT, "when it changed state: ns since the Unix epoch (UTC)"),
             _req("state", pa.string(), "'open' | 'half-open' | 'closed'"),
             _opt("rate", pa.float64(), "probe hits/s that caused it (for 'open')"),
             _opt("limit", pa.float64(), "the --breaker-rate in force"),
@@ -191,9 +206,10 @@ _TABLE_LIST = (
         "One row per module import that ran the finders/loaders (USDT "
         "import__find__load__start/done); cached imports do not fire.",
         (
-            _req("start_ns", TIMESTAMP, "UTC wall-clock time the import started"),
+            _req("start_ns", INSTANT, "when the import started: ns since the Unix epoch (UTC)"),
             _opt("duration_ns", pa.int64(), "ns to find and load the module, nested imports "
                  "included"),
+            _END,
             _PID,
             _TID,
             _opt("module", pa.string(), "module name (NULL if not valid UTF-8)"),
@@ -207,7 +223,7 @@ _TABLE_LIST = (
         "One row per audit event raised by a traced process (PEP 578, USDT audit): "
         "open, exec, compile, socket.connect, subprocess.Popen, import, ...",
         (
-            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the event"),
+            _req("ts_ns", INSTANT, "when it happened: ns since the Unix epoch (UTC)"),
             _PID,
             _TID,
             _opt("event", pa.string(), "audit event name (NULL if not valid UTF-8)"),
@@ -217,7 +233,8 @@ _TABLE_LIST = (
         "processes",
         "Lifecycle events and periodic resource samples of traced processes.",
         (
-            _req("ts_ns", TIMESTAMP, "UTC wall-clock time of the event or sample"),
+            _req("ts_ns", INSTANT, "when it happened or was sampled: ns since the Unix epoch "
+                 "(UTC)"),
             _PID,
             _req("event", pa.string(),
                  "'start' (traced from here on: given by pid, launched, or found "
@@ -249,11 +266,16 @@ _TABLE_LIST = (
     Table(
         "session",
         "Key/value facts about the trace: host, kernel, version, targets, probes, "
-        "start/end and every counter (events seen, records written, records lost).",
+        "start_ns/end_ns and every counter (events seen, records written, records lost). "
+        "Typed by column: every value is in value as text, and an integer one also in "
+        "value_int.",
         (
             _req("key", pa.string(), "name of the fact or counter"),
             _opt("value", pa.string(), "its value as text"),
-            _opt("count", pa.int64(), "the value as a number, for counters"),
+            _opt("count", pa.int64(), "the value, for counters only (so sum(count) never "
+                 "adds up times)"),
+            _opt("value_int", pa.int64(), "the value when it is an integer: start_ns and "
+                 "end_ns (ns since the Unix epoch, UTC) and every counter; NULL for text"),
         ),
     ),
 )
@@ -278,10 +300,25 @@ def arrow_schema(table_name: str) -> pa.Schema:
 
 
 def type_name(type_: pa.DataType) -> str:
-    """Short readable names, since ``timestamp[ns, tz=UTC]`` is noise in a listing."""
-    if type_ == TIMESTAMP:
-        return "timestamp(ns,UTC)"
+    """The Arrow type's name as a listing shows it."""
     return str(type_)
+
+
+VIEW_TYPE = "timestamptz_ns (view)"
+
+HEADER = """\
+Every *_ns column is an int64: an instant is ns since the Unix epoch (UTC), a
+duration is ns, so start_ns + duration_ns = end_ns and max(ts_ns) - min(ts_ns)
+are integer arithmetic. The Parquet files hold only these integers; the views of
+`scope-ebpf query` and `report` add start, end and ts, the same instants as
+TIMESTAMPTZ_NS (UTC): SELECT start, "end" FROM calls (END is an SQL keyword).
+"""
+
+
+def view_times(table: Table) -> list[tuple[str, str]]:
+    """(view column, integer column) pairs the query layer adds to a table's view."""
+    names = {c.name for c in table.columns}
+    return [(view, col) for col, view in VIEW_TIMES.items() if col in names]
 
 
 def describe() -> str:
@@ -292,13 +329,15 @@ def describe() -> str:
         for c in t.columns
     ]
     name_w = max(len(r[0]) for r in rows)
-    type_w = max(len(r[1]) for r in rows)
-    out: list[str] = []
+    type_w = max([len(r[1]) for r in rows] + [len(VIEW_TYPE)])
+    out: list[str] = [HEADER.rstrip("\n")]
     for t in TABLES.values():
-        if out:
-            out.append("")
+        out.append("")
         out.append(f"{t.name}: {t.description}")
         for c in t.columns:
             typ = type_name(c.type) + ("" if c.nullable else " not null")
             out.append(f"  {c.name:<{name_w}}  {typ:<{type_w}}  {c.description}")
+        for view, col in view_times(t):
+            out.append(f"  {view:<{name_w}}  {VIEW_TYPE:<{type_w}}  {col} as a UTC timestamp "
+                       "(query views only, not in the Parquet)")
     return "\n".join(out) + "\n"

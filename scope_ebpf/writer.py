@@ -48,8 +48,8 @@ ROW_GROUP_SECONDS = 10.0
 MAX_PENDING_BATCHES = 64
 
 
-_STATS_COLUMNS = {"start_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event", "key",
-                  "session_id"}
+_STATS_COLUMNS = {"start_ns", "end_ns", "ts_ns", "duration_ns", "pid", "tid", "function", "event",
+                  "key", "session_id"}
 
 _PART_RE = re.compile(r"^\.?part-(\d+)\.parquet(?:\.tmp)?$")
 _DICT_STRING = pa.dictionary(pa.int32(), pa.string())
@@ -238,9 +238,14 @@ class TableWriter:
             raise ValueError(f"{self.table}: unknown columns {sorted(extra)}")
         arrays: list[pa.Array] = []
         fields: list[pa.Field] = []
+        done: dict[str, pa.Array] = {}
         for field in self.schema:
             if field.name == "session_id":
                 arr = self._session_ids(batch.num_rows)
+            elif field.name == "end_ns" and "end_ns" not in have:
+                # derived here, once for every producer; both come earlier in the schema
+                # and were cast to int64 already; a NULL duration gives a NULL end
+                arr = pc.add(done["start_ns"], done["duration_ns"])
             elif field.name in have:
                 arr = batch.column(field.name)
             elif field.nullable:
@@ -259,6 +264,7 @@ class TableWriter:
             if not field.nullable and arr.null_count:
                 raise ValueError(f"{self.table}: NULL in required column {field.name!r}")
             arrays.append(arr)
+            done[field.name] = arr
             fields.append(field.with_type(arr.type))
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 

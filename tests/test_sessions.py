@@ -43,7 +43,7 @@ def two(tmp_path_factory) -> tuple[Path, list[str]]:
     assert r.returncode == 0, r.stderr
     assert marker.read_text() == "xx"
     ids = [i for (i,) in rows(out, "SELECT value FROM session WHERE key = 'session_id' "
-                                   "ORDER BY (SELECT value FROM session s2 WHERE s2.key = "
+                                   "ORDER BY (SELECT value_int FROM session s2 WHERE s2.key = "
                                    "'start_ns' AND s2.session_id = session.session_id)")]
     return out, ids
 

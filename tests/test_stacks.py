@@ -62,8 +62,7 @@ def test_sampled_flame_graph_matches_the_exact_paths(tmp_path):
     exact = _exact(full)
     assert _folded(full) == {p: ns for p, ns in exact.items() if ns > 0}
     (calls, seconds), = rows(full, """
-        SELECT sum(weight), (max(epoch_ns(start_ns) + duration_ns) - min(epoch_ns(start_ns)))
-                            / 1e9
+        SELECT sum(weight), (max(end_ns) - min(start_ns)) / 1e9
         FROM calls WHERE function IN ('a', 'b', 'leaf_a', 'leaf_b')""")
     rate = calls / seconds
 

@@ -64,7 +64,15 @@ def parts(path: Path) -> list[str]:
 
 def test_schema_types_and_describe() -> None:
     s = arrow_schema("calls")
-    assert s.field("start_ns").type == pa.timestamp("ns", tz="UTC")
+    # every *_ns column is an integer: instants ns since the epoch, durations ns
+    for t in TABLES:
+        for f in arrow_schema(t):
+            if f.name.endswith("_ns"):
+                assert f.type == pa.int64(), (t, f.name)
+    assert [t for t in TABLES if "end_ns" in arrow_schema(t).names] == [
+        "calls", "gc", "sched", "imports"]
+    assert [t for t in TABLES if "duration_ns" in arrow_schema(t).names] == [
+        "calls", "gc", "sched", "imports"]
     assert s.field("function").type == pa.string()
     assert not s.field("pid").nullable and s.field("duration_ns").nullable
     assert set(TABLES) == {"calls", "functions", "sampling", "breaker", "gc", "sched",
@@ -72,6 +80,9 @@ def test_schema_types_and_describe() -> None:
     text = describe()
     assert "runq_ns" in text and "ctx_switches_involuntary" in text
     assert "session:" in text
+    assert "ns since the Unix epoch" in text.splitlines()[0]
+    # the view-only timestamps are listed under their tables
+    assert any(ln.split()[:2] == ["end", "timestamptz_ns"] for ln in text.splitlines())
 
 
 def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
@@ -85,18 +96,18 @@ def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
         f"SELECT * FROM read_parquet('{tmp_path}/calls/*.parquet') ORDER BY start_ns"
     )
     assert [str(t) for t in rel.types] == [
-        "TIMESTAMPTZ_NS", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
+        "BIGINT", "BIGINT", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
         "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR",
     ]
     rows = con.sql(
-        f"SELECT epoch_ns(start_ns), duration_ns, pid, tid, depth, function, file, line, "
+        f"SELECT start_ns, duration_ns, end_ns, pid, tid, depth, function, file, line, "
         f"return_line, weight, session_id FROM read_parquet('{tmp_path}/calls/*.parquet') "
         "ORDER BY 1"
     ).fetchall()
-    assert rows == [  # session_id: the writer's, in every row
-        (T0, 0, 100, 101, 0, "main", "/app/a.py", 1, None, 1, "s-1"),
-        (T0 + 1, None, 100, 101, 1, "work", "/app/b.py", 2, None, 1, "s-1"),
-        (T0 + 2, 20, 100, 101, 2, None, None, 3, None, 1, "s-1"),
+    assert rows == [  # end_ns and session_id: the writer's, in every row
+        (T0, 0, T0, 100, 101, 0, "main", "/app/a.py", 1, None, 1, "s-1"),
+        (T0 + 1, None, None, 100, 101, 1, "work", "/app/b.py", 2, None, 1, "s-1"),
+        (T0 + 2, 20, T0 + 22, 100, 101, 2, None, None, 3, None, 1, "s-1"),
     ]
     # Readers see the plain schema.py types, not the writer's storage choices.
     assert pq.read_schema(tmp_path / "calls" / "part-00000.parquet") == arrow_schema("calls")
@@ -364,7 +375,7 @@ def test_a_trace_is_refused_unless_appending_and_rows_carry_the_session(tmp_path
     out = OutputDir(root, session_id="second")  # appending
     out.writer("gc").write(gc_row(T0 + 1))
     out.close()
-    got = duckdb.sql(f"SELECT epoch_ns(start_ns), session_id FROM "
+    got = duckdb.sql(f"SELECT start_ns, session_id FROM "
                      f"read_parquet('{root}/gc/*.parquet') ORDER BY 1").fetchall()
     assert got == [(T0, "first"), (T0 + 1, "second")]
     # empty table directories (a session that failed before writing) are no trace
