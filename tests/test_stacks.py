@@ -89,7 +89,7 @@ def test_sleeping_is_off_cpu_and_spinning_is_not(tmp_path):
         WHERE function = 'sleeper'""")
     assert len(sleeps) == 5
     for self_ns, off, off_total, d in sleeps:
-        assert 19_000_000 <= off <= self_ns <= d and off == off_total
+        assert 99_000_000 <= off <= self_ns <= d and off == off_total
         assert self_ns - off < 0.25 * self_ns  # time.sleep is a C call: all the sleep is its own
     spins = rows(out, "SELECT self_ns, self_offcpu_ns FROM calls WHERE function = 'spin'")
     assert len(spins) == 5 and all(0 <= off <= s for s, off in spins)
@@ -97,7 +97,7 @@ def test_sleeping_is_off_cpu_and_spinning_is_not(tmp_path):
                                            "WHERE function = 'main'")
     # main's off-CPU time is its children's plus its own
     (children,), = rows(out, "SELECT sum(offcpu_ns) FROM calls WHERE function IN "
-                             "('sleeper', 'spin', 'work')")
+                             "('sleeper', 'spin')")  # main's direct children
     assert main_off == main_self_off + children
     r = scope("report", str(out), "-q", "-o", str(tmp_path / "r.html"))
     assert r.returncode == 0, r.stderr

@@ -1,6 +1,6 @@
 """Call paths, self time and off-CPU time with known answers.
 
-shape: sleeper() sleeps 20 ms five times (off-CPU), spin() computes; both
+shape: sleeper() sleeps 100 ms five times (off-CPU), spin() computes; both
        under main().
 flat N: every function sits on exactly one path, so the exact per-function
        self times of `functions` are the exact per-path totals a sampled
@@ -19,11 +19,11 @@ def work(n):
 
 
 def sleeper():
-    time.sleep(0.02)
+    time.sleep(0.1)
 
 
 def spin():
-    return work(200000)
+    return work(100000)
 
 
 def leaf_a():
