@@ -79,7 +79,8 @@ def test_sleep_gc_and_the_slow_window_are_named(trace, result):
     latency = [f for f in result.findings if f.kind == "latency"]
     assert [f.subject for f in latency] == ["steady"], [f.text for f in result.findings]
     ratio = float(re.search(r"was (\d+)x slower", latency[0].text).group(1))
-    assert 30 <= ratio <= 70 and "40 calls" in latency[0].text
+    # a preempted spin runs past its end: under load the slow median grows, never shrinks
+    assert 30 <= ratio <= 200 and "40 calls" in latency[0].text
     # the rows behind the finding are the 40 slow calls
     assert len(rows(trace, latency[0].sql)) == 40
     titles = [r["title"] for r in result.recommendations]
