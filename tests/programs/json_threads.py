@@ -1,0 +1,30 @@
+"""Named threads: json-1 and json-2 do json work, other-1 does other work.
+
+Prints "name native_id" per thread, then the number of dumps() calls each
+json thread made. The threads wait before working, so that --thread-name
+(decided when the name is known) selects them before their first call."""
+import json
+import sys
+import threading
+import time
+
+N = {"json-1": 300, "json-2": 200, "other-1": 100}
+
+
+def work(name):
+    time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
+    for i in range(N[name]):
+        encode({"i": i})
+
+
+def encode(obj):
+    return json.dumps(obj)
+
+
+threads = [threading.Thread(target=work, args=(name,), name=name) for name in N]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+for t in threads:
+    print(t.name, t.native_id)
