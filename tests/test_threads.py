@@ -4,6 +4,7 @@ on host 3.11 (names from the run hook) and sid 3.14/3.15 (names from the OS)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,62 @@ def test_without_thread_name_every_thread_is_a_row_and_short_threads_are_named(s
                                         (tids["other-1"], 100),
                                         (tids["a-long-thread-name-json-1"], 50)])
     assert session_value(out, "thread_name_matched") is None
+
+
+HOSTILE = """
+import sys, threading
+
+def deny(event, args):
+    if event.startswith("scope_ebpf."):
+        raise RuntimeError("no")
+
+sys.addaudithook(deny)
+seen = []
+
+def work():
+    seen.append((threading.current_thread().name, sys.getprofile() is slice))
+
+t = threading.Thread(target=work, name="json-hostile")
+t.start()
+t.join()
+print(seen)
+"""
+
+
+def test_an_audit_hook_that_raises_does_not_reach_the_thread(tmp_path):
+    # the program's audit hook raises on the report: swallowed, the thread runs
+    # under the cheap profile hook; and the probe, which fires before audit
+    # hooks are called, still gave the name
+    out = tmp_path / "out"
+    r = scope("run", "-o", str(out), "--", PY311, "-c", HOSTILE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "[('json-hostile', True)]\n"
+    assert rows(out, "SELECT count(*) FROM threads WHERE python_name = 'json-hostile'") == [(1,)]
+    assert rows(out, "SELECT count(*) FROM calls WHERE function = 'work'") == [(1,)]
+
+
+RUNNING = """
+import sys, threading, time
+t = threading.Thread(target=time.sleep, args=(30,), name="json-running", daemon=True)
+t.start()
+print(t.native_id, flush=True)
+time.sleep(30)
+"""
+
+
+def test_threads_running_before_trace_are_named_from_proc(sid, tmp_path):
+    target = subprocess.Popen(["chroot", str(sid), "python3.14", "-c", RUNNING],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        tid = int(target.stdout.readline())
+        out = tmp_path / "out"
+        r = scope("trace", "--pid", str(target.pid), "-d", "1", "-o", str(out),
+                  "--probes", "gc,sched")
+        assert r.returncode == 0, r.stderr
+    finally:
+        target.kill()
+        target.wait()
+    assert rows(out, f"SELECT pid, os_name, python_name, source FROM threads "
+                     f"WHERE tid = {tid}") == [(target.pid, "json-running", "json-running", "os")]
+    assert rows(out, f"SELECT os_name, python_name FROM threads "
+                     f"WHERE tid = {target.pid}") == [("python3.14", None)]
