@@ -1268,6 +1268,34 @@ TRACEPOINT_PROBE(task, task_newtask)
     return 0;
 }
 
+/* A target thread renamed (prctl PR_SET_NAME, pthread_setname_np; CPython
+ * 3.14+ names each threading.Thread so): caught here, as it happens, so a
+ * short-lived thread's name is known too. The renamer may be another thread
+ * of the process (/proc/self/task/TID/comm), so args->pid is the renamed one. */
+TRACEPOINT_PROBE(task, task_rename)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct proc_event *e;
+
+    if (!targets.lookup(&pid))
+        return 0;
+    stat_add(STAT_PROC);
+    e = proc_rb.ringbuf_reserve(sizeof(*e));
+    if (!e) {
+        stat_add(STAT_PROC_LOST);
+        return 0;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->kind = PROC_RENAME;
+    e->pid = pid;
+    e->tid = args->pid;
+    e->other_pid = args->pid;
+    __builtin_memcpy(e->comm, args->newcomm, sizeof(args->newcomm));
+    e->filename[0] = 0;
+    proc_rb.ringbuf_submit(e, 0);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32, zero = 0;

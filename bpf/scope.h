@@ -32,6 +32,7 @@
 #define PROC_EXIT 3
 #define PROC_THREAD 4
 #define PROC_ATTACH 5        /* an exe-mode probe found a new process and made it a target */
+#define PROC_RENAME 6        /* a target thread's kernel name (comm) changed: comm is the new one */
 
 /* The value of the `targets` map: which probe sets a process is traced with
  * (the daemon gives each selector its own; a run or trace gives all alike). */

@@ -63,6 +63,7 @@ class Analysis:
     offcpu: list[dict] = field(default_factory=list)
     runq: dict[str, Any] = field(default_factory=dict)
     timeline: list[dict] = field(default_factory=list)
+    thread_names: dict[tuple[int, int], str] = field(default_factory=dict)  # (pid, tid)
     findings: list[Finding] = field(default_factory=list)
     recommendations: list[dict] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -85,7 +86,8 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
 def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
     """Every section of the report from the views of ``con``."""
     tables = {t: _count(con, t) for t in ("calls", "functions", "gc", "sched", "imports",
-                                          "processes", "breaker", "sampling", "session")}
+                                          "processes", "threads", "breaker", "sampling",
+                                          "session")}
     a = Analysis(tables=tables, span_ns=_span(con))
     a.session = {k: v for k, v in con.execute(
         "SELECT key, value FROM session WHERE key <> 'warning'").fetchall()}
@@ -137,6 +139,8 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
                    quantile_cont(runq_ns, 0.99) AS p99_ns, max(runq_ns) AS max_ns
             FROM sched""")[0]
     a.timeline = timeline(con, a.span_ns, tables)
+    if tables["threads"]:
+        a.thread_names = thread_names(con)
     a.findings = anomalies(con, a.span_ns, tables)
     a.recommendations = recommendations(con, a)
     return a
@@ -374,6 +378,15 @@ def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
         SELECT * FROM ({' UNION ALL '.join(parts)})
         WHERE kind <> 'call' OR level < 4
         ORDER BY dur DESC LIMIT {TIMELINE_MAX_RECTS}""")
+
+
+def thread_names(con: duckdb.DuckDBPyConnection) -> dict[tuple[int, int], str]:
+    """(pid, tid) -> the thread's last name: its Python name where known, else its
+    OS name (threads table)."""
+    return {(pid, tid): name for pid, tid, name in con.execute("""
+        SELECT pid, tid, arg_max(coalesce(python_name, os_name), ts_ns)
+        FROM threads WHERE coalesce(python_name, os_name) IS NOT NULL
+        GROUP BY pid, tid""").fetchall()}
 
 
 def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,

@@ -560,7 +560,7 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
     """Run SQL with DuckDB over an output directory.
 
     Every table is a view (see `scope-ebpf schema`): calls, functions, gc, sched,
-    imports, audit, processes, sampling, breaker, session. DIRECTORY is a run's
+    imports, audit, processes, threads, sampling, breaker, session. DIRECTORY is a run's
     output or a daemon's root (one host's or many hosts' copied together): its
     views then have the columns host, date and hour, and --host/--date/--hour
     read only the matching partitions. --pid/--since/--until filter every view.

@@ -34,6 +34,7 @@ from .program import Limits, Program, check_environment
 from .redact import Redactor
 from .safefs import AS_CREATED, Ownership
 from .sampling import Sampler
+from .threads import Threads, hook_events, hook_name
 from .writer import OutputDir, OutputError, new_session_id
 
 PLAN_HEADROOM = 0.8
@@ -118,6 +119,7 @@ class Session:
         self._cpu_at_open = 0
         self._last_sample = 0.0
         self._closed = False
+        self._match_rows: list[dict] = []  # session rows: what each --thread-name matched
         self._cleanup: list[str] = []  # files we left in targets' roots
         self.matcher = Matcher(list(options.include), list(options.exclude))
         self.redactor = Redactor(options.redact, defaults=not options.no_redact)
@@ -133,7 +135,7 @@ class Session:
         self._last_lost = 0
         self._cpu_window = (time.monotonic(), _cpu_seconds())
         self._over_cpu = 0
-        self._selected: set[int] = set(options.tids)
+        self.threads = Threads(options.thread_names, self._select_tid, status)
         self.stop_reason: str | None = None  # set when a self-limit ends the session
         self.detach_ns = 0
         self.start_ns = time.time_ns()
@@ -312,6 +314,8 @@ class Session:
         spawn.release(pid, go, err, exe)
         self._started(pid, interp)
         self.meta["command"] = " ".join(self.redactor.argv(argv))
+        if binary.calls_mode == "usdt+hook" and hook and "audit" in self.opts.probes:
+            self.meta["python_thread_names"] = "reported by the hook (audit event)"
         return spawn.Child(pid, argv, exe, interp)
 
     def warn(self, msg: str) -> None:
@@ -358,10 +362,15 @@ class Session:
             self._add("sched", self.decoder.sched(sched))
         if len(imports):
             self._add("imports", self.decoder.imports(imports))
-        if len(audit):
-            self._add("audit", self.decoder.audit(audit))
+        hooked = hook_events(audit) if len(audit) else None
+        if hooked is not None and not hooked.all():
+            self._add("audit", self.decoder.audit(audit[~hooked]))
         if len(proc):
             self._proc_events(self.decoder.proc_events(proc))
+        if hooked is not None and hooked.any():
+            # after the proc events: a thread's creation comes before its hook's report
+            self._hook_names(audit[hooked])
+        self._thread_rows()
         now = time.monotonic()
         if now - self._last_sample >= self.opts.sample_interval:
             self._last_sample = now
@@ -497,6 +506,7 @@ class Session:
         self.decoder.paths.forget(pids)
         if self.sampler is not None:
             self.sampler.forget(ids)
+        self.threads.forget(pids)
         for pid in pids:
             self.targets.pop(pid, None)
             self.exited.discard(pid)
@@ -536,16 +546,22 @@ class Session:
                 self._breaker_row(t)
                 self.warn(f"{why}: breaker opened")
 
-    def _select_threads(self) -> None:
-        """--thread-name: threads are named after they start, so look again each second."""
-        for pid in self.targets:
-            if pid in self.exited:
-                continue
-            for tid, name in procs.thread_names(pid).items():
-                if tid not in self._selected and self.matcher.name_matches(
-                        name, self.opts.thread_names):
-                    self._selected.add(tid)
-                    self.program.select_tid(tid)
+    def _select_tid(self, tid: int) -> None:
+        """--thread-name: a thread's name matched; its calls become rows from now on."""
+        self.program.select_tid(tid)
+
+    def _hook_names(self, r: np.ndarray) -> None:
+        """Python thread names reported by the 3.11 run hook (audit events)."""
+        for rec in r:
+            name = hook_name(bytes(rec["event"]))
+            if name is not None:
+                self.threads.seen(int(rec["ts_ns"]) + self.decoder.offset, int(rec["pid"]),
+                                  int(rec["tid"]), python_name=name)
+
+    def _thread_rows(self) -> None:
+        rows = self.threads.take_rows()
+        if rows:
+            self._add("threads", rows_to_batch("threads", rows))
 
     def _write_open_calls(self, exited: bool = False) -> None:
         """Rows for calls open at stop, or (``exited``) when their thread exited."""
@@ -555,8 +571,6 @@ class Session:
 
     def sample(self) -> None:
         self._write_open_calls(exited=True)
-        if self.opts.thread_names:
-            self._select_threads()
         rows = []
         ts = time.time_ns()
         for pid, info in self.targets.items():
@@ -569,8 +583,13 @@ class Session:
                 continue
             rows.append({"ts_ns": ts, "pid": pid, "event": "sample", "exe": info.exe,
                          "python_version": info.python_version, **s})
+            if s["num_threads"] != self.threads.count(pid):
+                # events keep names current; a count that differs means threads
+                # exited (no event) or events were lost: look at /proc
+                self.threads.scan(pid, ts)
         if rows:
             self._add("processes", rows_to_batch("processes", rows))
+        self._thread_rows()
 
     def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
         self._new_target(pid)
@@ -578,6 +597,8 @@ class Session:
                                               self.opts.net_addresses or None)
         self._add("processes", rows_to_batch("processes", [{
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
+        self.threads.add_process(pid, info.python_version, ts_ns)
+        self._thread_rows()
 
     def _new_target(self, pid: int) -> bool:
         """Count ``pid`` as a new target unless it is one already; True if new."""
@@ -605,10 +626,17 @@ class Session:
                 self.on_exec(row["pid"], row.get("exe") or "")
                 if not traced:  # the whole host's execs: only targets' are rows
                     continue
-            if row["event"] == "fork":
+            if row["event"] == "rename":  # the threads table's, not a process event
+                self.threads.seen(row["ts_ns"], row["pid"], row["tid"], os_name=row["comm"])
+                continue
+            if row["event"] == "thread":
+                self.threads.new_thread(row["ts_ns"], row["pid"], row["tid"], row["comm"])
+            elif row["event"] == "fork":
                 child = row["pid"]
                 if self._new_target(child):
                     self.targets[child] = procs.info(child)
+                    self.threads.add_process(child, self.targets[child].python_version,
+                                             row["ts_ns"])
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])
                 self._reap.add(row["pid"])
@@ -662,6 +690,10 @@ class Session:
                 self._write_open_calls(exited=True)
                 self._write_open_calls()
                 stats = self.last_stats = self.program.stats()
+                self._thread_rows()
+                self._match_rows, warnings = self.threads.summary()
+                for w in warnings:
+                    self.warn(w)
             if self.out is not None and self.program is not None:
                 # (a session that failed before loading traced nothing: it leaves
                 # no trace, and its -o can be used again without --append)
@@ -717,6 +749,7 @@ class Session:
         # instants typed as in every other table (ns since the epoch), not only as text
         rows += [{"key": k, "value": str(v), "value_int": v}
                  for k, v in (("start_ns", self.start_ns), ("end_ns", time.time_ns()))]
+        rows += self._match_rows
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         if self._output_error is not None:
             rows.append({"key": "output_error", "value": str(self._output_error)})
@@ -729,7 +762,8 @@ class Session:
         counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open
         counts["controller_peak_rss_bytes"] = _peak_rss()
         counts["detach_ns"] = self.detach_ns  # removing every probe, at the end
-        for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes"):
+        for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes",
+                      "threads"):
             w = self.out.writers.get(table) if self.out is not None else None
             # after a failed write: the rows in the parts that were finished
             counts[f"rows.{table}"] = w.rows_finished if w and w.failed else self.written[table]

@@ -352,7 +352,7 @@ class Decoder:
         """Process lifecycle rows (few): dicts in the processes schema."""
         kinds = {_C["PROC_FORK"]: "fork", _C["PROC_EXEC"]: "exec",
                  _C["PROC_EXIT"]: "exit", _C["PROC_THREAD"]: "thread",
-                 _C["PROC_ATTACH"]: "start"}
+                 _C["PROC_ATTACH"]: "start", _C["PROC_RENAME"]: "rename"}
         rows = []
         for rec in r:
             kind = kinds.get(int(rec["kind"]), "other")
@@ -360,8 +360,11 @@ class Decoder:
                    "event": kind, "tid": int(rec["tid"])}
             if kind == "fork":  # the row is about the child, its parent is the target
                 row.update(pid=int(rec["other_pid"]), parent_pid=int(rec["pid"]))
-            elif kind == "thread":
+            elif kind in ("thread", "rename"):
+                # a new thread starts with its creator's name; a rename carries the new one
                 row["tid"] = int(rec["other_pid"])
+                # (a rename's name is copied as is: what follows its NUL is not zeroed)
+                row["comm"] = _text(bytes(rec["comm"]).split(b"\0", 1)[0])
             elif kind == "exec":
                 row["exe"] = _text(bytes(rec["filename"]))
             rows.append(row)

@@ -88,7 +88,8 @@ UPROBE_PROGS = ("on_entry", "on_return", "on_eval_entry", "on_eval_return", "on_
                 "on_inline_return", "on_inline_unwind", "on_gc_start", "on_gc_done",
                 "on_import_start", "on_import_done", "on_audit")
 SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
-TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "sched:sched_process_exec",
+TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "task:task_rename",
+               "sched:sched_process_exec",
                "sched:sched_process_exit")
 MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "exited_stacks", "stats",
         "tracer_pid",

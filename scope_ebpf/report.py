@@ -208,13 +208,20 @@ def _timeline(a: Analysis) -> str:
         rects.append(f"<rect x='{x:.2f}' y='{y}' width='{width:.2f}' height='{row - 1}' "
                      f"fill='{color}'><title>{html.escape(kind)} {html.escape(r['label'])} "
                      f"{html.escape(_ns(r['dur']))} at +{r['start'] / 1e6:.1f} ms</title></rect>")
-    labels = "".join(f"<text x='0' y='{i * lane_h + 10}' font-size='11'>pid {p} tid {t}</text>"
+    labels = "".join(f"<text x='0' y='{i * lane_h + 10}' font-size='11'>"
+                     f"{html.escape(thread_label(a, p, t))}</text>"
                      for (p, t), i in lane_of.items())
     height = len(lanes) * lane_h
     legend = " ".join(f"<span style='color:{c}'>&#9632; {html.escape(k)}</span>"
                       for k, c in _KIND_COLORS.items())
     return (f"<div class=legend>{legend}</div><svg class=timeline width='{W}' height='{height}' "
             f"viewBox='0 0 {W} {height}'>{labels}{''.join(rects)}</svg>")
+
+
+def thread_label(a: Analysis, pid: int, tid: int) -> str:
+    """"worker-1 (tid 1234)" where the thread's name is known (threads table)."""
+    name = a.thread_names.get((pid, tid))
+    return f"{name} (tid {tid})" if name else f"pid {pid} tid {tid}"
 
 
 def _findings(findings: list[Finding]) -> str:

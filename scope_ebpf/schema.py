@@ -264,6 +264,23 @@ _TABLE_LIST = (
         ),
     ),
     Table(
+        "threads",
+        "One row when a traced thread is first seen (created, or found running) and "
+        "again whenever its name changes (README: thread names).",
+        (
+            _req("ts_ns", INSTANT, "ns since the Unix epoch (UTC) of the sighting or the change"),
+            _PID,
+            _TID,
+            _opt("os_name", pa.string(), "kernel thread name (comm, at most 15 bytes); "
+                 "CPython 3.14+ sets it from the threading.Thread name"),
+            _opt("python_name", pa.string(), "threading.Thread name where known: from the "
+                 "`run` hook on 3.11 (at most 45 bytes), the OS name of a renamed thread "
+                 "on 3.14+; else NULL"),
+            _req("source", pa.string(), "where python_name comes from: 'python' (the hook) "
+                 "| 'os' (the kernel name, or no python_name)"),
+        ),
+    ),
+    Table(
         "session",
         "Key/value facts about the trace: host, kernel, version, targets, probes, "
         "start_ns/end_ns and every counter (events seen, records written, records lost). "

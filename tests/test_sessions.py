@@ -36,7 +36,7 @@ def two(tmp_path_factory) -> tuple[Path, list[str]]:
     r = _run(out, marker)
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"scope-ebpf: error: output directory {out} already holds a trace (gc/, processes/, "
-        "session/): give a new -o, or --append to add this session to it"], r.stderr
+        "threads/, ...): give a new -o, or --append to add this session to it"], r.stderr
     assert marker.read_text() == "x"  # refused before the program was started
     assert _files(out) == before  # and nothing written
     r = _run(out, marker, "--append")
