@@ -127,7 +127,7 @@ def speedscope(a: Analysis, name: str) -> str:
     for (pid, tid), stacks in a.thread_stacks:
         samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
         weights = [w for _path, w in stacks]
-        profiles.append({"type": "sampled", "name": f"pid {pid} tid {tid}",
+        profiles.append({"type": "sampled", "name": thread_label(a, pid, tid),
                          "unit": "nanoseconds", "startValue": 0, "endValue": sum(weights),
                          "samples": samples, "weights": weights})
     return json.dumps({

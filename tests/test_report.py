@@ -107,8 +107,13 @@ def test_report_command_exports_and_named_queries(trace, tmp_path):
               "-o", str(tmp_path / "s.json"))
     doc = json.loads((tmp_path / "s.json").read_text())
     # one profile per thread, named, frames with their file and line
-    threads = rows(trace, "SELECT DISTINCT pid, tid FROM calls ORDER BY ALL")
-    assert [p["name"] for p in doc["profiles"]] == [f"pid {p} tid {t}" for p, t in threads]
+    threads = rows(trace, """
+        SELECT DISTINCT c.pid, c.tid, t.name FROM calls c LEFT JOIN (
+            SELECT pid, tid, arg_max(coalesce(python_name, os_name), ts_ns) AS name
+            FROM threads GROUP BY ALL) t USING (pid, tid) ORDER BY ALL""")
+    assert [p["name"] for p in doc["profiles"]] == [
+        f"{n} (tid {t})" if n else f"pid {p} tid {t}" for p, t, n in threads]
+    assert doc["profiles"][0]["name"].startswith("MainThread (tid ")  # the 3.11 hook names it
     assert sum(sum(p["weights"]) for p in doc["profiles"]) == total
     hot = [f for f in doc["shared"]["frames"] if f["name"] == "hot"]
     assert len(hot) == 1 and hot[0]["file"].endswith("report_app.py") and hot[0]["line"] == 17
