@@ -389,14 +389,17 @@ static __always_inline struct func_info intern_code(__u32 pid, __u64 code,
     return info;
 }
 
-static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 other)
+/* A process event with the current task's comm and no file name, counted;
+ * the caller may change those and submits it. 0 if the buffer is full. */
+static __always_inline struct proc_event *proc_reserve(__u32 kind, __u32 pid, __u32 tid,
+                                                       __u32 other)
 {
     struct proc_event *e = proc_rb.ringbuf_reserve(sizeof(*e));
 
     stat_add(STAT_PROC);
     if (!e) {
         stat_add(STAT_PROC_LOST);
-        return;
+        return 0;
     }
     e->ts_ns = bpf_ktime_get_ns();
     e->kind = kind;
@@ -405,7 +408,15 @@ static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 o
     e->other_pid = other;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
     e->filename[0] = 0;
-    proc_rb.ringbuf_submit(e, 0);
+    return e;
+}
+
+static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 other)
+{
+    struct proc_event *e = proc_reserve(kind, pid, tid, other);
+
+    if (e)
+        proc_rb.ringbuf_submit(e, 0);
 }
 
 /* The probe sets (PROBE_*) a process is traced with; 0 if it is not a target. */
@@ -1279,19 +1290,10 @@ TRACEPOINT_PROBE(task, task_rename)
 
     if (!targets.lookup(&pid))
         return 0;
-    stat_add(STAT_PROC);
-    e = proc_rb.ringbuf_reserve(sizeof(*e));
-    if (!e) {
-        stat_add(STAT_PROC_LOST);
+    e = proc_reserve(PROC_RENAME, pid, args->pid, args->pid);
+    if (!e)
         return 0;
-    }
-    e->ts_ns = bpf_ktime_get_ns();
-    e->kind = PROC_RENAME;
-    e->pid = pid;
-    e->tid = args->pid;
-    e->other_pid = args->pid;
     __builtin_memcpy(e->comm, args->newcomm, sizeof(args->newcomm));
-    e->filename[0] = 0;
     proc_rb.ringbuf_submit(e, 0);
     return 0;
 }
@@ -1306,18 +1308,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
      * regexes, users, cgroups) whether the new program becomes a target. */
     if (!targets.lookup(&pid) && !(c && c->watch_exec))
         return 0;
-    stat_add(STAT_PROC);
-    e = proc_rb.ringbuf_reserve(sizeof(*e));
-    if (!e) {
-        stat_add(STAT_PROC_LOST);
+    e = proc_reserve(PROC_EXEC, pid, args->pid, args->old_pid);
+    if (!e)
         return 0;
-    }
-    e->ts_ns = bpf_ktime_get_ns();
-    e->kind = PROC_EXEC;
-    e->pid = pid;
-    e->tid = args->pid;
-    e->other_pid = args->old_pid;
-    bpf_get_current_comm(e->comm, sizeof(e->comm));
     bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
                               (void *)args + (args->data_loc_filename & 0xFFFF));
     proc_rb.ringbuf_submit(e, 0);
