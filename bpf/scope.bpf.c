@@ -59,6 +59,7 @@ struct offcpu_state {
     __s64 prev_state;
     __u32 pid;
     __u32 func_id;
+    __u32 gil;
 };
 
 BPF_RINGBUF_OUTPUT(calls_rb, CALLS_RB_PAGES);
@@ -87,6 +88,7 @@ BPF_TABLE("lru_hash", __u64, __u8, paths, MAX_PATHS);
 BPF_RINGBUF_OUTPUT(paths_rb, 64);
 BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
+BPF_HASH(gil_waits, __u32, __u32, MAX_THREADS);       /* tid -> 1 inside the GIL's wait */
 BPF_HASH(imports, __u32, struct import_stack, MAX_THREADS);
 BPF_PERCPU_ARRAY(stats, __u64, STAT_COUNT);
 BPF_PERCPU_ARRAY(call_stage, struct call_batch, 1);   /* calls waiting for their batch */
@@ -546,12 +548,13 @@ static __always_inline struct fstat *fstat_of(__u32 func_id)
 
 /* Exact aggregates: every completed call, whatever happens to its row. */
 static __always_inline void count_call(struct fstat *fs, __u64 duration, __u64 self_ns,
-                                       __u64 self_off_ns)
+                                       __u64 self_off_ns, __u64 self_gil_ns)
 {
     fs->count++;
     fs->total_ns += duration;
     fs->self_ns += self_ns;
     fs->self_offcpu_ns += self_off_ns;
+    fs->self_gil_ns += self_gil_ns;
     if (duration < fs->min_ns)
         fs->min_ns = duration;
     if (duration > fs->max_ns)
@@ -680,6 +683,7 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
         f->child_ns = 0;
         f->off_ns = 0;
         f->self_off_ns = 0;
+        f->self_gil_ns = 0;
     } else if (fn.k != NOT_A_CALL) {
         /* No frame to time it with: counted now, at entry, as lost. */
         struct fstat *fs = fstat_of(fn.id);
@@ -789,10 +793,12 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     if (k == NOT_A_CALL)
         return 0;
     __u64 duration = now - start_ns;
-    __u64 off_ns = f->off_ns, self_off_ns = f->self_off_ns;
+    __u64 off_ns = f->off_ns, self_off_ns = f->self_off_ns, self_gil_ns = f->self_gil_ns;
     __u64 self_ns = duration > f->child_ns ? duration - f->child_ns : 0;
     if (self_off_ns > self_ns)
         self_off_ns = self_ns;  /* clock edges: never more off-CPU than wall */
+    if (self_gil_ns > self_off_ns)
+        self_gil_ns = self_off_ns;
     if (off_ns > duration)
         off_ns = duration;
     if (depth > 0) {
@@ -803,7 +809,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     }
     struct fstat *fs = fstat_of(func_id);
     if (fs)
-        count_call(fs, duration, self_ns, self_off_ns);
+        count_call(fs, duration, self_ns, self_off_ns, self_gil_ns);
     weight = row_weight(k, tid, duration, now, ctl);
     if (!weight) {
         if (fs)
@@ -827,6 +833,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     e->self_ns = self_ns;
     e->offcpu_ns = off_ns;
     e->self_offcpu_ns = self_off_ns;
+    e->self_gil_ns = self_gil_ns;
     return e;
 }
 
@@ -1057,6 +1064,27 @@ int on_inline_unwind(struct pt_regs *ctx)
     return sp ? eval_pop(ARG(ctx, sp, 0), POP_INLINE) : 0;
 }
 
+/* The GIL's condition wait (interpreters/gil.py): entered at the call of
+ * pthread_cond_timedwait in take_gil(), left at the instruction after it.
+ * sched_switch names the off-CPU intervals of a thread in between 'gil'. */
+int on_gil_wait(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tid = id, one = 1;
+
+    if (is_target(id >> 32, spec_of(ctx)) & PROBE_SCHED)
+        gil_waits.update(&tid, &one);
+    return 0;
+}
+
+int on_gil_done(struct pt_regs *ctx)
+{
+    __u32 tid = bpf_get_current_pid_tgid();
+
+    gil_waits.delete(&tid);
+    return 0;
+}
+
 int on_gc_start(struct pt_regs *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
@@ -1206,10 +1234,15 @@ TRACEPOINT_PROBE(sched, sched_switch)
         flush_calls(b);  /* the thread whose calls these are leaves this CPU */
     if (prev && (mask = targets.lookup(&pid))) {
         struct thread_stack *st = stacks.lookup(&prev);
-        if (st && st->pid == pid)
+        /* the GIL probes are attached with the sched set only */
+        __u32 gil = (*mask & PROBE_SCHED) && gil_waits.lookup(&prev);
+        if (st && st->pid == pid) {
             st->off_since = now;  /* its calls' off-CPU time starts */
+            st->off_gil = gil;
+        }
         if (*mask & PROBE_SCHED) {
-            struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid};
+            struct offcpu_state s = {.off_ns = now, .prev_state = args->prev_state, .pid = pid,
+                                     .gil = gil};
             if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
                 s.func_id = st->frames[(st->depth - 1) & (SCOPE_MAX_DEPTH - 1)].func_id;
             offcpu.update(&prev, &s);
@@ -1224,6 +1257,8 @@ TRACEPOINT_PROBE(sched, sched_switch)
                 struct frame *f = &st->frames[(depth - 1) & (SCOPE_MAX_DEPTH - 1)];
                 f->off_ns += now - st->off_since;
                 f->self_off_ns += now - st->off_since;
+                if (st->off_gil)
+                    f->self_gil_ns += now - st->off_since;
             }
             st->off_since = 0;
         }
@@ -1242,6 +1277,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
         e->tid = next;
         e->func_id = o->func_id;
         e->woken = o->wake_ns != 0;
+        e->gil = o->gil;
         sched_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
     } else {
         stat_add(STAT_SCHED_LOST);
@@ -1337,6 +1373,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         stacks.delete(&tid);
     }
     offcpu.delete(&tid);
+    gil_waits.delete(&tid);
     gc_states.delete(&tid);
     imports.delete(&tid);
     if (tid == pid) {

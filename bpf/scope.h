@@ -99,6 +99,7 @@ struct call_event {
     __u64 self_ns;       /* duration minus its traced children's durations */
     __u64 offcpu_ns;     /* off-CPU time inside the call, its children's included */
     __u64 self_offcpu_ns; /* off-CPU time while it was the top frame (<= self_ns) */
+    __u64 self_gil_ns;   /* of self_offcpu_ns, waiting to take the GIL */
 };
 
 /* A frame of a thread's shadow stack (the `stacks` map; the controller reads
@@ -112,6 +113,7 @@ struct frame {
     __u64 child_ns;      /* wall time of its completed child calls */
     __u64 off_ns;        /* off-CPU time inside it so far, its children's included */
     __u64 self_off_ns;   /* off-CPU time while it was the thread's top frame */
+    __u64 self_gil_ns;   /* of which waiting to take the GIL */
     __u32 announced;     /* 1 once `path` was sent: the next call at this depth with the
                           * same path needs no lookup in the paths map */
     __u32 pad;
@@ -121,7 +123,7 @@ struct thread_stack {
     __u32 pid;
     __u32 depth;
     __u32 generation;    /* breaker generation it was built in */
-    __u32 pad;
+    __u32 off_gil;       /* 1 if it left the CPU waiting for the GIL */
     __u64 off_since;     /* when the thread left the CPU; 0 while it runs */
     struct frame frames[SCOPE_MAX_DEPTH];
 };
@@ -182,7 +184,8 @@ struct sched_event {
     __u32 pid;
     __u32 tid;
     __u32 func_id;       /* top of the thread's Python stack when it left */
-    __u32 woken;         /* 1 if a sched_wakeup was seen for the interval */
+    __u16 woken;         /* 1 if a sched_wakeup was seen for the interval */
+    __u16 gil;           /* 1 if it left inside the GIL's wait (interpreters/gil.py) */
 };
 
 struct import_event {
@@ -223,6 +226,7 @@ struct fstat {
     __u64 lost;          /* no row by force: deeper than the shadow stack, ring buffer full */
     __u64 self_ns;       /* summed self time (duration minus traced children's) */
     __u64 self_offcpu_ns; /* of which off the CPU */
+    __u64 self_gil_ns;   /* of which waiting to take the GIL */
     __u64 hist[SCOPE_HIST_BUCKETS];
 };
 

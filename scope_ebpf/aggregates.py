@@ -32,14 +32,16 @@ class Totals:
     hist: np.ndarray  # (n, SCOPE_HIST_BUCKETS)
     self_ns: np.ndarray
     self_offcpu_ns: np.ndarray
+    self_gil_ns: np.ndarray
 
-    _SUMS = ("count", "total", "dropped", "lost", "hist", "self_ns", "self_offcpu_ns")
+    _SUMS = ("count", "total", "dropped", "lost", "hist", "self_ns", "self_offcpu_ns",
+             "self_gil_ns")
 
     @classmethod
     def empty(cls) -> Totals:
         b = events.const("SCOPE_HIST_BUCKETS")
         z = np.zeros(0, np.int64)
-        return cls(np.zeros(0, np.uint32), z, z, z, z, z, z, np.zeros((0, b), np.int64), z, z)
+        return cls(np.zeros(0, np.uint32), z, z, z, z, z, z, np.zeros((0, b), np.int64), z, z, z)
 
     def _in(self, before: Totals) -> tuple[np.ndarray, np.ndarray]:
         """(position in before.ids, found there) of each of self.ids."""
@@ -66,7 +68,7 @@ class Totals:
         keep = ready | seen
         fields = {}
         for name in ("count", "total", "min", "max", "dropped", "lost", "hist", "self_ns",
-                     "self_offcpu_ns"):
+                     "self_offcpu_ns", "self_gil_ns"):
             a = getattr(self, name).copy()
             if seen.any():
                 a[seen] = getattr(before, name)[pos[seen]]
@@ -85,6 +87,7 @@ class Delta:
     hist: np.ndarray
     self_ns: np.ndarray
     self_offcpu_ns: np.ndarray
+    self_gil_ns: np.ndarray
 
 
 _NO_MIN = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # min_ns of an entry with no completed call
@@ -110,6 +113,7 @@ def read(program) -> Totals:
         hist=a["hist"].sum(axis=1).astype(np.int64)[order],
         self_ns=a["self_ns"].sum(axis=1).astype(np.int64)[order],
         self_offcpu_ns=a["self_offcpu_ns"].sum(axis=1).astype(np.int64)[order],
+        self_gil_ns=a["self_gil_ns"].sum(axis=1).astype(np.int64)[order],
     )
 
 
@@ -147,4 +151,5 @@ def functions_batch(now: Totals, delta: Delta, functions: Functions, ts_ns: int,
         pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * b, b, dtype=np.int32)), flat),
         pa.array(delta.self_ns[sel]),
         pa.array(delta.self_offcpu_ns[sel]),
+        pa.array(delta.self_gil_ns[sel]),
     ], names=_schema("functions").names)

@@ -61,6 +61,7 @@ class Analysis:
     gc_longest: list[dict] = field(default_factory=list)
     gc_triggers: list[dict] = field(default_factory=list)
     offcpu: list[dict] = field(default_factory=list)
+    gil: list[dict] = field(default_factory=list)  # GIL waits per thread
     runq: dict[str, Any] = field(default_factory=dict)
     timeline: list[dict] = field(default_factory=list)
     thread_names: dict[tuple[int, int], str] = field(default_factory=dict)  # (pid, tid)
@@ -133,6 +134,10 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
                    count(*) AS intervals, sum(duration_ns) AS total_ns,
                    max(duration_ns) AS max_ns
             FROM sched GROUP BY ALL ORDER BY total_ns DESC LIMIT {TOP_N}""")
+        a.gil = _rows(con, f"""
+            SELECT pid, tid, count(*) AS intervals, sum(duration_ns) AS total_ns,
+                   max(duration_ns) AS max_ns
+            FROM sched WHERE state = 'gil' GROUP BY ALL ORDER BY total_ns DESC LIMIT {TOP_N}""")
         a.runq = _rows(con, """
             SELECT count(*) AS intervals,
                    quantile_cont(runq_ns, 0.5) AS p50_ns, quantile_cont(runq_ns, 0.9) AS p90_ns,
@@ -233,6 +238,7 @@ def self_time(con: duckdb.DuckDBPyConnection, by: str = "self_cpu_ns") -> list[d
                sum(self_ns * weight) AS self_ns,
                sum((self_ns - self_offcpu_ns) * weight) AS self_cpu_ns,
                sum(self_offcpu_ns * weight) AS self_offcpu_ns,
+               sum(coalesce(self_gil_ns, 0) * weight) AS self_gil_ns,
                sum(duration_ns * weight) AS total_ns
         FROM calls WHERE self_ns IS NOT NULL
         GROUP BY ALL) WHERE {by} > 0 ORDER BY {by} DESC LIMIT {TOP_N}""")
@@ -504,7 +510,8 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
             # the calls' own figures, off-CPU <= self <= wall by construction; sched's
             # intervals also cover calls that never completed (or had no row)
             w = waits.get((r["function"], r["file"]))
-            off, total = ((w["self_offcpu_ns"], w["total_ns"]) if w else
+            off, total = ((min(r["total_ns"], w["self_offcpu_ns"] - w["self_gil_ns"]),
+                           w["total_ns"]) if w else
                           (r["total_ns"], _function_total(con, r["function"], r["file"])))
             if total and total >= off >= 0.5 * total:
                 out.append({
@@ -513,6 +520,16 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
                                 "was spent off-CPU waiting for I/O: batch, cache, or make it "
                                 "concurrent",
                 })
+    gil_ns = sum(r["total_ns"] for r in a.gil)
+    if a.span_ns and gil_ns >= max(100_000_000, 0.1 * (a.span_ns[1] - a.span_ns[0])):
+        spinners = [w for w in a.waiting if w["self_gil_ns"] > 0.5 * w["self_offcpu_ns"]]
+        where = f", most in {spinners[0]['function']}" if spinners else ""
+        out.append({
+            "title": "Threads wait for the GIL: run CPU-bound work in processes (or native "
+                     "code that releases the GIL)",
+            "evidence": f"{len(a.gil)} threads waited {ns_text(gil_ns)} to take the GIL{where}; "
+                        "Python code in threads runs one at a time",
+        })
     for r in a.offcpu:
         if r["state"] == "sleeping" and r["function"] != "(no Python frame)" \
                 and r["total_ns"] >= 100_000_000:

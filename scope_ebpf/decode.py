@@ -286,6 +286,7 @@ class Decoder:
             pa.array(r["self_ns"].astype(np.int64), mask=is_open),
             pa.array(r["offcpu_ns"].astype(np.int64), mask=is_open),
             pa.array(r["self_offcpu_ns"].astype(np.int64), mask=is_open),
+            pa.array(r["self_gil_ns"].astype(np.int64), mask=is_open),
         ], names=_schema("calls").names)
 
     def open_calls(self, frames: list[tuple[int, int, int, int, int, int]]) -> pa.RecordBatch:
@@ -313,10 +314,10 @@ class Decoder:
     def sched(self, r: np.ndarray) -> pa.RecordBatch:
         function, file, line = self.functions.columns(r["func_id"])
         st = r["prev_state"]
-        state = np.select(
-            [(st == 0) | (st >= 0x100), (st & 2) != 0, (st & 1) != 0],
-            ["preempted", "io", "sleeping"], "other")
-        preempted = state == "preempted"
+        preempted = (st == 0) | (st >= 0x100)
+        state = np.select(  # a wait for the GIL is one, however the thread slept in it
+            [r["gil"] != 0, preempted, (st & 2) != 0, (st & 1) != 0],
+            ["gil", "preempted", "io", "sleeping"], "other")
         runq_known = preempted | (r["woken"] != 0)
         return pa.RecordBatch.from_arrays([
             self._ts(r["start_ns"]),

@@ -86,7 +86,7 @@ def _mount_tracefs() -> None:
 # Programs loaded for the controller to attach: uprobes, then tracepoints.
 UPROBE_PROGS = ("on_entry", "on_return", "on_eval_entry", "on_eval_return", "on_inline_push",
                 "on_inline_return", "on_inline_unwind", "on_gc_start", "on_gc_done",
-                "on_import_start", "on_import_done", "on_audit")
+                "on_import_start", "on_import_done", "on_audit", "on_gil_wait", "on_gil_done")
 SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
 TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "task:task_rename",
                "sched:sched_process_exec",

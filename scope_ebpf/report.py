@@ -29,11 +29,12 @@ def _top_rows(a: Analysis) -> tuple[list[str], list[list]]:
 
 
 def _self_rows(a: Analysis, rows: list[dict] | None = None) -> tuple[list[str], list[list]]:
-    names = ["function", "where", "pid", "calls", "self on-CPU", "self off-CPU", "self wall",
-             "total"]
+    names = ["function", "where", "pid", "calls", "self on-CPU", "self off-CPU",
+             "of which GIL", "self wall", "total"]
     return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}",
-                    _ns(r["self_cpu_ns"]), _ns(r["self_offcpu_ns"]), _ns(r["self_ns"]),
-                    _ns(r["total_ns"])] for r in (a.self_top if rows is None else rows)]
+                    _ns(r["self_cpu_ns"]), _ns(r["self_offcpu_ns"]), _ns(r["self_gil_ns"]),
+                    _ns(r["self_ns"]), _ns(r["total_ns"])]
+                   for r in (a.self_top if rows is None else rows)]
 
 
 def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
@@ -52,6 +53,12 @@ def _trigger_rows(a: Analysis) -> tuple[list[str], list[list]]:
     names = ["running when GC started", "collections", "total pause", "max generation"]
     return names, [[r["function"], r["collections"], _ns(r["total_ns"]), r["max_generation"]]
                    for r in a.gc_triggers]
+
+
+def _gil_rows(a: Analysis) -> tuple[list[str], list[list]]:
+    names = ["thread", "waits", "waiting for the GIL", "longest"]
+    return names, [[thread_label(a, r["pid"], r["tid"]), f"{r['intervals']:,}",
+                    _ns(r["total_ns"]), _ns(r["max_ns"])] for r in a.gil]
 
 
 def _offcpu_rows(a: Analysis) -> tuple[list[str], list[list]]:
@@ -93,6 +100,8 @@ def text(a: Analysis) -> str:
     if a.waiting:
         section("waiting code: top functions by off-CPU self time (sleep, I/O, locks, "
                 "the GIL, preemption)", _self_rows(a, a.waiting))
+    if a.gil:
+        section("GIL waits per thread", _gil_rows(a))
     if a.gc_by_gen:
         section("garbage collection", _gc_rows(a))
         section("longest GC pauses", _longest_rows(a))
@@ -290,6 +299,8 @@ def page(a: Analysis, title: str) -> str:
 {_table(_trigger_rows(a))}
 <h2 id=offcpu>Off-CPU time</h2>
 {_table(_offcpu_rows(a))}
+<h3 id=gil>GIL waits per thread</h3>
+{_table(_gil_rows(a)) if a.gil else "<p class=none>no thread waited for the GIL</p>"}
 {runq}
 <h2 id=timeline>Timeline</h2>
 {_timeline(a)}

@@ -94,6 +94,8 @@ _TABLE_LIST = (
                  "preempted, waiting for the GIL), its children's included; NULL if open"),
             _opt("self_offcpu_ns", pa.int64(), "ns off the CPU while this call was on top: "
                  "self_ns - self_offcpu_ns is its on-CPU self time; NULL if open"),
+            _opt("self_gil_ns", pa.int64(), "of self_offcpu_ns, ns spent waiting to take the "
+                 "GIL (sched probe set; sched rows with state 'gil'); NULL if open"),
         ),
     ),
     Table(
@@ -136,7 +138,8 @@ _TABLE_LIST = (
             _END,
             _PID,
             _TID,
-            _req("state", pa.string(), "why it left: 'sleeping' | 'io' | 'preempted' | 'other'"),
+            _req("state", pa.string(), "why it left: 'gil' (waiting to take the GIL) | "
+                 "'sleeping' | 'io' | 'preempted' | 'other'"),
             _req("prev_state", pa.int64(), "raw kernel task state at the switch"),
             _opt("runq_ns", pa.int64(), "run-queue latency, ns from wakeup to back on a CPU"),
             _opt("function", pa.string(), "Python function on top of the stack when it left"),
@@ -171,6 +174,8 @@ _TABLE_LIST = (
             _req("self_ns", pa.int64(), "the completed calls' summed self time (calls.self_ns), "
                  "exact whatever rows were kept"),
             _req("self_offcpu_ns", pa.int64(), "of which off the CPU (calls.self_offcpu_ns)"),
+            _req("self_gil_ns", pa.int64(), "of which waiting to take the GIL "
+                 "(calls.self_gil_ns)"),
         ),
     ),
     Table(

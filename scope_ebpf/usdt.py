@@ -299,7 +299,35 @@ class Image:
         return out
 
 
+    def import_slot(self, name: str) -> int:
+        """Virtual address of the GOT slot through which the file calls the
+        imported function ``name`` (its JUMP_SLOT or GLOB_DAT relocation)."""
+        _v, soff, _size = self.section(".dynsym")
+        _v, stroff, strsize = self.section(".dynstr")
+        strtab = self.data[stroff:stroff + strsize]
+        want = name.encode() + b"\0"
+        for rela in (".rela.plt", ".rela.dyn"):
+            found = self._layout.named(rela.encode())
+            if not found:
+                continue
+            off, size = found[0][4], found[0][5]
+            if off + size > len(self.data):
+                raise ProbeError(f"{self.path}: {rela} is past the end of the file")
+            for i in range(size // _RELA.size):
+                r_offset, r_info, _addend = _RELA.unpack_from(self.data, off + i * _RELA.size)
+                if r_info & 0xFFFFFFFF not in (_R_X86_64_GLOB_DAT, _R_X86_64_JUMP_SLOT):
+                    continue
+                sym = soff + (r_info >> 32) * _SYM.size
+                if sym + _SYM.size > len(self.data):
+                    raise ProbeError(f"{self.path}: {rela} names a symbol past .dynsym")
+                if strtab.startswith(want, _SYM.unpack_from(self.data, sym)[0]):
+                    return r_offset
+        raise ProbeError(f"{self.path} does not import {name}")
+
+
 _STT_FUNC = 2
+_RELA = struct.Struct("<QQq")
+_R_X86_64_GLOB_DAT, _R_X86_64_JUMP_SLOT = 6, 7
 
 
 def read_at(path: str, offset: int, size: int) -> bytes:

@@ -53,7 +53,8 @@ def test_views_round_trip_types(trace: Path) -> None:
     assert rel.columns[-3:] == ["session_id", "start", "end"]
     assert [str(t) for t in rel.types] == [
         "BIGINT", "BIGINT", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
-        "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR",
+        "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
+        "VARCHAR",
         "TIMESTAMPTZ_NS", "TIMESTAMPTZ_NS",
     ]
     assert con.sql("SELECT start_ns, end_ns, epoch_ns(start), epoch_ns(\"end\"), return_line "

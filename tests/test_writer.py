@@ -97,7 +97,8 @@ def test_round_trip_exact_values_and_types(tmp_path: Path) -> None:
     )
     assert [str(t) for t in rel.types] == [
         "BIGINT", "BIGINT", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "VARCHAR", "VARCHAR",
-        "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "VARCHAR",
+        "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT",
+        "VARCHAR",
     ]
     rows = con.sql(
         f"SELECT start_ns, duration_ns, end_ns, pid, tid, depth, function, file, line, "

@@ -20,7 +20,7 @@ import numpy as np
 from .. import capabilities, events, procs, usdt
 from ..attach import AttachError, UprobeLink, UprobeMultiLink, close_all
 from ..errors import ScopeError
-from ..interpreters import disasm
+from ..interpreters import disasm, gil
 from ..interpreters import offsets as pyoffsets
 from ..program import Program
 
@@ -161,6 +161,8 @@ class ProbeLinks:
                         calls.append(spec)
                     else:
                         other.append(spec)
+            if "sched" in self.probes:
+                other += self._gil_specs(path, any_pid)
             if calls_mode == "eval":
                 calls += self._eval_specs(path, any_pid)
             elif frame_regs and entry["frame_owner"] and "calls" in self.probes:
@@ -211,6 +213,18 @@ class ProbeLinks:
         self._next_cookie += 1
         self.program.set_spec(cookie, spec)
         return cookie
+
+    def _gil_specs(self, path: str, any_pid: bool) -> list[_Link]:
+        """Uprobes around the GIL's condition wait, so that sched names the time
+        a thread waits to take the GIL; without them that time is 'sleeping'."""
+        try:
+            site = gil.wait_site(path)
+        except usdt.ProbeError as e:
+            self.warn(f"GIL waits will show as sleeping: {e}")
+            return []
+        spec = self._cookie(_spec((), any_pid))
+        return [_Link("on_gil_wait", path, site.call, 0, spec),
+                _Link("on_gil_done", path, site.after, 0, spec)]
 
     def _eval_specs(self, path: str, any_pid: bool, throw_only: bool = False) -> list[_Link]:
         """Plain uprobes on _PyEval_EvalFrameDefault(tstate, frame, throwflag): at its
