@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,25 +16,26 @@ from .analysis import ns_text as _ns
 from .query import format_table
 from .textsafe import safe
 
-
-def _loc(r: dict) -> str:
-    file = (r.get("file") or "?").rsplit("/", 1)[-1]
-    return f"{file}:{r.get('line') if r.get('line') is not None else '?'}"
+TOTAL_RULE = ("total: a function's wall time, call to return, summed over its calls; a call "
+              "made inside another call of the same function (recursion) is not counted "
+              "again, so a recursive function's total is its outermost calls'")
 
 
 def _top_rows(a: Analysis) -> tuple[list[str], list[list]]:
     names = ["function", "where", "pid", "calls", "total", "mean", "p50", "p90", "p99", "max"]
-    return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}", _ns(r["total_ns"]),
-                    _ns(r["mean_ns"]), _ns(r["p50_ns"]), _ns(r["p90_ns"]), _ns(r["p99_ns"]),
-                    _ns(r["max_ns"])] for r in a.top]
+    return names, [[r["function"], a.where(r.get("file"), r.get("line")), r["pid"],
+                    f"{int(r['calls']):,}", _ns(r["total_ns"]), _ns(r["mean_ns"]),
+                    _ns(r["p50_ns"]), _ns(r["p90_ns"]), _ns(r["p99_ns"]), _ns(r["max_ns"])]
+                   for r in a.top]
 
 
 def _self_rows(a: Analysis, rows: list[dict] | None = None) -> tuple[list[str], list[list]]:
     names = ["function", "where", "pid", "calls", "self on-CPU", "self off-CPU", "self wall",
              "total"]
-    return names, [[r["function"], _loc(r), r["pid"], f"{int(r['calls']):,}",
-                    _ns(r["self_cpu_ns"]), _ns(r["self_offcpu_ns"]), _ns(r["self_ns"]),
-                    _ns(r["total_ns"])] for r in (a.self_top if rows is None else rows)]
+    return names, [[r["function"], a.where(r.get("file"), r.get("line")), r["pid"],
+                    f"{int(r['calls']):,}", _ns(r["self_cpu_ns"]), _ns(r["self_offcpu_ns"]),
+                    _ns(r["self_ns"]), _ns(r["total_ns"])]
+                   for r in (a.self_top if rows is None else rows)]
 
 
 def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
@@ -45,19 +47,23 @@ def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
 def _longest_rows(a: Analysis) -> tuple[list[str], list[list]]:
     names = ["start", "pid", "tid", "gen", "pause", "collected", "running"]
     return names, [[str(r["start"]), r["pid"], r["tid"], r["generation"], _ns(r["duration_ns"]),
-                    r["collected"], r["running"] or ""] for r in a.gc_longest]
+                    r["collected"],
+                    a.label(r["running"], r.get("running_file"), r.get("running_line"))
+                    if r.get("running") else ""] for r in a.gc_longest]
 
 
 def _trigger_rows(a: Analysis) -> tuple[list[str], list[list]]:
     names = ["running when GC started", "collections", "total pause", "max generation"]
-    return names, [[r["function"], r["collections"], _ns(r["total_ns"]), r["max_generation"]]
+    return names, [[a.label(r["function"], r["file"], r["line"]) if r.get("file") else
+                    r["function"], r["collections"], _ns(r["total_ns"]), r["max_generation"]]
                    for r in a.gc_triggers]
 
 
 def _offcpu_rows(a: Analysis) -> tuple[list[str], list[list]]:
     names = ["function", "where", "state", "intervals", "off-CPU", "longest"]
-    return names, [[r["function"], _loc(r) if r.get("file") else "", r["state"], r["intervals"],
-                    _ns(r["total_ns"]), _ns(r["max_ns"])] for r in a.offcpu]
+    return names, [[r["function"], a.where(r["file"], r.get("line")) if r.get("file") else "",
+                    r["state"], r["intervals"], _ns(r["total_ns"]), _ns(r["max_ns"])]
+                   for r in a.offcpu]
 
 
 def text(a: Analysis) -> str:
@@ -80,6 +86,12 @@ def text(a: Analysis) -> str:
     elif a.span_ns:
         span = (a.span_ns[1] - a.span_ns[0])
         out.append(f"trace: {_ns(span)} | {counts}\n")
+    if a.top:
+        out.append(textwrap.fill(TOTAL_RULE + ".", 100))
+    if a.path_prefix:
+        out.append(safe(f"files: relative to {a.path_prefix}"))
+    if a.top or a.path_prefix:
+        out.append("")
     for m in a.lost:
         out.append(safe(f"warning: {m}"))
     for m in a.missing:
@@ -234,15 +246,12 @@ def _findings(findings: list[Finding]) -> str:
     return f"<ul class=findings>{items}</ul>"
 
 
-
 _ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def _asset(name: str) -> str:
     """Inlined into the page: it must open with no network access."""
     return (_ASSETS / name).read_text()
-
-
 
 
 def page(a: Analysis, title: str) -> str:
@@ -263,22 +272,25 @@ def page(a: Analysis, title: str) -> str:
     flame = ("<p><button id=flame-reset>reset zoom</button> <span id=flame-zoom></span>"
              "click a frame to zoom; width is self+children time (weighted by row weight)</p>"
              "<div id=flame></div>") if a.folded else "<p class=none>no call rows</p>"
+    prefix = (f" File paths are relative to <code>{html.escape(a.path_prefix)}</code>."
+              if a.path_prefix else "")
     return f"""<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>{_asset('report.css')}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Trace span {html.escape(span)} — {html.escape(counts)}. scope-ebpf {__version__}.</p>
 {missing}
+<p class=note id=total-rule>Every view gives a function the same total: {TOTAL_RULE}.{prefix}</p>
 <h2 id=recommendations>Recommendations</h2>
 {f"<ul>{recs}</ul>" if recs else "<p class=none>none</p>"}
 <h2 id=anomalies>Anomalies</h2>
 {_findings(a.findings)}
 <h2 id=top>Top functions by total time</h2>
-{_table(_top_rows(a))}
+{_table(_top_rows(a), "top")}
 <h2 id=self>Hot code: top functions by on-CPU self time</h2>
-{_table(_self_rows(a))}
+{_table(_self_rows(a), "self")}
 <h2 id=waiting>Waiting code: top functions by off-CPU self time</h2>
-{_table(_self_rows(a, a.waiting))}
+{_table(_self_rows(a, a.waiting), "waiting")}
 <h2 id=flamegraph>Flame graph</h2>
 {flame}
 <h2 id=gc>Garbage collection</h2>

@@ -1,5 +1,6 @@
 """`scope-ebpf report` on traces of programs with known behaviour: the numbers
-it gives equal direct DuckDB queries, the page renders in headless Chromium."""
+it gives equal direct DuckDB queries, every view gives a function the same
+total, the page renders in headless Chromium."""
 
 from __future__ import annotations
 
@@ -8,20 +9,27 @@ import os
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import PY311, program, rows, scope
 
-from scope_ebpf import analysis
+from scope_ebpf import analysis, report
+from scope_ebpf.analysis import ns_text
 from scope_ebpf.query import connect
+from scope_ebpf.writer import OutputDir
 
 pytestmark = pytest.mark.kernel
+APP = program("report_app.py")
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
+HOT = f"hot ({APP}:20)"  # frames of the folded export: function (full path:line)
+T0 = 1_700_000_000_000_000_000  # synthetic traces' first instant
 
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory) -> Path:
+    """report_app.py, unsampled (--max-rate 0: fib's burst would be sampled)."""
     out = tmp_path_factory.mktemp("report") / "out"
-    r = scope("run", "-o", str(out), "--", PY311, program("report_app.py"))
+    r = scope("run", "--max-rate", "0", "-o", str(out), "--", PY311, APP)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -59,7 +67,7 @@ def test_hot_function_and_self_time_match_direct_queries(trace, result):
     assert hot_self == hot["total_ns"] - spin_under_hot
     # the (on-CPU) flame graph holds hot's time on the CPU under hot, exactly: the
     # kernel's self times and off-CPU times add up along every path
-    under_hot = sum(w for stack, w in result.folded if "hot (report_app.py:17)" in stack)
+    under_hot = sum(w for stack, w in result.folded if HOT in stack)
     assert under_hot == rows(trace, "SELECT sum(duration_ns - offcpu_ns) FROM calls "
                                     "WHERE function = 'hot'")[0][0]
 
@@ -74,8 +82,9 @@ def test_sleep_gc_and_the_slow_window_are_named(trace, result):
     assert gens[2]["collections"] == rows(trace, "SELECT count(*) FROM gc "
                                                  "WHERE generation = 2")[0][0]
     # the three explicit full collections run inside churn (gc.collect is C code)
-    churn = by_function(result.gc_triggers, "churn (report_app.py:25)")
+    churn = by_function(result.gc_triggers, "churn")
     assert churn["collections"] == 3 and churn["max_generation"] == 2
+    assert (churn["file"], churn["line"]) == (APP, 28)
     latency = [f for f in result.findings if f.kind == "latency"]
     assert [f.subject for f in latency] == ["steady"], [f.text for f in result.findings]
     ratio = float(re.search(r"was (\d+)x slower", latency[0].text).group(1))
@@ -116,7 +125,7 @@ def test_report_command_exports_and_named_queries(trace, tmp_path):
     assert doc["profiles"][0]["name"].startswith("MainThread (tid ")  # the 3.11 hook names it
     assert sum(sum(p["weights"]) for p in doc["profiles"]) == total
     hot = [f for f in doc["shared"]["frames"] if f["name"] == "hot"]
-    assert len(hot) == 1 and hot[0]["file"].endswith("report_app.py") and hot[0]["line"] == 17
+    assert hot == [{"name": "hot", "file": APP, "line": 20}]
 
     r = scope("query", str(trace), "--top", "--format", "csv")
     assert r.returncode == 0, r.stderr
@@ -132,6 +141,89 @@ def test_report_command_exports_and_named_queries(trace, tmp_path):
     assert r.stdout.split() == ["count_star()", "0"]
     r = scope("query", str(trace), "--since", "yesterday", "--top")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+
+
+# fib's outermost calls: no fib above them on their kernel-recorded path
+OUTER_FIB = """
+    SELECT count(*), sum(c.duration_ns) FROM calls c JOIN stacks s USING (pid, stack_id)
+    WHERE c.function = 'fib' AND NOT list_contains(s.path[:-2], 'fib')"""
+
+
+def test_a_recursive_function_has_one_total_in_every_view(trace, result):
+    """fib(17) and fib(18) recurse: fib's total is its two outermost calls'
+    durations, not the sum over its 13,528 nested activations, and the tables
+    and the text summary show that figure."""
+    (outer_calls, outer), = rows(trace, OUTER_FIB)
+    (calls, every), = rows(trace, "SELECT count(*), sum(duration_ns) FROM calls "
+                                  "WHERE function = 'fib'")
+    assert outer_calls == 2 and calls == 5167 + 8361 and every > 3 * outer
+    fib = by_function(result.top, "fib")
+    assert fib["total_ns"] == outer and fib["calls"] == calls
+    assert by_function(result.self_top, "fib")["total_ns"] == outer
+    (key, total), = [(k, t) for k, t in result.totals.items() if k[1] == "fib"]
+    assert total["total_ns"] == outer and key[2:] == (APP, 39)
+    # a function that does not recurse: its total is the sum of its calls
+    assert by_function(result.top, "hot")["total_ns"] == rows(
+        trace, "SELECT sum(duration_ns) FROM calls WHERE function = 'hot'")[0][0]
+
+    shown = ns_text(outer)
+    text = report.text(result)
+    assert report.TOTAL_RULE in " ".join(text.split())
+    top = text.split("== top functions", 1)[1].split("\n\n", 1)[0]
+    fib_line, = [ln for ln in top.splitlines() if ln.startswith("fib ")]
+    assert fib_line.split()[1:6] == [f"{APP}:39", str(key[0]), f"{calls:,}", *shown.split()]
+    page = report.page(result, "t")
+    top_table = page.split("<table class='top'>", 1)[1].split("</table>", 1)[0]
+    fib_row, = [r for r in top_table.split("<tr>") if r.startswith("<td>fib</td>")]
+    assert f"<td>{shown}</td>" in fib_row and report.TOTAL_RULE in page
+
+
+def test_nested_calls_are_told_by_function_file_and_line(tmp_path):
+    """Written by the real writer (no kernel): a -> b -> a is recursion (a's
+    total is its outer call's), x.py's __init__ -> y.py's __init__ is not (two
+    functions), x.py's __init__ under itself is. A function with no rows (all
+    filtered) keeps the exact total of `functions`."""
+    out = OutputDir(tmp_path / "trace")
+    m, x, y = "/app/m.py", "/app/x.py", "/app/y.py"
+    calls = [("a", m, 1, 0, 1000), ("b", m, 5, 100, 900), ("a", m, 1, 200, 600),
+             ("__init__", x, 3, 300, 500), ("__init__", y, 9, 350, 450),
+             ("__init__", x, 3, 360, 400)]
+    out.writer("calls").write(pa.table({
+        "start_ns": pa.array([T0 + c[3] for c in calls], pa.int64()),
+        "duration_ns": pa.array([c[4] - c[3] for c in calls], pa.int64()),
+        "end_ns": pa.array([T0 + c[4] for c in calls], pa.int64()),
+        "pid": [7] * 6, "tid": [7] * 6, "depth": list(range(6)),
+        "function": [c[0] for c in calls], "file": [c[1] for c in calls],
+        "line": [c[2] for c in calls], "weight": [1] * 6, "stack_id": list(range(1, 7)),
+        "self_ns": [200, 400, 200, 100, 60, 40], "offcpu_ns": [0] * 6,
+        "self_offcpu_ns": [0] * 6}))
+    out.writer("stacks").write(pa.table({
+        "pid": [7] * 6, "stack_id": list(range(1, 7)), "parent_stack_id": [None, 1, 2, 3, 4, 5],
+        "depth": list(range(6)), "function": [c[0] for c in calls],
+        "file": [c[1] for c in calls], "line": [c[2] for c in calls],
+        "path": [[c[0] for c in calls[:i + 1]] for i in range(6)]}))
+    fns = [("a", m, 1, 2, 1400), ("b", m, 5, 1, 800), ("__init__", x, 3, 2, 240),
+           ("__init__", y, 9, 1, 100), ("leaf", m, 20, 5, 50)]
+    out.writer("functions").write(pa.table({
+        "ts_ns": pa.array([T0 + 2000] * 5, pa.int64()), "pid": [7] * 5,
+        "function": [f[0] for f in fns], "file": [f[1] for f in fns],
+        "line": [f[2] for f in fns], "calls": pa.array([f[3] for f in fns], pa.int64()),
+        "total_ns": pa.array([f[4] for f in fns], pa.int64()),
+        "dropped": pa.array([0, 0, 0, 0, 5], pa.int64()), "lost": pa.array([0] * 5, pa.int64()),
+        "hist": [[0]] * 5, "self_ns": pa.array([0] * 5, pa.int64()),
+        "self_offcpu_ns": pa.array([0] * 5, pa.int64())}))
+    out.close()
+    con = connect(tmp_path / "trace")
+    try:
+        a = analysis.analyze(con)
+    finally:
+        con.close()
+    assert {(k[1], k[2]): (t["calls"], t["total_ns"]) for k, t in a.totals.items()} == {
+        ("a", m): (2, 1000), ("b", m): (1, 800), ("__init__", x): (2, 200),
+        ("__init__", y): (1, 100), ("leaf", m): (5, 50)}
+    assert [(r["function"], r["total_ns"]) for r in a.top] == [
+        ("a", 1000), ("b", 800), ("__init__", 200), ("__init__", 100), ("leaf", 50)]
+    assert a.path_prefix == "/app" and a.where(m, 1) == "m.py:1"
 
 
 def test_partial_traces_say_what_is_missing(tmp_path):
@@ -165,11 +257,11 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, tmp_path):
         driver.get(page.as_uri())
         svg = driver.find_element(By.CSS_SELECTOR, "#flame svg")
         assert svg.get_attribute("data-zoom") == "all"
-        target = driver.find_element(By.CSS_SELECTOR, "#flame rect[data-name^='hot (']")
+        target = driver.find_element(By.CSS_SELECTOR, f"#flame rect[data-name='{HOT}']")
         target.click()
         svg = driver.find_element(By.CSS_SELECTOR, "#flame svg")
-        assert svg.get_attribute("data-zoom") == "hot (report_app.py:17)"
-        zoomed = driver.find_element(By.CSS_SELECTOR, "#flame rect[data-name^='hot (']")
+        assert svg.get_attribute("data-zoom") == HOT
+        zoomed = driver.find_element(By.CSS_SELECTOR, f"#flame rect[data-name='{HOT}']")
         assert float(zoomed.get_attribute("width")) == pytest.approx(1000)
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "report.png"))
