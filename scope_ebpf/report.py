@@ -254,9 +254,47 @@ def _asset(name: str) -> str:
     return (_ASSETS / name).read_text()
 
 
+class _Frames:
+    """The page's frames, shared by the flame graph and the time-ordered view:
+    [function, file, line, label] each, by index."""
+
+    def __init__(self, a: Analysis) -> None:
+        self.a = a
+        self.index: dict[tuple, int] = {}
+        self.rows: list[list] = []
+
+    def __call__(self, fn: str | None, file: str | None, line: int | None) -> int:
+        key = (fn or "?", file, line)
+        if key not in self.index:
+            self.index[key] = len(self.rows)
+            label = key[0] if file is None and line is None else self.a.label(*key)
+            self.rows.append([key[0], file, line, label])
+        return self.index[key]
+
+
+def page_data(a: Analysis) -> dict:
+    """What the page's scripts draw: frames, the flame graph per thread with
+    each function's total (the tables' figure, as text too)."""
+    frame = _Frames(a)
+    threads = [[pid, tid, thread_label(a, pid, tid),
+                [[[frame(*f) for f in path], w] for path, w in stacks]]
+               for (pid, tid), stacks in a.thread_stacks]
+    totals = {}
+    for (pid, fn, file, line), t in a.totals.items():
+        i = frame.index.get((fn, file, line))
+        if i is not None:
+            totals[f"{pid}:{i}"] = [t["calls"], t["total_ns"], _ns(t["total_ns"]),
+                                    t["total_cpu_ns"], _ns(t["total_cpu_ns"])]
+    return {
+        "frames": frame.rows,
+        "flame": {"threads": threads, "totals": totals,
+                  "multi": len({t[0] for t in threads}) > 1},
+    }
+
+
 def page(a: Analysis, title: str) -> str:
     """The self-contained HTML report."""
-    flame_json = json.dumps(a.folded).replace("</", "<\\/")
+    data = json.dumps(page_data(a)).replace("</", "<\\/")
     missing = "".join(f"<p class=missing>{html.escape(m)}</p>" for m in a.missing) + "".join(
         f"<p class=missing>warning: {html.escape(m)}</p>" for m in a.lost)
     missing = "".join(f"<p class=missing>{html.escape(n)}</p>" for n in a.notes) + missing
@@ -269,11 +307,18 @@ def page(a: Analysis, title: str) -> str:
     runq = (f"<p>Run-queue latency (wake-up to on-CPU): p50 {_ns(rq['p50_ns'])}, p90 "
             f"{_ns(rq['p90_ns'])}, p99 {_ns(rq['p99_ns'])}, max {_ns(rq['max_ns'])} over "
             f"{rq['intervals']:,} intervals.</p>") if rq else ""
-    flame = ("<p><button id=flame-reset>reset zoom</button> <span id=flame-zoom></span>"
-             "click a frame to zoom; width is self+children time (weighted by row weight)</p>"
-             "<div id=flame></div>") if a.folded else "<p class=none>no call rows</p>"
     prefix = (f" File paths are relative to <code>{html.escape(a.path_prefix)}</code>."
               if a.path_prefix else "")
+    flame = ("<div class=controls><label>show <select id=flame-thread></select></label> "
+             "<input id=flame-search type=search placeholder='search frames' size=28> "
+             "<span id=flame-matched></span> <button id=flame-reset>reset zoom</button> "
+             "<span id=flame-zoom></span></div>"
+             "<p class=note>On-CPU time: a frame's width is its calls' on-CPU time on that "
+             "path (self and children, x weight). Click a frame to zoom, hover for its "
+             "file, its call path and its function's total; search highlights matching "
+             "frames (function or file) and gives their share.</p>"
+             "<div id=flame></div>") if a.thread_stacks else "<p class=none>no call rows</p>"
+    scripts = "".join(_asset(n) for n in ("common.js", "flame.js"))
     return f"""<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>{_asset('report.css')}</style></head><body>
@@ -306,7 +351,7 @@ def page(a: Analysis, title: str) -> str:
 <h2 id=timeline>Timeline</h2>
 {_timeline(a)}
 <div id=tip></div>
-<script type="application/json" id="flame-data">{flame_json}</script>
-<script>{_asset("flame.js") if a.folded else ""}</script>
+<script type="application/json" id="report-data">{data}</script>
+<script>{scripts}</script>
 </body></html>
 """

@@ -20,7 +20,6 @@ from scope_ebpf.writer import OutputDir
 
 pytestmark = pytest.mark.kernel
 APP = program("report_app.py")
-ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts"
 HOT = f"hot ({APP}:20)"  # frames of the folded export: function (full path:line)
 T0 = 1_700_000_000_000_000_000  # synthetic traces' first instant
 
@@ -151,8 +150,8 @@ OUTER_FIB = """
 
 def test_a_recursive_function_has_one_total_in_every_view(trace, result):
     """fib(17) and fib(18) recurse: fib's total is its two outermost calls'
-    durations, not the sum over its 13,528 nested activations, and the tables
-    and the text summary show that figure."""
+    durations, not the sum over its 13,528 nested activations, and the tables,
+    the flame graph's tooltip data and the text summary all show that figure."""
     (outer_calls, outer), = rows(trace, OUTER_FIB)
     (calls, every), = rows(trace, "SELECT count(*), sum(duration_ns) FROM calls "
                                   "WHERE function = 'fib'")
@@ -172,6 +171,9 @@ def test_a_recursive_function_has_one_total_in_every_view(trace, result):
     top = text.split("== top functions", 1)[1].split("\n\n", 1)[0]
     fib_line, = [ln for ln in top.splitlines() if ln.startswith("fib ")]
     assert fib_line.split()[1:6] == [f"{APP}:39", str(key[0]), f"{calls:,}", *shown.split()]
+    data = report.page_data(result)
+    frame = data["frames"].index(["fib", APP, 39, f"fib ({APP}:39)"])
+    assert data["flame"]["totals"][f"{key[0]}:{frame}"][:3] == [calls, outer, shown]
     page = report.page(result, "t")
     top_table = page.split("<table class='top'>", 1)[1].split("</table>", 1)[0]
     fib_row, = [r for r in top_table.split("<tr>") if r.startswith("<td>fib</td>")]
@@ -240,33 +242,101 @@ def test_partial_traces_say_what_is_missing(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no scope-ebpf tables" in r.stderr
 
 
-def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, tmp_path):
+def _chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    page = tmp_path / "r.html"
-    assert scope("report", str(trace), "-q", "-o", str(page)).returncode == 0
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+
+
+def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_path):
+    """The page in headless Chromium: the flame graph zooms, searches and shows
+    one thread; hovering a frame gives its path and its function's total.
+    Screenshots at two zoom levels and after a search (in tmp_path); the checks
+    read the DOM."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    page = tmp_path / "r.html"
+    assert scope("report", str(trace), "-q", "-o", str(page)).returncode == 0
+    fib_label = f"fib ({APP}:39)"
+    (_n, fib_total), = rows(trace, OUTER_FIB)
+    fib_cpu, = [t["total_cpu_ns"] for k, t in result.totals.items() if k[1] == "fib"]
+    driver = _chromium()
+
+    def names(css: str = "#flame rect") -> list[str]:  # one round trip, not one per rect
+        return driver.execute_script("return [...document.querySelectorAll(arguments[0])]"
+                                     ".map(r => r.getAttribute('data-name'))", css)
+
+    def shot(name: str) -> None:
+        driver.save_screenshot(str(tmp_path / name))
+        assert os.path.getsize(tmp_path / name) > 10_000
+
     try:
         driver.get(page.as_uri())
+        flame = driver.find_element(By.ID, "flamegraph")
+        driver.execute_script("arguments[0].scrollIntoView()", flame)
         svg = driver.find_element(By.CSS_SELECTOR, "#flame svg")
         assert svg.get_attribute("data-zoom") == "all"
-        target = driver.find_element(By.CSS_SELECTOR, f"#flame rect[data-name='{HOT}']")
-        target.click()
+        everything = int(svg.get_attribute("data-total"))
+        assert HOT in names() and fib_label in names()
+        shot("flame.png")
+        # zoom: the frame fills the width
+        driver.find_element(By.CSS_SELECTOR, f"#flame rect[data-name='{HOT}']").click()
         svg = driver.find_element(By.CSS_SELECTOR, "#flame svg")
         assert svg.get_attribute("data-zoom") == HOT
         zoomed = driver.find_element(By.CSS_SELECTOR, f"#flame rect[data-name='{HOT}']")
         assert float(zoomed.get_attribute("width")) == pytest.approx(1000)
-        ARTIFACTS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(ARTIFACTS / "report.png"))
+        assert fib_label not in names()
+        shot("flame-zoomed.png")
+        driver.find_element(By.ID, "flame-reset").click()
+
+        # hover: the full path, the call path and fib's total as the tables give it
+        fib = driver.find_element(By.CSS_SELECTOR, f"#flame rect[data-name='{fib_label}']")
+        ActionChains(driver).move_to_element(fib).perform()
+        tip = driver.find_element(By.ID, "tip").text
+        assert tip.startswith(f"{fib_label}\ntotal of fib in pid ")
+        assert f": {ns_text(fib_total)} wall, " in tip
+        assert "call path, outermost first" in tip and "fibs (" in tip
+
+        # search: matching frames highlighted, their share said (fib's on-CPU time)
+        box = driver.find_element(By.ID, "flame-search")
+        box.send_keys("fib (")
+        hits = names("#flame rect[data-match]")
+        assert hits and set(hits) == {fib_label}
+        assert not any(n.startswith("fib (") for n in set(names()) - set(hits))
+        matched = driver.find_element(By.ID, "flame-matched").text
+        share = float(re.fullmatch(r"Matched: ([\d.]+)% \(.+ of .+\)", matched).group(1))
+        assert share == pytest.approx(100 * fib_cpu / everything, abs=0.051)
+        shot("flame-search.png")
+        box.send_keys(Keys.BACKSPACE * len("fib ("))
+        assert names("#flame rect[data-match]") == []
+        assert driver.find_element(By.ID, "flame-matched").text == ""
+
+        # one thread: fib-worker's frames only, then MainThread's only
+        pick = Select(driver.find_element(By.ID, "flame-thread"))
+        options = [o.text for o in pick.options]
+        assert options[0] == "all threads" and any(o.startswith("fib-worker (tid ")
+                                                   for o in options)
+        pick.select_by_visible_text(next(o for o in options if o.startswith("fib-worker")))
+        worker = set(names())
+        assert fib_label in worker and HOT not in worker
+        assert int(driver.find_element(By.CSS_SELECTOR, "#flame svg")
+                   .get_attribute("data-total")) < everything
+        pick.select_by_visible_text(next(o for o in options if o.startswith("MainThread")))
+        main = set(names())
+        assert HOT in main and fib_label not in main
+        pick.select_by_visible_text("all threads")
+        assert {fib_label, HOT} <= set(names())
+
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
     finally:
         driver.quit()
-    assert os.path.getsize(ARTIFACTS / "report.png") > 10_000
