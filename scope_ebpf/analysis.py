@@ -433,14 +433,14 @@ def thread_stacks(con: duckdb.DuckDBPyConnection
     return list(out.items())
 
 
-def _window_ns(span: tuple[int, int] | None) -> int:
+def window_ns(span: tuple[int, int] | None) -> int:
     if span is None:
         return 1_000_000_000
     return max(100_000_000, math.ceil((span[1] - span[0]) / WINDOWS))
 
 
 def gc_series(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None) -> list[dict]:
-    w = _window_ns(span)
+    w = window_ns(span)
     t0 = span[0] if span else 0
     return _rows(con, f"""
         SELECT (start_ns - {t0}) // {w} AS win, generation,
@@ -532,7 +532,7 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
     windows), sudden rate changes and GC storms."""
     if span is None:
         return []
-    w, t0 = _window_ns(span), span[0]
+    w, t0 = window_ns(span), span[0]
     out: list[Finding] = []
     if tables["calls"]:
         # Windows of consecutive calls (1/BUCKETS of a function's calls each), so a

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .analysis import Analysis, Finding
+from .analysis import Analysis, Finding, window_ns
 from .analysis import ns_text as _ns
 from .query import format_table
 from .textsafe import safe
@@ -164,35 +165,88 @@ def _table(table: tuple[list[str], list[list]], cls: str = "") -> str:
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _step(span: float, target: int = 6) -> float:
+    """A round tick step (1, 2 or 5 x 10^k) giving about ``target`` ticks."""
+    raw = max(span, 1) / target
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 5, 10) if raw <= m * mag)
+
+
+def _tick_text(ns: float, step: float) -> str:
+    """A tick's label in the unit its step calls for: "250 ms", "1.5 s"."""
+    for unit, size in (("s", 1e9), ("ms", 1e6), ("us", 1e3), ("ns", 1)):
+        if step >= size / 10 or unit == "ns":
+            digits = max(0, -math.floor(math.log10(step / size) + 1e-9))
+            return f"{ns / size:.{digits}f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _time_axis(span: float, width: float, y: float, title: str) -> str:
+    """An x axis from 0 to span ns over width px at y: line, ticks, labels, title."""
+    step = _step(span)
+    parts = [f"<line class=axis x1='0' x2='{width}' y1='{y}' y2='{y}'/>"]
+    t = 0.0
+    while t <= span + step / 1e6:
+        x = t / span * width if span else 0
+        anchor = "start" if x < 20 else "end" if x > width - 20 else "middle"
+        parts.append(f"<g class=tick><line x1='{x:.1f}' x2='{x:.1f}' y1='{y}' y2='{y + 4}'/>"
+                     f"<text x='{x:.1f}' y='{y + 15}' text-anchor='{anchor}'>"
+                     f"{_tick_text(t, step)}</text></g>")
+        t += step
+    parts.append(f"<text class=axis-title x='{width / 2}' y='{y + 29}' "
+                 f"text-anchor='middle'>{html.escape(title)}</text>")
+    return "".join(parts)
+
+
 _GEN_COLORS = ("#4c78a8", "#f58518", "#e45756")
 
 
 def _gc_chart(a: Analysis) -> str:
-    """Pause time per window and generation: stacked bars, inline SVG."""
+    """Pause time per window and generation: stacked bars, inline SVG, with a
+    time axis (since the trace's start) and a pause axis."""
     if not a.gc_series or not a.span_ns:
         return ""
-    windows = max(r["win"] for r in a.gc_series) + 1
+    span = max(1, a.span_ns[1] - a.span_ns[0])
+    win_ns = window_ns(a.span_ns)
     per: dict[int, list[int]] = {}
     for r in a.gc_series:
         per.setdefault(r["win"], [0, 0, 0])[min(r["generation"], 2)] += r["total_ns"]
     peak = max(sum(v) for v in per.values()) or 1
-    w, h, bw = 720, 160, 720 / windows
+    step = _step(peak, 3)
+    top = math.ceil(peak / step) * step
+    left, w, h = 60, 700, 150
     bars = []
     for win, gens in per.items():
         y = h
+        x = left + win * win_ns / span * w
+        bw = max(min(win_ns, span - win * win_ns) / span * w - 1, 1)
         for g, ns in enumerate(gens):
             if not ns:
                 continue
-            bh = ns / peak * (h - 10)
+            bh = ns / top * h
             y -= bh
-            bars.append(f"<rect x='{win * bw:.1f}' y='{y:.1f}' width='{max(bw - 1, 1):.1f}' "
-                        f"height='{bh:.1f}' fill='{_GEN_COLORS[g]}'><title>window {win}: "
+            bars.append(f"<rect x='{x:.1f}' y='{y + 10:.1f}' width='{bw:.1f}' "
+                        f"height='{bh:.1f}' fill='{_GEN_COLORS[g]}'><title>"
+                        f"+{win * win_ns / 1e9:.1f} s to +{(win + 1) * win_ns / 1e9:.1f} s: "
                         f"gen {g} {html.escape(_ns(ns))}</title></rect>")
+    yaxis = [f"<line class=axis x1='{left}' x2='{left}' y1='10' y2='{h + 10}'/>"]
+    v = 0.0
+    while v <= top + step / 1e6:
+        y = h + 10 - v / top * h
+        yaxis.append(f"<g class=tick><line x1='{left - 4}' x2='{left}' y1='{y:.1f}' "
+                     f"y2='{y:.1f}'/><text x='{left - 6}' y='{y + 4:.1f}' text-anchor='end'>"
+                     f"{_tick_text(v, step)}</text></g>")
+        v += step
+    yaxis.append(f"<text class=axis-title transform='translate(12 {h / 2 + 10}) rotate(-90)' "
+                 f"text-anchor='middle'>GC pause per {_tick_text(win_ns, win_ns)}</text>")
     legend = " ".join(f"<tspan fill='{c}'>&#9632; gen {g}</tspan>"
                       for g, c in enumerate(_GEN_COLORS))
-    return (f"<svg class=chart width='{w}' height='{h + 20}' viewBox='0 0 {w} {h + 20}'>"
-            f"{''.join(bars)}<text x='0' y='{h + 16}' font-size='12'>{legend} — pause time "
-            f"per window (peak {html.escape(_ns(peak))})</text></svg>")
+    return (f"<svg class=chart width='{left + w + 10}' height='{h + 62}' "
+            f"viewBox='0 0 {left + w + 10} {h + 62}'>{''.join(bars)}{''.join(yaxis)}"
+            f"<g transform='translate({left} 0)'>"
+            f"{_time_axis(span, w, h + 10, 'time since the start of the trace')}</g>"
+            f"<text x='{left + w}' y='10' text-anchor='end' font-size='12'>{legend}</text>"
+            "</svg>")
 
 
 _KIND_COLORS = {"call": "#6baed6", "gc": "#e45756", "off-cpu sleeping": "#bbbbbb",
@@ -214,7 +268,7 @@ def _timeline(a: Analysis) -> str:
         x = r["start"] / span * W
         width = max(r["dur"] / span * W, 0.5)
         kind = r["kind"]
-        level = r["level"] if kind == "call" else (4 if kind == "gc" else 4)
+        level = r["level"] if kind == "call" else 4
         y = lane * lane_h + 14 + level * row
         color = _KIND_COLORS.get(kind, "#999")
         rects.append(f"<rect x='{x:.2f}' y='{y}' width='{width:.2f}' height='{row - 1}' "
@@ -226,8 +280,9 @@ def _timeline(a: Analysis) -> str:
     height = len(lanes) * lane_h
     legend = " ".join(f"<span style='color:{c}'>&#9632; {html.escape(k)}</span>"
                       for k, c in _KIND_COLORS.items())
-    return (f"<div class=legend>{legend}</div><svg class=timeline width='{W}' height='{height}' "
-            f"viewBox='0 0 {W} {height}'>{labels}{''.join(rects)}</svg>")
+    return (f"<div class=legend>{legend}</div><svg class=timeline width='{W}' "
+            f"height='{height + 36}' viewBox='0 0 {W} {height + 36}'>{labels}{''.join(rects)}"
+            f"{_time_axis(span, W, height + 2, 'time since the start of the trace')}</svg>")
 
 
 def thread_label(a: Analysis, pid: int, tid: int) -> str:

@@ -254,11 +254,14 @@ def _chromium():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
 
 
+TICK = re.compile(r"\d+(\.\d+)? (s|ms|us|ns)")
+
+
 def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_path):
     """The page in headless Chromium: the flame graph zooms, searches and shows
-    one thread; hovering a frame gives its path and its function's total.
-    Screenshots at two zoom levels and after a search (in tmp_path); the checks
-    read the DOM."""
+    one thread; hovering a frame gives its path and its function's total; the
+    charts have time axes. Screenshots at two zoom levels and after a search (in
+    tmp_path); the checks read the DOM."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -274,6 +277,10 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_p
     def names(css: str = "#flame rect") -> list[str]:  # one round trip, not one per rect
         return driver.execute_script("return [...document.querySelectorAll(arguments[0])]"
                                      ".map(r => r.getAttribute('data-name'))", css)
+
+    def texts(css: str) -> list[str]:
+        return driver.execute_script("return [...document.querySelectorAll(arguments[0])]"
+                                     ".map(e => e.textContent)", css)
 
     def shot(name: str) -> None:
         driver.save_screenshot(str(tmp_path / name))
@@ -336,6 +343,12 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_p
         pick.select_by_visible_text("all threads")
         assert {fib_label, HOT} <= set(names())
 
+        # the GC chart and the timeline: time axes with ticks and titles, a pause axis
+        for chart in ("svg.chart", "svg.timeline"):
+            ticks = texts(f"{chart} .tick text")
+            assert len(ticks) >= 3 and all(TICK.fullmatch(t) for t in ticks), (chart, ticks)
+            assert "time since the start of the trace" in texts(f"{chart} .axis-title")
+        assert "GC pause per 0.1 s" in texts("svg.chart .axis-title")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
     finally:
