@@ -47,6 +47,8 @@ RATE_MIN_CALLS = 1000   # calls a window needs before its rate can be called a j
 RATE_MIN_WINDOWS = 8    # ... among this many windows with calls (the usual rate's base)
 GC_STORM_SHARE = 0.10   # GC pauses taking this share of a window
 TIMELINE_MAX_RECTS = 4000
+TRACE_MAX_CALLS = 5000  # rows of the page's time-ordered view: the longest calls ...
+TRACE_MAX_LEVELS = 40   # ... at most this many levels below each thread's outermost call
 
 
 @dataclass
@@ -88,6 +90,10 @@ class Analysis:
     # total_cpu_ns (their on-CPU time): the one total of each function, every view's
     totals: dict[tuple, dict] = field(default_factory=dict)
     path_prefix: str = ""                   # labels show files relative to it
+    sampled_rows: int = 0                   # calls rows standing for several calls
+    # the time-ordered view: the longest calls, and what was left out
+    trace_calls: list[dict] = field(default_factory=list)
+    trace_info: dict[str, int] = field(default_factory=dict)
 
     def where(self, file: str | None, line: int | None) -> str:
         """"path/to/file.py:12": the file relative to path_prefix (else in full)."""
@@ -166,6 +172,8 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         a.waiting = self_time(con, "self_offcpu_ns")
         a.folded = folded(con)
         a.thread_stacks = thread_stacks(con)
+        a.sampled_rows = con.execute("SELECT count(*) FROM calls WHERE weight > 1").fetchone()[0]
+        a.trace_calls, a.trace_info = trace_calls(con, a.span_ns)
     elif tables["functions"]:
         a.top = top_functions(con)  # no rows: nested calls are not known, totals count them
     if tables["gc"]:
@@ -515,6 +523,34 @@ def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
         SELECT * FROM ({' UNION ALL '.join(parts)})
         WHERE kind <> 'call' OR level < 4
         ORDER BY dur DESC LIMIT {TIMELINE_MAX_RECTS}""")
+
+
+def trace_calls(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None
+                ) -> tuple[list[dict], dict[str, int]]:
+    """The time-ordered view's rows: the TRACE_MAX_CALLS longest calls (a call is
+    never shorter than a call inside it, so a shown call's callers are shown
+    too) at most TRACE_MAX_LEVELS levels below their thread's outermost call;
+    times from the trace's start. Returns the rows, by thread and start, and
+    what was left out: calls (all rows), shown, deeper (rows below the levels
+    shown), shortest_ns (the shortest call shown)."""
+    if span is None:
+        return [], {}
+    t0 = span[0]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE tc AS
+        SELECT pid, tid, s - {t0} AS start, d AS dur, open,
+               depth - min(depth) OVER (PARTITION BY pid, tid) AS level,
+               function, file, line, weight
+        FROM c""")
+    shown = _rows(con, f"""
+        SELECT * FROM (SELECT * FROM tc WHERE level < {TRACE_MAX_LEVELS}
+                       ORDER BY dur DESC, start LIMIT {TRACE_MAX_CALLS})
+        ORDER BY pid, tid, start, level""")
+    calls, deeper = con.execute(f"SELECT count(*), count(*) FILTER (WHERE level >= "
+                                f"{TRACE_MAX_LEVELS}) FROM tc").fetchone()
+    return shown, {"calls": calls, "shown": len(shown), "deeper": deeper,
+                   "shortest_ns": min((r["dur"] for r in shown), default=0),
+                   "levels": TRACE_MAX_LEVELS}
 
 
 def thread_names(con: duckdb.DuckDBPyConnection) -> dict[tuple[int, int], str]:

@@ -329,7 +329,8 @@ class _Frames:
 
 def page_data(a: Analysis) -> dict:
     """What the page's scripts draw: frames, the flame graph per thread with
-    each function's total (the tables' figure, as text too)."""
+    each function's total (the tables' figure, as text too), the time-ordered
+    view's calls."""
     frame = _Frames(a)
     threads = [[pid, tid, thread_label(a, pid, tid),
                 [[[frame(*f) for f in path], w] for path, w in stacks]]
@@ -340,11 +341,40 @@ def page_data(a: Analysis) -> dict:
         if i is not None:
             totals[f"{pid}:{i}"] = [t["calls"], t["total_ns"], _ns(t["total_ns"]),
                                     t["total_cpu_ns"], _ns(t["total_cpu_ns"])]
+    lanes: dict[tuple[int, int], int] = {}
+    calls = []
+    for r in a.trace_calls:
+        lane = lanes.setdefault((r["pid"], r["tid"]), len(lanes))
+        calls.append([lane, r["start"], r["dur"], r["level"],
+                      frame(r["function"], r["file"], r["line"]), r["weight"], int(r["open"])])
+    span = a.span_ns[1] - a.span_ns[0] if a.span_ns else 0
     return {
         "frames": frame.rows,
         "flame": {"threads": threads, "totals": totals,
                   "multi": len({t[0] for t in threads}) > 1},
+        "trace": {"span": span, "calls": calls,
+                  "lanes": [thread_label(a, p, t) for p, t in lanes]},
     }
+
+
+def _trace_note(a: Analysis) -> str:
+    """What the time-ordered view shows, and what it leaves out."""
+    i = a.trace_info
+    if not i.get("shown"):
+        return ""
+    if i["shown"] + i["deeper"] >= i["calls"]:
+        shown = f"All {i['calls']:,} calls"
+    else:
+        shown = (f"The {i['shown']:,} longest of {i['calls']:,} calls (the shortest shown "
+                 f"lasted {_ns(i['shortest_ns'])}): the {i['calls'] - i['shown'] - i['deeper']:,}"
+                 " shorter ones are left out (query the calls table for them)")
+    deeper = (f"; {i['deeper']:,} calls more than {i['levels']} levels below their thread's "
+              "outermost call are left out" if i["deeper"] else "")
+    sampled = (f" {a.sampled_rows:,} rows are sampled (dashed outline): each stands for "
+               "weight calls, of which it is the one kept." if a.sampled_rows else "")
+    running = (" Calls still running when the trace ended have a red outline."
+               if any(r["open"] for r in a.trace_calls) else "")
+    return f"<p class=note id=trace-note>{shown}{deeper}.{sampled}{running}</p>"
 
 
 def page(a: Analysis, title: str) -> str:
@@ -373,7 +403,12 @@ def page(a: Analysis, title: str) -> str:
              "file, its call path and its function's total; search highlights matching "
              "frames (function or file) and gives their share.</p>"
              "<div id=flame></div>") if a.thread_stacks else "<p class=none>no call rows</p>"
-    scripts = "".join(_asset(n) for n in ("common.js", "flame.js"))
+    trace = ("<div class=controls><button id=trace-in>zoom in</button> "
+             "<button id=trace-out>zoom out</button> <button id=trace-reset>reset</button> "
+             "<span class=note>wheel to zoom, drag to pan, hover for details</span></div>"
+             f"{_trace_note(a)}<div id=trace></div>") if a.trace_calls else \
+        "<p class=none>no call rows</p>"
+    scripts = "".join(_asset(n) for n in ("common.js", "flame.js", "trace.js"))
     return f"""<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>
 <style>{_asset('report.css')}</style></head><body>
@@ -393,6 +428,9 @@ def page(a: Analysis, title: str) -> str:
 {_table(_self_rows(a, a.waiting), "waiting")}
 <h2 id=flamegraph>Flame graph</h2>
 {flame}
+<h2 id=calls-in-time>Calls in time</h2>
+<p class=note>Each thread's calls from the exact rows, callers above callees, as they ran.</p>
+{trace}
 <h2 id=gc>Garbage collection</h2>
 {_gc_chart(a)}
 {_table(_gc_rows(a))}

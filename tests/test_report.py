@@ -228,6 +228,30 @@ def test_nested_calls_are_told_by_function_file_and_line(tmp_path):
     assert a.path_prefix == "/app" and a.where(m, 1) == "m.py:1"
 
 
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory) -> Path:
+    """A small sampled trace written by the real writer (no kernel): main calls
+    work three times, one row of work stands for 4 calls."""
+    out = OutputDir(tmp_path_factory.mktemp("sampled") / "trace")
+    out.writer("calls").write(pa.table({
+        "start_ns": pa.array([T0, T0 + 1000, T0 + 5000], pa.int64()),
+        "duration_ns": pa.array([9000, 3000, 1000], pa.int64()),
+        "end_ns": pa.array([T0 + 9000, T0 + 4000, T0 + 6000], pa.int64()),
+        "pid": [7, 7, 7], "tid": [7, 7, 7], "depth": [0, 1, 1],
+        "function": ["main", "work", "work"], "file": ["/app/a.py"] * 3, "line": [1, 5, 5],
+        "weight": [1, 1, 4], "stack_id": [1, 2, 2], "self_ns": [5000, 3000, 1000],
+        "offcpu_ns": [0, 0, 0], "self_offcpu_ns": [0, 0, 0]}))
+    out.writer("stacks").write(pa.table({
+        "pid": [7, 7], "stack_id": [1, 2], "parent_stack_id": [None, 1], "depth": [0, 1],
+        "function": ["main", "work"], "file": ["/app/a.py"] * 2, "line": [1, 5],
+        "path": [["main"], ["main", "work"]]}))
+    out.writer("session").write(
+        pa.table({"key": ["stop_reason"], "value": ["target exited"],
+                  "count": pa.array([0], pa.int64())}))
+    out.close()
+    return out.root
+
+
 def test_partial_traces_say_what_is_missing(tmp_path):
     out = tmp_path / "gc-only"
     r = scope("run", "-o", str(out), "--probes", "gc", "--", PY311, "-c", "import os; os._exit(0)")
@@ -257,12 +281,13 @@ def _chromium():
 TICK = re.compile(r"\d+(\.\d+)? (s|ms|us|ns)")
 
 
-def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_path):
+def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, sampled, tmp_path):
     """The page in headless Chromium: the flame graph zooms, searches and shows
     one thread; hovering a frame gives its path and its function's total; the
-    charts have time axes. Screenshots at two zoom levels and after a search (in
-    tmp_path); the checks read the DOM."""
+    time-ordered view draws calls under a time axis and zooms. Screenshots at
+    two zoom levels and after a search (in tmp_path); the checks read the DOM."""
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
@@ -343,6 +368,42 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_p
         pick.select_by_visible_text("all threads")
         assert {fib_label, HOT} <= set(names())
 
+        # the time-ordered view: calls as rectangles under a time axis, both lanes
+        view = driver.find_element(By.ID, "calls-in-time")
+        driver.execute_script("arguments[0].scrollIntoView()", view)
+        svg = driver.find_element(By.CSS_SELECTOR, "#trace svg")
+        ticks = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#trace .tick text")]
+        assert len(ticks) >= 4 and all(TICK.fullmatch(t) for t in ticks), ticks
+        assert "time since the start of the trace" in driver.find_element(
+            By.CSS_SELECTOR, "#trace .axis-title").text
+        lanes = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#trace .lane-name")]
+        assert lanes[0].startswith("MainThread") and lanes[1].startswith("fib-worker")
+        calls = names("#trace rect.call")
+        assert int(svg.get_attribute("data-rects")) == len(calls) > 100
+        assert {"main", "nap", "hot", "fibs"} <= {c.split(" (")[0] for c in calls}
+        assert driver.find_elements(By.CSS_SELECTOR, "#trace rect.sampled") == []
+        note = driver.find_element(By.ID, "trace-note").text
+        assert re.match(r"The 5,000 longest of [\d,]+ calls \(the shortest shown lasted .+\): "
+                        r"the [\d,]+ shorter ones are left out", note), note
+        shot("trace.png")
+        span = float(svg.get_attribute("data-v1")) - float(svg.get_attribute("data-v0"))
+        for _ in range(3):
+            driver.find_element(By.ID, "trace-in").click()
+        svg = driver.find_element(By.CSS_SELECTOR, "#trace svg")
+        v0, v1 = float(svg.get_attribute("data-v0")), float(svg.get_attribute("data-v1"))
+        assert v1 - v0 == pytest.approx(span / 8)
+        zoomed_ticks = [t.text for t in driver.find_elements(By.CSS_SELECTOR,
+                                                             "#trace .tick text")]
+        assert len(zoomed_ticks) >= 4 and zoomed_ticks != ticks
+        # the wheel zooms in around the pointer
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(svg), 0, -100).perform()
+        svg = driver.find_element(By.CSS_SELECTOR, "#trace svg")
+        assert float(svg.get_attribute("data-v1")) - float(svg.get_attribute("data-v0")) \
+            == pytest.approx((v1 - v0) * 0.8)
+        shot("trace-zoomed.png")
+        rect = driver.find_element(By.CSS_SELECTOR, "#trace rect.call")
+        ActionChains(driver).move_to_element(rect).perform()
+        assert "exact row" in driver.find_element(By.ID, "tip").text
         # the GC chart and the timeline: time axes with ticks and titles, a pause axis
         for chart in ("svg.chart", "svg.timeline"):
             ticks = texts(f"{chart} .tick text")
@@ -351,5 +412,17 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, tmp_p
         assert "GC pause per 0.1 s" in texts("svg.chart .axis-title")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
+
+        # sampled rows are marked, and the page says so
+        other = tmp_path / "sampled.html"
+        assert scope("report", str(sampled), "-q", "-o", str(other)).returncode == 0
+        driver.get(other.as_uri())
+        marked = driver.find_elements(By.CSS_SELECTOR, "#trace rect.sampled")
+        assert [r.get_attribute("data-name") for r in marked] == ["work (a.py:5)"]
+        assert "File paths are relative to /app." in driver.find_element(By.ID, "total-rule").text
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#trace rect.call")) == 3
+        assert "1 rows are sampled (dashed outline)" in driver.find_element(
+            By.ID, "trace-note").text
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
