@@ -94,6 +94,9 @@ class Analysis:
     # the time-ordered view: the longest calls, and what was left out
     trace_calls: list[dict] = field(default_factory=list)
     trace_info: dict[str, int] = field(default_factory=dict)
+    # every call row per thread, time-ordered (analyze(exact_rows=True), speedscope):
+    # ((pid, tid), [(start, end, depth, function, file, line)]), times from span_ns[0]
+    thread_calls: list[tuple[tuple[int, int], list[tuple]]] = field(default_factory=list)
 
     def where(self, file: str | None, line: int | None) -> str:
         """"path/to/file.py:12": the file relative to path_prefix (else in full)."""
@@ -133,8 +136,9 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
-    """Every section of the report from the views of ``con``."""
+def analyze(con: duckdb.DuckDBPyConnection, exact_rows: bool = False) -> Analysis:
+    """Every section of the report from the views of ``con``; with
+    ``exact_rows``, also every call row per thread (a.thread_calls)."""
     tables = {t: _count(con, t) for t in ("calls", "functions", "gc", "sched", "imports",
                                           "processes", "threads", "breaker", "sampling",
                                           "session")}
@@ -174,6 +178,8 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         a.thread_stacks = thread_stacks(con)
         a.sampled_rows = con.execute("SELECT count(*) FROM calls WHERE weight > 1").fetchone()[0]
         a.trace_calls, a.trace_info = trace_calls(con, a.span_ns)
+        if exact_rows:
+            a.thread_calls = thread_calls(con, a.span_ns)
     elif tables["functions"]:
         a.top = top_functions(con)  # no rows: nested calls are not known, totals count them
     if tables["gc"]:
@@ -551,6 +557,21 @@ def trace_calls(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None
     return shown, {"calls": calls, "shown": len(shown), "deeper": deeper,
                    "shortest_ns": min((r["dur"] for r in shown), default=0),
                    "levels": TRACE_MAX_LEVELS}
+
+
+def thread_calls(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None
+                 ) -> list[tuple[tuple[int, int], list[tuple]]]:
+    """Every call row per thread: (start, end, depth, function, file, line), times
+    from the trace's start, by start then depth (callers first); a call still
+    open at the end of the trace ends there."""
+    if span is None:
+        return []
+    out: dict[tuple[int, int], list[tuple]] = {}
+    for pid, tid, *row in con.execute(f"""
+            SELECT pid, tid, s - {span[0]}, s + d - {span[0]}, depth, function, file, line
+            FROM c ORDER BY pid, tid, s, depth, d DESC""").fetchall():
+        out.setdefault((pid, tid), []).append(tuple(row))
+    return list(out.items())
 
 
 def thread_names(con: duckdb.DuckDBPyConnection) -> dict[tuple[int, int], str]:

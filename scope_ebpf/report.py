@@ -132,17 +132,39 @@ def folded_text(a: Analysis) -> str:
     return "".join(f"{safe(stack)} {w}\n" for stack, w in a.folded)
 
 
+def speedscope_note(a: Analysis) -> str | None:
+    """Why the speedscope export is not evented (None when it is)."""
+    if a.sampled_rows:
+        return (f"speedscope: sampled profiles of on-CPU self time, not evented: "
+                f"{a.sampled_rows:,} call rows stand for several calls each (weight > 1), "
+                "so the calls' exact order in time is not known")
+    if not a.thread_calls:
+        return "speedscope: no call rows were read"
+    return None
+
+
 def speedscope(a: Analysis, name: str) -> str:
-    """speedscope's file format: one sampled profile per thread (as py-spy
-    writes them), weighted by on-CPU self time (ns), frames with file and line."""
+    """speedscope's file format, one profile per thread named after it, frames
+    with file and line. Unsampled (every row weight 1, and analyze(exact_rows=True)),
+    `evented` profiles of wall time: each call opens at its start and closes at
+    its end, times from the trace's start, as viztracer's trace shows them. With
+    sampled rows, `sampled` profiles (as py-spy writes them) of on-CPU self time
+    on each row's path; speedscope_note says why."""
     frames: dict[tuple, int] = {}
     profiles = []
-    for (pid, tid), stacks in a.thread_stacks:
-        samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
-        weights = [w for _path, w in stacks]
-        profiles.append({"type": "sampled", "name": thread_label(a, pid, tid),
-                         "unit": "nanoseconds", "startValue": 0, "endValue": sum(weights),
-                         "samples": samples, "weights": weights})
+    if speedscope_note(a) is None:
+        end = a.span_ns[1] - a.span_ns[0] if a.span_ns else 0
+        for (pid, tid), calls in a.thread_calls:
+            profiles.append({"type": "evented", "name": thread_label(a, pid, tid),
+                             "unit": "nanoseconds", "startValue": 0, "endValue": end,
+                             "events": _events(calls, frames)})
+    else:
+        for (pid, tid), stacks in a.thread_stacks:
+            samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
+            weights = [w for _path, w in stacks]
+            profiles.append({"type": "sampled", "name": thread_label(a, pid, tid),
+                             "unit": "nanoseconds", "startValue": 0, "endValue": sum(weights),
+                             "samples": samples, "weights": weights})
     return json.dumps({
         "$schema": "https://www.speedscope.app/file-format-schema.json",
         "shared": {"frames": [{"name": fn, **({"file": file} if file else {}),
@@ -151,6 +173,30 @@ def speedscope(a: Analysis, name: str) -> str:
         "profiles": profiles,
         "name": name, "exporter": f"scope-ebpf {__version__}", "activeProfileIndex": 0,
     })
+
+
+def _events(calls: list[tuple], frames: dict[tuple, int]) -> list[dict]:
+    """Open and close events of one thread's calls (start, end, depth, function,
+    file, line; by start, callers first): balanced and in time order. A call
+    open while the next one starts encloses it; one that would outlast its
+    caller (never seen, but a clock could) is cut at its caller's end."""
+    out: list[dict] = []
+    open_: list[tuple[int, int]] = []  # (end, frame) of the enclosing calls
+
+    def close_until(t: int) -> None:
+        while open_ and open_[-1][0] <= t:
+            end, frame = open_.pop()
+            out.append({"type": "C", "frame": frame, "at": end})
+
+    for start, end, _depth, fn, file, line in calls:
+        close_until(start)
+        frame = frames.setdefault((fn or "?", file, line), len(frames))
+        if open_:
+            end = min(end, open_[-1][0])
+        out.append({"type": "O", "frame": frame, "at": start})
+        open_.append((end, frame))
+    close_until(math.inf)
+    return out
 
 
 # -- HTML -------------------------------------------------------------------

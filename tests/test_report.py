@@ -1,6 +1,7 @@
 """`scope-ebpf report` on traces of programs with known behaviour: the numbers
 it gives equal direct DuckDB queries, every view gives a function the same
-total, the page renders in headless Chromium."""
+total, the speedscope export is well formed, the page renders in headless
+Chromium."""
 
 from __future__ import annotations
 
@@ -111,20 +112,6 @@ def test_report_command_exports_and_named_queries(trace, tmp_path):
     top_level = rows(trace, "SELECT sum(duration_ns - offcpu_ns) FROM calls WHERE depth = 0 "
                             "AND duration_ns IS NOT NULL")[0][0]
     assert total == top_level
-    r = scope("report", str(trace), "-q", "--format", "speedscope",
-              "-o", str(tmp_path / "s.json"))
-    doc = json.loads((tmp_path / "s.json").read_text())
-    # one profile per thread, named, frames with their file and line
-    threads = rows(trace, """
-        SELECT DISTINCT c.pid, c.tid, t.name FROM calls c LEFT JOIN (
-            SELECT pid, tid, arg_max(coalesce(python_name, os_name), ts_ns) AS name
-            FROM threads GROUP BY ALL) t USING (pid, tid) ORDER BY ALL""")
-    assert [p["name"] for p in doc["profiles"]] == [
-        f"{n} (tid {t})" if n else f"pid {p} tid {t}" for p, t, n in threads]
-    assert doc["profiles"][0]["name"].startswith("MainThread (tid ")  # the 3.11 hook names it
-    assert sum(sum(p["weights"]) for p in doc["profiles"]) == total
-    hot = [f for f in doc["shared"]["frames"] if f["name"] == "hot"]
-    assert hot == [{"name": "hot", "file": APP, "line": 20}]
 
     r = scope("query", str(trace), "--top", "--format", "csv")
     assert r.returncode == 0, r.stderr
@@ -228,6 +215,82 @@ def test_nested_calls_are_told_by_function_file_and_line(tmp_path):
     assert a.path_prefix == "/app" and a.where(m, 1) == "m.py:1"
 
 
+# The speedscope file format (https://www.speedscope.app/file-format-schema.json),
+# the parts scope-ebpf writes
+FRAME = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "file": {"type": "string"}, "line": {"type": "number"}}}
+EVENT = {"type": "object", "required": ["type", "frame", "at"], "properties": {
+    "type": {"enum": ["O", "C"]}, "frame": {"type": "number"}, "at": {"type": "number"}}}
+PROFILE = {"type": "object", "properties": {
+    "type": {"enum": ["evented", "sampled"]}, "name": {"type": "string"},
+    "unit": {"enum": ["bytes", "microseconds", "milliseconds", "nanoseconds", "none",
+                      "seconds"]},
+    "startValue": {"type": "number"}, "endValue": {"type": "number"},
+    "events": {"type": "array", "items": EVENT},
+    "samples": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+    "weights": {"type": "array", "items": {"type": "number"}}},
+    "anyOf": [{"properties": {"type": {"const": "evented"}},
+               "required": ["type", "name", "unit", "startValue", "endValue", "events"]},
+              {"properties": {"type": {"const": "sampled"}},
+               "required": ["type", "name", "unit", "startValue", "endValue", "samples",
+                            "weights"]}]}
+SPEEDSCOPE = {"type": "object", "required": ["$schema", "shared", "profiles"], "properties": {
+    "$schema": {"const": "https://www.speedscope.app/file-format-schema.json"},
+    "shared": {"type": "object", "required": ["frames"],
+               "properties": {"frames": {"type": "array", "items": FRAME}}},
+    "profiles": {"type": "array", "items": PROFILE}, "name": {"type": "string"},
+    "activeProfileIndex": {"type": "number"}, "exporter": {"type": "string"}}}
+
+
+def _speedscope(out: Path, tmp_path: Path) -> tuple[dict, str]:
+    r = scope("report", str(out), "-q", "--format", "speedscope", "-o", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "s.json").read_text())
+    import jsonschema
+
+    jsonschema.validate(doc, SPEEDSCOPE)
+    return doc, r.stderr
+
+
+def test_speedscope_export_is_evented_from_the_exact_rows(trace, tmp_path):
+    doc, stderr = _speedscope(trace, tmp_path)
+    assert "sampled" not in stderr
+    # one profile per thread, named, frames with their file and line
+    threads = rows(trace, """
+        SELECT DISTINCT c.pid, c.tid, t.name FROM calls c LEFT JOIN (
+            SELECT pid, tid, arg_max(coalesce(python_name, os_name), ts_ns) AS name
+            FROM threads GROUP BY ALL) t USING (pid, tid) ORDER BY ALL""")
+    assert [p["name"] for p in doc["profiles"]] == [
+        f"{n} (tid {t})" if n else f"pid {p} tid {t}" for p, t, n in threads]
+    assert doc["profiles"][0]["name"].startswith("MainThread (tid ")  # the 3.11 hook names it
+    assert doc["profiles"][1]["name"].startswith("fib-worker (tid ")
+    frames = doc["shared"]["frames"]
+    hot = [f for f in frames if f["name"] == "hot"]
+    assert hot == [{"name": "hot", "file": APP, "line": 20}]
+    calls = dict(((t), n) for t, n in rows(trace, "SELECT tid, count(*) FROM calls GROUP BY 1"))
+    fib = frames.index({"name": "fib", "file": APP, "line": 39})
+    outer_fib = 0
+    for (_pid, tid, _name), p in zip(threads, doc["profiles"], strict=True):
+        assert p["type"] == "evented" and p["unit"] == "nanoseconds"
+        events = p["events"]
+        assert sum(e["type"] == "O" for e in events) == calls[tid]  # every row, once
+        ats = [e["at"] for e in events]
+        assert ats == sorted(ats) and p["startValue"] <= ats[0] and ats[-1] <= p["endValue"]
+        stack: list[dict] = []
+        for e in events:  # every open has its close, in nesting order
+            if e["type"] == "O":
+                stack.append(e)
+                continue
+            opened = stack.pop()
+            assert opened["frame"] == e["frame"] and opened["at"] <= e["at"]
+            if e["frame"] == fib and all(o["frame"] != fib for o in stack):
+                outer_fib += e["at"] - opened["at"]
+        assert stack == []
+    # the evented profile's outermost fib calls last fib's total
+    assert outer_fib == rows(trace, OUTER_FIB)[0][1]
+
+
+
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory) -> Path:
     """A small sampled trace written by the real writer (no kernel): main calls
@@ -250,6 +313,17 @@ def sampled(tmp_path_factory) -> Path:
                   "count": pa.array([0], pa.int64())}))
     out.close()
     return out.root
+
+
+def test_speedscope_export_of_sampled_rows_is_sampled_and_says_why(sampled, tmp_path):
+    doc, stderr = _speedscope(sampled, tmp_path)
+    assert "sampled profiles of on-CPU self time, not evented: 1 call rows stand for " \
+           "several calls" in stderr
+    p, = doc["profiles"]
+    assert p["type"] == "sampled" and p["name"] == "pid 7 tid 7"
+    assert sum(p["weights"]) == 5000 + 3000 + 4 * 1000
+    assert doc["shared"]["frames"] == [{"name": "main", "file": "/app/a.py", "line": 1},
+                                       {"name": "work", "file": "/app/a.py", "line": 5}]
 
 
 def test_partial_traces_say_what_is_missing(tmp_path):
