@@ -9,15 +9,28 @@ Self time and call paths come from the kernel, which knows a call's
 children when it returns (calls.self_ns, calls.stack_id and the stacks
 table), so they hold for sampled rows too: weight x self time on the full
 path is an unbiased estimate.
+
+A function's *total* is one figure wherever it is shown (tables, the flame
+graph's tooltips, the terminal summary): the wall time of its completed calls,
+counting only its outermost activation on each path. A recursive call nested
+in another call of the same function (on the kernel-recorded path, the same
+function, file and line) adds nothing, as its time is already inside the outer
+call's (:func:`outermost_stacks`). It is computed as the exact total of
+`functions` (every call) minus the nested calls' durations x weight from the
+`calls` rows, so a function that does not recurse keeps its exact total
+whatever rows were filtered or sampled, and a recursive one's is exact for
+complete rows and unbiased for sampled ones (see :func:`_prepare_totals`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from .events import LOSSES
 from .query import sessions as list_sessions
@@ -34,6 +47,8 @@ RATE_MIN_CALLS = 1000   # calls a window needs before its rate can be called a j
 RATE_MIN_WINDOWS = 8    # ... among this many windows with calls (the usual rate's base)
 GC_STORM_SHARE = 0.10   # GC pauses taking this share of a window
 TIMELINE_MAX_RECTS = 4000
+TRACE_MAX_CALLS = 5000  # rows of the page's time-ordered view: the longest calls ...
+TRACE_MAX_LEVELS = 40   # ... at most this many levels below each thread's outermost call
 
 
 @dataclass
@@ -72,6 +87,44 @@ class Analysis:
     session: dict[str, str] = field(default_factory=dict)
     sessions: list[dict] = field(default_factory=list)  # query.sessions(): id, t0, t1, ...
     notes: list[str] = field(default_factory=list)  # several sessions: what each lasted
+    # (pid, function, file, line) -> calls, total_ns (outermost activations' wall time),
+    # total_cpu_ns (their on-CPU time): the one total of each function, every view's
+    totals: dict[tuple, dict] = field(default_factory=dict)
+    path_prefix: str = ""                   # labels show files relative to it
+    sampled_rows: int = 0                   # calls rows standing for several calls
+    # the time-ordered view: the longest calls, and what was left out
+    trace_calls: list[dict] = field(default_factory=list)
+    trace_info: dict[str, int] = field(default_factory=dict)
+    # every call row per thread, time-ordered (analyze(exact_rows=True), speedscope):
+    # ((pid, tid), [(start, end, depth, function, file, line)]), times from span_ns[0]
+    thread_calls: list[tuple[tuple[int, int], list[tuple]]] = field(default_factory=list)
+
+    def where(self, file: str | None, line: int | None) -> str:
+        """"path/to/file.py:12": the file relative to path_prefix (else in full)."""
+        return f"{rel_path(file, self.path_prefix)}:{line if line is not None else '?'}"
+
+    def label(self, function: str | None, file: str | None, line: int | None) -> str:
+        """A frame's name on the page: "function (path/to/file.py:12)"."""
+        return f"{function or '?'} ({self.where(file, line)})"
+
+
+def rel_path(file: str | None, prefix: str) -> str:
+    """file relative to prefix (a directory), or file itself when not under it."""
+    if not file:
+        return "?"
+    if prefix and file.startswith(prefix + "/"):
+        return file[len(prefix) + 1:]
+    return file
+
+
+def path_prefix(files: list[str | None]) -> str:
+    """The longest directory every absolute file is under ("" for none but /):
+    labels drop it, the page names it."""
+    dirs = [os.path.dirname(f) for f in files if f and f.startswith("/")]
+    if not dirs:
+        return ""
+    common = os.path.commonpath(dirs)
+    return "" if common == "/" else common
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
@@ -84,8 +137,9 @@ def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
-def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
-    """Every section of the report from the views of ``con``."""
+def analyze(con: duckdb.DuckDBPyConnection, exact_rows: bool = False) -> Analysis:
+    """Every section of the report from the views of ``con``; with
+    ``exact_rows``, also every call row per thread (a.thread_calls)."""
     tables = {t: _count(con, t) for t in ("calls", "functions", "gc", "sched", "imports",
                                           "processes", "threads", "breaker", "sampling",
                                           "session")}
@@ -109,6 +163,13 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
                       "(tracer killed?)" for s in a.sessions if s["stop_reason"] is None]
     if tables["session"]:
         a.lost = _losses(con)
+    a.path_prefix = path_prefix([f for f, in con.execute(
+        "SELECT DISTINCT file FROM calls UNION SELECT DISTINCT file FROM functions "
+        "UNION SELECT DISTINCT file FROM sched").fetchall()])
+    if tables["calls"] or tables["functions"]:
+        _prepare_totals(con)
+        a.totals = {(r["pid"], r["function"], r["file"], r["line"]): r
+                    for r in _rows(con, "SELECT * FROM ft")}
     if tables["calls"]:
         _prepare_calls(con)
         a.top = top_functions(con)
@@ -116,8 +177,12 @@ def analyze(con: duckdb.DuckDBPyConnection) -> Analysis:
         a.waiting = self_time(con, "self_offcpu_ns")
         a.folded = folded(con)
         a.thread_stacks = thread_stacks(con)
+        a.sampled_rows = con.execute("SELECT count(*) FROM calls WHERE weight > 1").fetchone()[0]
+        a.trace_calls, a.trace_info = trace_calls(con, a.span_ns)
+        if exact_rows:
+            a.thread_calls = thread_calls(con, a.span_ns)
     elif tables["functions"]:
-        a.top = top_functions(con)
+        a.top = top_functions(con)  # no rows: nested calls are not known, totals count them
     if tables["gc"]:
         a.gc_by_gen = _rows(con, """
             SELECT generation, count(*) AS collections, sum(duration_ns) AS total_ns,
@@ -178,82 +243,160 @@ def _span(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     return (int(lo), int(hi)) if lo is not None else None
 
 
+def outermost_stacks(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """(pid, stack_id, outermost) per path of `stacks`: outermost is false where
+    the path's last function (function, file and line) is already on the path
+    above it, i.e. a call on that path is a nested (recursive) activation.
+
+    One walk down each process's tree of paths, keeping a count of the
+    functions on the current path: linear in the number of paths, however deep
+    a recursion runs. A path whose parent was lost starts a tree of its own."""
+    nodes: dict[tuple[int, int], tuple] = {}
+    parent_of: dict[tuple[int, int], int | None] = {}
+    for pid, sid, parent, fn, file, line in con.execute(
+            "SELECT DISTINCT pid, stack_id, parent_stack_id, function, file, line "
+            "FROM stacks").fetchall():
+        nodes[(pid, sid)] = (fn or "?", file, line)
+        parent_of[(pid, sid)] = parent
+    children: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    roots = []
+    for key, parent in parent_of.items():
+        if parent is not None and (key[0], parent) in nodes:
+            children.setdefault((key[0], parent), []).append(key)
+        else:
+            roots.append(key)
+    outer: dict[tuple[int, int], bool] = {}
+    on_path: dict[tuple, int] = {}
+    todo: list[tuple[tuple[int, int], bool]] = [(r, False) for r in roots]
+    while todo:
+        key, leaving = todo.pop()
+        fn = nodes[key]
+        if leaving:
+            on_path[fn] -= 1
+            continue
+        if key in outer:  # a cycle of hashes: never expected, never looped on
+            continue
+        outer[key] = not on_path.get(fn)
+        on_path[fn] = on_path.get(fn, 0) + 1
+        todo.append((key, True))
+        todo.extend((child, False) for child in children.get(key, ()))
+    return pa.table({"pid": pa.array([k[0] for k in outer], pa.int32()),
+                     "stack_id": pa.array([k[1] for k in outer], pa.int64()),
+                     "outermost": pa.array(list(outer.values()), pa.bool_())})
+
+
+_SAME_FN = ("{a}.pid = {b}.pid AND {a}.function = {b}.function "
+            "AND {a}.file IS NOT DISTINCT FROM {b}.file AND {a}.line IS NOT DISTINCT FROM {b}.line")
+
+
+def _prepare_totals(con: duckdb.DuckDBPyConnection) -> None:
+    """Temp tables outer_stacks (outermost_stacks) and ft: every function's
+    calls (exact, from `functions`, else sum(weight) of its rows) and total:
+    `functions`' total minus the durations x weight of its nested (recursive)
+    rows, or without `functions`, its outermost rows' durations x weight;
+    total_cpu_ns, its outermost rows' on-CPU time (duration minus off-CPU)."""
+    con.register("outer_arrow", outermost_stacks(con))
+    con.execute("CREATE OR REPLACE TEMP TABLE outer_stacks AS SELECT * FROM outer_arrow")
+    con.unregister("outer_arrow")
+    # A call whose path is unknown (lost) counts as outermost.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE ft AS
+        WITH r AS (
+            SELECT c.pid, coalesce(c.function, '?') AS function, c.file, c.line,
+                   sum(c.weight) AS calls,
+                   coalesce(sum(c.duration_ns * c.weight) FILTER (o.outermost = false), 0)
+                       AS nested_ns,
+                   sum(c.duration_ns * c.weight) FILTER (o.outermost IS DISTINCT FROM false)
+                       AS outer_ns,
+                   sum((c.duration_ns - coalesce(c.offcpu_ns, 0)) * c.weight)
+                       FILTER (o.outermost IS DISTINCT FROM false) AS outer_cpu_ns
+            FROM calls c LEFT JOIN outer_stacks o USING (pid, stack_id)
+            WHERE c.duration_ns IS NOT NULL GROUP BY ALL),
+        f AS (SELECT pid, coalesce(function, '?') AS function, file, line,
+                     sum(calls) AS calls, sum(total_ns) AS total_ns
+              FROM functions GROUP BY ALL)
+        SELECT coalesce(f.pid, r.pid) AS pid, coalesce(f.function, r.function) AS function,
+               coalesce(f.file, r.file) AS file, coalesce(f.line, r.line) AS line,
+               coalesce(f.calls, r.calls)::BIGINT AS calls,
+               CASE WHEN f.total_ns IS NULL THEN coalesce(r.outer_ns, 0)
+                    ELSE greatest(f.total_ns - coalesce(r.nested_ns, 0), 0) END::BIGINT
+                   AS total_ns,
+               coalesce(r.outer_cpu_ns, 0)::BIGINT AS total_cpu_ns
+        FROM f FULL JOIN r ON {_SAME_FN.format(a='f', b='r')}""")
+
+
 def _prepare_calls(con: duckdb.DuckDBPyConnection) -> None:
     """Temp table c: calls with ids, open calls ending at the trace's end."""
     con.execute("""
         CREATE OR REPLACE TEMP TABLE c AS
         WITH base AS (
             SELECT start_ns AS s, duration_ns, pid, tid, depth,
-                   coalesce(function, '?') AS function, file, line, weight
+                   coalesce(function, '?') AS function, file, line, weight, stack_id
             FROM calls)
         SELECT row_number() OVER (ORDER BY s, depth) AS id, s,
                coalesce(duration_ns, max(s + coalesce(duration_ns, 0)) OVER () - s) AS d,
                duration_ns IS NULL AS open, pid, tid, depth, function, file, line,
-               weight::BIGINT AS weight
+               weight::BIGINT AS weight, stack_id
         FROM base""")
 
 
 def top_functions(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """By total time: exact counts and totals from `functions` (every call, before
-    any sampling); latency percentiles from `calls` rows when there are any."""
-    has_calls = _count(con, "calls") > 0
-    pct = """
-        , pct AS (SELECT pid, function, file, line,
-                         quantile_cont(duration_ns, 0.5) AS p50_ns,
-                         quantile_cont(duration_ns, 0.9) AS p90_ns,
-                         quantile_cont(duration_ns, 0.99) AS p99_ns
-                  FROM calls WHERE duration_ns IS NOT NULL GROUP BY ALL)""" if has_calls else ""
-    join = "LEFT JOIN pct USING (pid, function, file, line)" if has_calls else ""
-    cols = "p50_ns, p90_ns, p99_ns" if has_calls else "NULL AS p50_ns, NULL AS p90_ns, " \
-                                                       "NULL AS p99_ns"
-    if _count(con, "functions"):
-        return _rows(con, f"""
-            WITH f AS (SELECT pid, function, file, line, sum(calls) AS calls,
-                              sum(total_ns) AS total_ns, max(max_ns) AS max_ns
-                       FROM functions GROUP BY ALL){pct}
-            SELECT f.pid, f.function, f.file, f.line, calls, total_ns,
-                   total_ns / nullif(calls, 0) AS mean_ns, max_ns, {cols}
-            FROM f {join}
-            WHERE function IS DISTINCT FROM '<module>'
-            ORDER BY total_ns DESC LIMIT {TOP_N}""")
+    """By total time (ft: each function's one total), with exact counts, means
+    and maxima from `functions` (every call, before any filter or sampling)
+    where it has them, latency percentiles from `calls` rows."""
+    has_f = _count(con, "functions") > 0
+    f = """f AS (SELECT pid, coalesce(function, '?') AS function, file, line,
+                    sum(calls) AS calls, sum(total_ns) AS total_ns, max(max_ns) AS max_ns
+             FROM functions GROUP BY ALL)""" if has_f else \
+        "f AS (SELECT NULL::INTEGER AS pid, NULL AS function, NULL AS file, NULL::INTEGER AS " \
+        "line, NULL::BIGINT AS calls, NULL::BIGINT AS total_ns, NULL::BIGINT AS max_ns " \
+        "WHERE false)"
     return _rows(con, f"""
-        WITH f AS (SELECT pid, function, file, line, sum(weight) AS calls,
-                          sum(duration_ns * weight) AS total_ns, max(duration_ns) AS max_ns
-                   FROM calls GROUP BY ALL){pct}
-        SELECT f.pid, f.function, f.file, f.line, calls, total_ns,
-               total_ns / nullif(calls, 0) AS mean_ns, max_ns, {cols}
-        FROM f {join} WHERE function IS DISTINCT FROM '<module>'
-        ORDER BY total_ns DESC LIMIT {TOP_N}""")
+        WITH r AS (SELECT pid, coalesce(function, '?') AS function, file, line,
+                          sum(duration_ns * weight) / sum(weight) AS mean_ns,
+                          max(duration_ns) AS max_ns,
+                          quantile_cont(duration_ns, 0.5) AS p50_ns,
+                          quantile_cont(duration_ns, 0.9) AS p90_ns,
+                          quantile_cont(duration_ns, 0.99) AS p99_ns
+                   FROM calls WHERE duration_ns IS NOT NULL GROUP BY ALL), {f}
+        SELECT ft.pid, ft.function, ft.file, ft.line, ft.calls, ft.total_ns, ft.total_cpu_ns,
+               coalesce(f.total_ns / nullif(f.calls, 0), r.mean_ns) AS mean_ns,
+               coalesce(f.max_ns, r.max_ns) AS max_ns, r.p50_ns, r.p90_ns, r.p99_ns
+        FROM ft LEFT JOIN r ON {_SAME_FN.format(a='r', b='ft')}
+        LEFT JOIN f ON {_SAME_FN.format(a='f', b='ft')}
+        WHERE ft.function <> '<module>'
+        ORDER BY ft.total_ns DESC, ft.function LIMIT {TOP_N}""")
 
 
 def self_time(con: duckdb.DuckDBPyConnection, by: str = "self_cpu_ns") -> list[dict]:
     """Functions by self time, the kernel's (a call's duration minus its traced
     children's), split into on- and off-CPU and ranked by ``by`` (on-CPU: hot
     code; self_offcpu_ns: waiting code); weight x time is unbiased for sampled
-    rows. total_ns counts a recursive function's nested calls again."""
+    rows. total_ns is the function's one total (outermost activations)."""
     return _rows(con, f"""
-        SELECT * FROM (
+        SELECT s.*, ft.total_ns FROM (
         SELECT pid, coalesce(function, '?') AS function, file, line,
                sum(weight) AS calls,
                sum(self_ns * weight) AS self_ns,
                sum((self_ns - self_offcpu_ns) * weight) AS self_cpu_ns,
                sum(self_offcpu_ns * weight) AS self_offcpu_ns,
-               sum(coalesce(self_gil_ns, 0) * weight) AS self_gil_ns,
-               sum(duration_ns * weight) AS total_ns
+               sum(coalesce(self_gil_ns, 0) * weight) AS self_gil_ns
         FROM calls WHERE self_ns IS NOT NULL
-        GROUP BY ALL) WHERE {by} > 0 ORDER BY {by} DESC LIMIT {TOP_N}""")
+        GROUP BY ALL) s LEFT JOIN ft ON {_SAME_FN.format(a='s', b='ft')}
+        WHERE {by} > 0 ORDER BY {by} DESC, s.function LIMIT {TOP_N}""")
 
 
 def _frame_sql(alias: str) -> str:
     return (f"replace(coalesce({alias}.function, '?'), ';', ':') || ' (' || "
-            f"coalesce(regexp_extract({alias}.file, '[^/]*$'), '?') || ':' || "
+            f"replace(coalesce({alias}.file, '?'), ';', ':') || ':' || "
             f"coalesce({alias}.line::VARCHAR, '?') || ')'")
 
 
 def folded(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
     """Folded stacks ("a;b;c weight"): each call's on-CPU self time x weight on
     its kernel-recorded path (stacks), so sampled rows keep their parents and
-    waiting (sleep, I/O, locks, the GIL) does not pass for work."""
+    waiting (sleep, I/O, locks, the GIL) does not pass for work. Frames are
+    "function (/full/path/file.py:line)"."""
     multi = con.execute("SELECT count(DISTINCT pid) > 1 FROM calls").fetchone()[0]
     root = "'pid ' || s.pid::VARCHAR || ';' || " if multi else ""
     return [(p, int(w)) for p, w in con.execute(f"""
@@ -310,14 +453,14 @@ def thread_stacks(con: duckdb.DuckDBPyConnection
     return list(out.items())
 
 
-def _window_ns(span: tuple[int, int] | None) -> int:
+def window_ns(span: tuple[int, int] | None) -> int:
     if span is None:
         return 1_000_000_000
     return max(100_000_000, math.ceil((span[1] - span[0]) / WINDOWS))
 
 
 def gc_series(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None) -> list[dict]:
-    w = _window_ns(span)
+    w = window_ns(span)
     t0 = span[0] if span else 0
     return _rows(con, f"""
         SELECT (start_ns - {t0}) // {w} AS win, generation,
@@ -326,32 +469,40 @@ def gc_series(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None) -> l
 
 
 def _running_at(source: str) -> str:
-    """SQL: the innermost traced call of the same thread running at source.s."""
-    return f"""(SELECT c.function || ' (' || coalesce(regexp_extract(c.file, '[^/]*$'), '?')
-                       || ':' || coalesce(c.line::VARCHAR, '?') || ')'
-                FROM c WHERE c.pid = {source}.pid AND c.tid = {source}.tid
+    """SQL: the id in c of the innermost traced call of the same thread running
+    at source.s."""
+    return f"""(SELECT c.id FROM c WHERE c.pid = {source}.pid AND c.tid = {source}.tid
                   AND c.s <= {source}.s AND c.s + c.d >= {source}.s
                 ORDER BY c.depth DESC LIMIT 1)"""
 
 
 def gc_longest(con: duckdb.DuckDBPyConnection, with_calls: bool) -> list[dict]:
-    running = _running_at("g") if with_calls else "NULL"
+    """The longest pauses, each with the function running when it started
+    (running: function, running_file, running_line; NULL outside traced calls)."""
+    if not with_calls:
+        return _rows(con, """
+            SELECT start, pid, tid, generation, duration_ns, collected, NULL AS running,
+                   NULL AS running_file, NULL AS running_line
+            FROM gc ORDER BY duration_ns DESC LIMIT 10""")
     return _rows(con, f"""
-        WITH g AS (SELECT *, start_ns AS s FROM gc
-                   ORDER BY duration_ns DESC LIMIT 10)
-        SELECT start, pid, tid, generation, duration_ns, collected, {running} AS running
-        FROM g ORDER BY duration_ns DESC""")
+        WITH g AS (SELECT *, start_ns AS s FROM gc ORDER BY duration_ns DESC LIMIT 10),
+        r AS (SELECT g.*, {_running_at('g')} AS running_id FROM g)
+        SELECT r.start, r.pid, r.tid, r.generation, r.duration_ns, r.collected,
+               c.function AS running, c.file AS running_file, c.line AS running_line
+        FROM r LEFT JOIN c ON c.id = r.running_id ORDER BY r.duration_ns DESC""")
 
 
 def gc_triggers(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Which Python functions were running when collections started."""
+    """Which Python functions (function, file, line) were running when
+    collections started; function '(outside traced calls)' for none."""
     return _rows(con, f"""
         WITH g AS (SELECT *, start_ns AS s FROM gc),
-        r AS (SELECT generation, duration_ns, {_running_at('g')} AS running FROM g)
-        SELECT coalesce(running, '(outside traced calls)') AS function,
+        r AS (SELECT generation, duration_ns, {_running_at('g')} AS running_id FROM g)
+        SELECT coalesce(c.function, '(outside traced calls)') AS function, c.file, c.line,
                count(*) AS collections, sum(duration_ns) AS total_ns,
                max(generation) AS max_generation
-        FROM r GROUP BY 1 ORDER BY total_ns DESC LIMIT {TOP_N}""")
+        FROM r LEFT JOIN c ON c.id = r.running_id
+        GROUP BY ALL ORDER BY total_ns DESC LIMIT {TOP_N}""")
 
 
 def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
@@ -386,6 +537,49 @@ def timeline(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
         ORDER BY dur DESC LIMIT {TIMELINE_MAX_RECTS}""")
 
 
+def trace_calls(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None
+                ) -> tuple[list[dict], dict[str, int]]:
+    """The time-ordered view's rows: the TRACE_MAX_CALLS longest calls (a call is
+    never shorter than a call inside it, so a shown call's callers are shown
+    too) at most TRACE_MAX_LEVELS levels below their thread's outermost call;
+    times from the trace's start. Returns the rows, by thread and start, and
+    what was left out: calls (all rows), shown, deeper (rows below the levels
+    shown), shortest_ns (the shortest call shown)."""
+    if span is None:
+        return [], {}
+    t0 = span[0]
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE tc AS
+        SELECT pid, tid, s - {t0} AS start, d AS dur, open,
+               depth - min(depth) OVER (PARTITION BY pid, tid) AS level,
+               function, file, line, weight
+        FROM c""")
+    shown = _rows(con, f"""
+        SELECT * FROM (SELECT * FROM tc WHERE level < {TRACE_MAX_LEVELS}
+                       ORDER BY dur DESC, start LIMIT {TRACE_MAX_CALLS})
+        ORDER BY pid, tid, start, level""")
+    calls, deeper = con.execute(f"SELECT count(*), count(*) FILTER (WHERE level >= "
+                                f"{TRACE_MAX_LEVELS}) FROM tc").fetchone()
+    return shown, {"calls": calls, "shown": len(shown), "deeper": deeper,
+                   "shortest_ns": min((r["dur"] for r in shown), default=0),
+                   "levels": TRACE_MAX_LEVELS}
+
+
+def thread_calls(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None
+                 ) -> list[tuple[tuple[int, int], list[tuple]]]:
+    """Every call row per thread: (start, end, depth, function, file, line), times
+    from the trace's start, by start then depth (callers first); a call still
+    open at the end of the trace ends there."""
+    if span is None:
+        return []
+    out: dict[tuple[int, int], list[tuple]] = {}
+    for pid, tid, *row in con.execute(f"""
+            SELECT pid, tid, s - {span[0]}, s + d - {span[0]}, depth, function, file, line
+            FROM c ORDER BY pid, tid, s, depth, d DESC""").fetchall():
+        out.setdefault((pid, tid), []).append(tuple(row))
+    return list(out.items())
+
+
 def thread_names(con: duckdb.DuckDBPyConnection) -> dict[tuple[int, int], str]:
     """(pid, tid) -> the thread's last name: its Python name where known, else its
     OS name (threads table)."""
@@ -401,7 +595,7 @@ def anomalies(con: duckdb.DuckDBPyConnection, span: tuple[int, int] | None,
     windows), sudden rate changes and GC storms."""
     if span is None:
         return []
-    w, t0 = _window_ns(span), span[0]
+    w, t0 = window_ns(span), span[0]
     out: list[Finding] = []
     if tables["calls"]:
         # Windows of consecutive calls (1/BUCKETS of a function's calls each), so a

@@ -628,13 +628,15 @@ def report(directory: Path, output: Path | None, fmt: str, force: bool, quiet: b
             raise exists
         con = connect(directory, **_connect_args(directory, **filters))
         try:
-            a = analysis.analyze(con)
+            a = analysis.analyze(con, exact_rows=fmt == "speedscope")
         finally:
             con.close()
         if fmt == "folded":
             body = rep.folded_text(a)
         elif fmt == "speedscope":
             body = rep.speedscope(a, str(directory))
+            if a.sampled_rows:  # say why the profiles are not evented
+                _status(rep.speedscope_note(a))
         else:
             body = rep.page(a, f"scope-ebpf report: {directory}")
         if output is None:  # an export to stdout: it is the output, so no summary

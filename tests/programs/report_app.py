@@ -2,9 +2,12 @@
 - hot(): most of the CPU time, 300 calls;
 - nap(): one 200 ms sleep, off-CPU;
 - three forced full collections over a large object graph (GC pauses);
-- steady(i): 400 calls of ~50 us, calls 200-239 made 50x slower (~2.5 ms)."""
+- steady(i): 400 calls of ~50 us, calls 200-239 made 50x slower (~2.5 ms);
+- fib(): recursion (nested activations of one function on one path), twice, in a
+  thread named fib-worker that runs alone after the rest."""
 
 import gc
+import threading
 import time
 
 
@@ -33,6 +36,15 @@ def steady(i):
     spin(2_500_000 if 200 <= i < 240 else 50_000)
 
 
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def fibs():
+    fib(17)
+    fib(18)
+
+
 def main():
     for _ in range(300):
         hot()
@@ -40,6 +52,9 @@ def main():
     churn()
     for i in range(400):
         steady(i)
+    worker = threading.Thread(target=fibs, name="fib-worker")
+    worker.start()
+    worker.join()
 
 
 main()
