@@ -10,6 +10,7 @@ Each part exercises one thing the tracer records:
 * ``make_cycles`` + ``gc.collect()`` -- cyclic garbage and an explicit full collection
 * ``sleeper``                  -- a thread that sleeps 50 ms (an off-CPU interval)
 * ``write_files`` / ``read_files`` -- a little file I/O in a temporary directory
+* ``crunch`` x 2 threads       -- CPU-bound threads that take turns with the GIL
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def sleeper(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def crunch(n: int) -> int:
+    """fib(n) in a thread: two at once wait for each other's GIL."""
+    return fib(n)
+
+
 def write_files(root: str, count: int) -> int:
     total = 0
     for i in range(count):
@@ -131,6 +137,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scope-demo-") as root:
         written = write_files(root, 5)
         print(f"files: wrote {written} bytes, read back {read_files(root)} lines")
+    crunchers = [threading.Thread(target=crunch, args=(22,), name=f"cruncher-{i}")
+                 for i in range(2)]
+    for c in crunchers:
+        c.start()
+    for c in crunchers:
+        c.join()
+    print("crunchers: two fib(22) in threads, one GIL")
     t.join()
 
 
