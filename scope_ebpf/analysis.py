@@ -685,6 +685,9 @@ def _calls_sql(r: dict, a: int, b: int) -> str:
             "ORDER BY start_ns")
 
 
+IO_MIN_NS = 10_000_000  # I/O advice only for a function that waited at least this long
+
+
 def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
     """Rule-based advice, each with the evidence that triggered it."""
     out = []
@@ -707,7 +710,7 @@ def recommendations(con: duckdb.DuckDBPyConnection, a: Analysis) -> list[dict]:
             off, total = ((min(r["total_ns"], w["self_offcpu_ns"] - w["self_gil_ns"]),
                            w["total_ns"]) if w else
                           (r["total_ns"], _function_total(con, r["function"], r["file"])))
-            if total and total >= off >= 0.5 * total:
+            if total and total >= off >= max(0.5 * total, IO_MIN_NS):
                 out.append({
                     "title": f"{r['function']} is I/O-bound",
                     "evidence": f"{ns_text(off)} of its {ns_text(total)} wall time "

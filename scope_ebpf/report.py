@@ -94,17 +94,17 @@ def text(a: Analysis) -> str:
     elif a.span_ns:
         span = (a.span_ns[1] - a.span_ns[0])
         out.append(f"trace: {_ns(span)} | {counts}\n")
+    for m in a.lost:  # first: what the figures below lack
+        out.append(safe(f"warning: {m}"))
+    for m in a.missing:
+        out.append(safe(f"missing: {m}"))
+    if a.missing or a.lost:
+        out.append("")
     if a.top:
         out.append(textwrap.fill(TOTAL_RULE + ".", 100))
     if a.path_prefix:
         out.append(safe(f"files: relative to {a.path_prefix}"))
     if a.top or a.path_prefix:
-        out.append("")
-    for m in a.lost:
-        out.append(safe(f"warning: {m}"))
-    for m in a.missing:
-        out.append(safe(f"missing: {m}"))
-    if a.missing or a.lost:
         out.append("")
     if a.top:
         section("top functions by total time (exact counts)", _top_rows(a))
