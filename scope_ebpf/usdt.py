@@ -249,6 +249,15 @@ def find_symbol(path: str, name: str) -> tuple[int, int, int]:
     raise ProbeError(f"{path} does not export {name}")
 
 
+def load_segments(path: str) -> list[tuple[int, int, int]]:
+    """(virtual address, memory size, file offset) of every PT_LOAD segment."""
+    try:
+        with open(path, "rb") as f:
+            return _Layout(_Elf(f, os.fstat(f.fileno()).st_size), path).loads
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
+
+
 class Image:
     """A whole ELF file in memory, for code analysis: sections, address
     translation and the dynamic symbols that are functions."""
@@ -434,6 +443,11 @@ def find_python_binary(pid: int) -> str:
 _CAP_SYS_PTRACE = 19
 
 
+def denied(pid: int) -> str:
+    """Why the kernel refused to show process ``pid``'s maps or memory (one line)."""
+    return _denied(pid)
+
+
 def _denied(pid: int) -> str:
     """Why reading /proc/PID/maps was refused: "run as root" only when we are not."""
     if os.geteuid() != 0:
@@ -450,6 +464,13 @@ def _denied(pid: int) -> str:
     return (f"cannot inspect process {pid}: the kernel refused to show its memory maps "
             "although scope-ebpf runs as root with CAP_SYS_PTRACE (a security module "
             "such as Landlock, Yama or SELinux, or a user-namespace boundary, protects it)")
+
+
+def openable(link: str, shown: str, pid: int) -> str:
+    """A path that opens the file mapped at /proc/PID/map_files/RANGE (``link``)
+    and shown as ``shown`` in /proc/PID/maps: the readable name if it is the same
+    file, else the /proc/PID/root form, else the magic link itself."""
+    return _same_file(link, shown, pid)
 
 
 def _same_file(link: str, shown: str, pid: int) -> str:
