@@ -1220,6 +1220,10 @@ int on_audit(struct pt_regs *ctx)
     return 0;
 }
 
+#ifdef SCOPE_STACKS
+#include "stacks.bpf.c"
+#endif
+
 TRACEPOINT_PROBE(sched, sched_switch)
 {
     __u64 now = bpf_ktime_get_ns();
@@ -1376,6 +1380,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     gil_waits.delete(&tid);
     gc_states.delete(&tid);
     imports.delete(&tid);
+#ifdef SCOPE_STACKS
+    tstates.delete(&tid);
+    if (tid == pid)
+        stack_offs.delete(&pid);
+#endif
     if (tid == pid) {
         proc_event(PROC_EXIT, pid, tid, 0);
         /* Its pid may be reused by anyone: and exe mode adopts processes for

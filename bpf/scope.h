@@ -41,6 +41,7 @@
 #define PROBE_SCHED 4
 #define PROBE_IMPORTS 8
 #define PROBE_AUDIT 16
+#define PROBE_STACKS 32      /* sampled Python stacks (bpf/stacks.bpf.c) */
 
 /* Indexes into the per-CPU `stats` array; names in events.py STAT_NAMES. */
 #define STAT_ENTRIES 0          /* function__entry hits of target threads */
@@ -71,7 +72,16 @@
 #define STAT_CREATED 25         /* generator/coroutine creations seen (not calls) */
 #define STAT_UNSYNCED 26        /* shadow frames whose return never came (counted, lost) */
 #define STAT_PATHS_LOST 27      /* new call paths not announced: paths ring buffer full */
-#define STAT_COUNT 28
+#define STAT_SAMPLES 28         /* timer samples of target threads (stacks set) */
+#define STAT_SAMPLES_LOST 29    /* samples dropped: samples ring buffer full */
+#define STAT_STACKS_LOST 30     /* new sampled stacks not sent: stacks ring full (samples
+                                 * that carry them have no stack; sent at the next sight) */
+#define STAT_SAMPLES_TRUNCATED 31 /* samples deeper than SCOPE_STACK_FRAMES (frames counted) */
+#define STAT_SAMPLES_NO_THREAD 32 /* samples of threads whose PyThreadState is not known */
+#define STAT_SAMPLES_NO_LAYOUT 33 /* samples of targets whose layout is not known yet */
+#define STAT_SAMPLES_EMPTY 34   /* samples of threads running no Python frame */
+#define STAT_TSTATE_WALKS 35    /* thread-list walks in the kernel (tid not in tstates) */
+#define STAT_COUNT 36
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
@@ -320,6 +330,73 @@ struct frame_offsets {
     __u32 code_flags;        /* PyCodeObject.co_flags; 0 = unknown */
     __u32 frame_owner;       /* _PyInterpreterFrame.owner (a byte); 0 = unknown */
 };
+/* Sampled stacks (bpf/stacks.bpf.c): per target process, where its interpreter
+ * keeps threads and frames (from interpreters/layouts, written by the controller). */
+#define SCOPE_STACK_FRAMES 128   /* frames recorded per sample; deeper ones are counted */
+#define SCOPE_STACK_COUNT 1024   /* frames counted past those at most (then STACK_COUNT_CUT) */
+#define SCOPE_THREAD_WALK 256    /* thread states looked at in one thread-list walk */
+#define SO_INSTR_INT 1           /* stack_offsets.flags: the instruction is an int f_lasti */
+#define SO_WALK_ALWAYS 2         /* (bench) walk the thread list on every sample */
+struct stack_offsets {
+    __u64 runtime;           /* address of _PyRuntime in the process */
+    __u64 code_mask;         /* clears the tag bits of the frame's code pointer (3.14+) */
+    __u32 interp_head;       /* _PyRuntime.interpreters.head */
+    __u32 threads_head;      /* PyInterpreterState.threads.head */
+    __u32 tstate_next;
+    __s32 tstate_native_tid; /* -1: not in this version (3.8-3.10): the tstates map only */
+    __u32 tstate_frame;      /* frame / cframe / current_frame */
+    __s32 cframe_frame;      /* _PyCFrame.current_frame (3.11-3.12); -1 none */
+    __u32 frame_previous;
+    __u32 frame_code;
+    __u32 frame_instr;
+    __s32 frame_owner;       /* -1: none */
+    __u32 owner_skip;        /* owner >= this is a shim, not Python code; 0: none */
+    __u32 flags;             /* SO_* */
+    __u32 frame_size;        /* bytes of a frame read (every field above within), <= 128 */
+    __u32 pad;
+};
+
+/* The value of the `tstates` map (tid -> its PyThreadState). */
+struct tstate_entry {
+    __u64 tstate;
+    __u32 pid;
+    __u32 pad;
+};
+
+/* sample_event.flags */
+#define SAMPLE_ONCPU 1
+#define SAMPLE_TRUNCATED 2       /* its stack has frames past SCOPE_STACK_FRAMES */
+#define SAMPLE_NO_THREAD 4       /* the thread's PyThreadState was not found: no stack */
+#define STACK_COUNT_CUT 8        /* pystack_event: more than SCOPE_STACK_COUNT frames past */
+
+/* One timer sample of a target thread; stack_id 0 = no Python frame (or none known). */
+struct sample_event {
+    __u64 ts_ns;
+    __u64 stack_id;          /* the kernel's id of the stack (a pystack_event sent before) */
+    __u32 pid;
+    __u32 tid;
+    __u32 flags;             /* SAMPLE_* */
+    __u32 missing;           /* frames past the recorded ones (SAMPLE_TRUNCATED) */
+};
+
+/* One frame of a sampled stack: its code object and where it is in it (a
+ * pointer into the bytecode 3.11+, f_lasti before), resolved in user space. */
+struct stack_frame {
+    __u64 code;
+    __u64 instr;
+};
+
+/* Sent once per stack (the `sampled` LRU map remembers which were), before any
+ * sample that carries it. Frames innermost first. */
+struct pystack_event {
+    __u64 stack_id;
+    __u32 pid;
+    __u32 depth;             /* frames recorded */
+    __u32 missing;           /* frames counted past them */
+    __u32 flags;             /* STACK_COUNT_CUT */
+    struct stack_frame frames[SCOPE_STACK_FRAMES];
+};
+
 #define CO_GENLIKE (0x20 | 0x80 | 0x200)  /* CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR */
 #define FRAME_OWNED_BY_GENERATOR 1
 

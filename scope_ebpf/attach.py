@@ -19,7 +19,8 @@ import threading
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["AttachError", "TracepointLink", "UprobeLink", "UprobeMultiLink", "bpf_syscall",
+__all__ = ["AttachError", "PerfEventLink", "TracepointLink", "UprobeLink", "UprobeMultiLink",
+           "bpf_syscall",
            "close_all", "uprobe_multi_supported"]
 
 _SYSCALLS = {  # machine -> (perf_event_open, bpf)
@@ -94,6 +95,36 @@ class TracepointLink:
         except OSError as e:
             self.close()
             raise AttachError(f"perf_event_open(tracepoint {tracepoint}): {e.strerror}") from None
+        except AttachError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for attr in ("link_fd", "perf_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+
+
+class PerfEventLink:
+    """A BPF perf_event program on a software cpu-clock event of one CPU, sampling
+    whatever runs there ``freq`` times a second (no hardware PMU needed)."""
+
+    def __init__(self, prog_fd: int, cpu: int, freq: int):
+        self.perf_fd = self.link_fd = -1
+        attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
+        # PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, sample_freq, flags: freq (bit 10)
+        struct.pack_into("<IIQQQQQ", attr, 0, 1, _PERF_ATTR_SIZE, 0, freq, 0, 0, 1 << 10)
+        try:
+            self.perf_fd = _syscall(0, attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+            self.link_fd = _link(prog_fd, self.perf_fd, 0, f"cpu-clock of CPU {cpu}")
+        except OSError as e:
+            self.close()
+            hint = (" (raise kernel.perf_event_max_sample_rate or lower --sample-hz)"
+                    if e.errno == errno.EINVAL else "")
+            raise AttachError(f"perf_event_open(cpu-clock, CPU {cpu}, {freq} Hz): "
+                              f"{e.strerror}{hint}") from None
         except AttachError:
             self.close()
             raise

@@ -95,7 +95,8 @@ STAT_NAMES = (
     "imports", "imports_lost", "audit", "audit_lost",
     "calls_filtered", "calls_short", "calls_sampled_out", "calls_tid_filtered",
     "breaker_skipped", "calls_guard_sampled", "generators_created", "unsynced_frames",
-    "paths_lost",
+    "paths_lost", "samples", "samples_lost", "sample_stacks_lost", "samples_truncated",
+    "samples_no_thread", "samples_no_layout", "samples_empty", "tstate_walks",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -116,6 +117,12 @@ LOSSES = {
     "proc_lost": "process events lost: buffer full",
     "imports_lost": "import rows lost: buffer full",
     "audit_lost": "audit rows lost: buffer full",
+    "samples_lost": "stack samples lost: samples ring buffer full",
+    "sample_stacks_lost": "sampled stacks not sent: stacks ring buffer full (their samples "
+                          "have no stack)",
+    "samples_no_thread": "stack samples without a stack: the thread's state was not found",
+    "samples_no_layout": "stack samples without a stack: the process's layout was not "
+                         "known yet",
 }
 
 

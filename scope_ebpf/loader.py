@@ -26,7 +26,7 @@ def main() -> None:
     from bcc import BPF
 
     try:
-        b = BPF(src_file=req["src"].encode(), cflags=req["cflags"])
+        b = BPF(text=_source(req["src"]).encode(), cflags=req["cflags"])
     except Exception as e:  # bcc raises bare Exception; its compiler output is on stderr
         sys.exit(f"compile failed: {e}")
     fds: list[int] = []
@@ -34,6 +34,9 @@ def main() -> None:
     for name in req["kprobes"]:
         meta["progs"][name] = len(fds)
         fds.append(b.load_func(name.encode(), BPF.KPROBE, attach_type=req["attach_type"]).fd)
+    for name in req.get("perf_events", ()):
+        meta["progs"][name] = len(fds)
+        fds.append(b.load_func(name.encode(), BPF.PERF_EVENT).fd)
     for tp in req["tracepoints"]:
         fn = "tracepoint__" + tp.replace(":", "__")
         meta["progs"][tp] = len(fds)
@@ -47,6 +50,23 @@ def main() -> None:
             "max_entries": t.max_entries}
         fds.append(t.map_fd)
     socket.send_fds(sock, [json.dumps(meta).encode()], fds)
+
+
+def _source(path: str) -> str:
+    """The program's text with its ``#include "NAME.bpf.c"`` lines replaced by those
+    files: bcc treats only functions of the main file as programs (and rewrites map
+    calls only there), so per-probe-set sources are spliced in, not included."""
+    import os
+    import re
+
+    with open(path) as f:
+        text = f.read()
+
+    def splice(m: re.Match) -> str:
+        with open(os.path.join(os.path.dirname(path), m.group(1))) as f:
+            return f.read()
+
+    return re.sub(r'^#include "([\w.]+\.bpf\.c)"$', splice, text, flags=re.M)
 
 
 def _size(table, attr: str) -> int:

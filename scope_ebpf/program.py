@@ -25,6 +25,7 @@ from . import events
 from .attach import (
     BPF_TRACE_UPROBE_MULTI,
     AttachError,
+    PerfEventLink,
     TracepointLink,
     close_all,
     uprobe_multi_supported,
@@ -46,6 +47,13 @@ RINGS = {
     "imports_rb": "import_event",
     "audit_rb": "audit_event",
 }
+# With the stacks probe set (bpf/stacks.bpf.c, compiled in with -DSCOPE_STACKS).
+STACK_RINGS = {
+    "samples_rb": "sample_event",
+    "pystacks_rb": "pystack_event",
+}
+STACK_MAPS = (*STACK_RINGS, "stack_offs", "tstates")
+PERF_PROGS = ("on_sample",)
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Limits:
     max_funcs: int = 65536
     max_targets: int = 1024
     max_specs: int = 256
+    stacks: bool = False  # compile the stack sampler in (the stacks probe set)
 
 
 def check_environment() -> None:
@@ -119,13 +128,15 @@ class Program:
         self.uprobe_multi = key[-1] == BPF_TRACE_UPROBE_MULTI
         self._progs, self.maps = _finish(key)
         self._links: list[TracepointLink] = []
+        self._sampling: list[PerfEventLink] = []
         self.rings: dict[str, RingReader] = {}
         try:
             if self.maps["stacks"].value_size != _stack_dtype().itemsize:
                 raise ScopeError("internal error: thread_stack layout differs from the C side")
             self.set_tracer_pid(os.getpid())
             dts = events.dtypes()
-            for name, struct_name in RINGS.items():
+            rings = {**RINGS, **(STACK_RINGS if limits.stacks else {})}
+            for name, struct_name in rings.items():
                 m = self.maps[name]
                 self.rings[name] = RingReader(m.fd, m.max_entries, dts[struct_name])
             for tp in TRACEPOINTS:
@@ -138,6 +149,22 @@ class Program:
         except BaseException:
             self.close()
             raise
+
+    def start_sampling(self, hz: int) -> None:
+        """A cpu-clock perf event per online CPU at ``hz`` runs the stack sampler
+        (which records only threads of targets with PROBE_STACKS)."""
+        if self._sampling:
+            return
+        try:
+            for cpu in online_cpus():
+                self._sampling.append(PerfEventLink(self._progs["on_sample"], cpu, hz))
+        except AttachError as e:
+            self.stop_sampling()
+            raise ScopeError(f"could not start stack sampling: {e}") from None
+
+    def stop_sampling(self) -> None:
+        close_all(self._sampling)
+        self._sampling = []
 
     def flush_staged_calls(self) -> None:
         """Make every CPU send its staged calls now: a context switch on a CPU
@@ -247,6 +274,11 @@ class Program:
             out[name] = int(np.frombuffer(raw, "<u8").sum()) if raw else 0
         return out
 
+    def stat(self, name: str) -> int:
+        """One kernel counter summed over CPUs."""
+        raw = self.maps["stats"].lookup(u32(events.STAT_NAMES.index(name))) or b""
+        return int(np.frombuffer(raw, "<u8").sum()) if raw else 0
+
     def fstats(self) -> tuple[np.ndarray, np.ndarray]:
         """(function ids, (n, cpus) struct fstat records) of the per-CPU aggregates."""
         dt = events.dtypes()["fstat"]
@@ -283,6 +315,7 @@ class Program:
         return out
 
     def close(self) -> None:
+        self.stop_sampling()
         close_all(self._links)
         self._links.clear()
         for r in self.rings.values():
@@ -293,6 +326,20 @@ class Program:
         for fd in self._progs.values():
             os.close(fd)
         self._progs.clear()
+
+
+def online_cpus() -> list[int]:
+    """CPUs online now (/sys/devices/system/cpu/online: "0-3,5")."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            text = f.read().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 _pending: dict[tuple, tuple[subprocess.Popen, socket.socket]] = {}
@@ -314,6 +361,8 @@ def start_loading(limits: Limits | None = None) -> tuple:
         f"-DMAX_SPECS={limits.max_specs}",
         "-Wno-unused-function",
     ]
+    if limits.stacks:
+        cflags.append("-DSCOPE_STACKS")
     # uprobe_multi links need the programs loaded for them (and perf links then refuse them)
     attach_type = BPF_TRACE_UPROBE_MULTI if uprobe_multi_supported() else -1
     key = (*cflags, attach_type)
@@ -321,7 +370,9 @@ def start_loading(limits: Limits | None = None) -> tuple:
         return key
     request = {"src": str(events.BPF_DIR / "scope.bpf.c"), "cflags": cflags,
                "attach_type": attach_type,
-               "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS, "maps": MAPS}
+               "kprobes": UPROBE_PROGS, "tracepoints": TRACEPOINTS,
+               "perf_events": PERF_PROGS if limits.stacks else (),
+               "maps": (*MAPS, *(STACK_MAPS if limits.stacks else ()))}
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # Run as a file, not ``-m``: the package's __init__ would load pyarrow, ~70 ms
     # on the attach path for nothing; -P keeps this directory off sys.path.
