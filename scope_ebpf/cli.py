@@ -132,7 +132,12 @@ _OUTPUT = click.option("-o", "--output", type=click.Path(path_type=Path), defaul
                        help="Output directory (default: ./scope-YYYYmmdd-HHMMSS).")
 _PROBES = click.option("--probes", default="calls,gc,sched,imports,audit", show_default=True,
                        help="Probe sets to attach (comma-separated): calls, gc, sched, "
-                            "imports, audit.")
+                            "imports, audit, stacks (Python stacks sampled in the kernel "
+                            "at --sample-hz: any CPython 3.8-3.15, no USDT probes needed).")
+_SAMPLE_HZ = click.option("--sample-hz", type=click.IntRange(1, 10_000), default=99,
+                          show_default=True,
+                          help="stacks probe set: samples per second of each CPU (a "
+                               "software cpu-clock timer; only target threads are recorded).")
 
 
 class _UsageError(click.ClickException):
@@ -242,7 +247,8 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
              exclude: tuple[str, ...], min_duration: str | None, tids: tuple[int, ...],
              thread_names: tuple[str, ...], max_rate: str, breaker_rate: str,
              max_cpu: str | None, max_output: str | None, group: str | None = None,
-             redact: tuple[str, ...] = (), no_redact: bool = False, append: bool = False):
+             redact: tuple[str, ...] = (), no_redact: bool = False, append: bool = False,
+             sample_hz: int = 99):
     """Validate every option before anything is attached."""
     from .controller import Options, parse_probes
     from .matchers import Matcher, check_patterns
@@ -273,10 +279,39 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
         max_cpu=_number(max_cpu, "--max-cpu") if max_cpu is not None else 0,
         max_output=parse_size(max_output, "--max-output") if max_output else 0,
         owner=invoking_user(group), redact=redact, no_redact=no_redact, append=append,
+        sample_hz=sample_hz,
     )
 
 
 _PID_MAX_LIMIT = 4_194_304  # the kernel's largest pid_max (64-bit)
+
+
+def _python_file(pid: int) -> str:
+    """The interpreter file (libpython or executable) of a running process."""
+    from . import procs, usdt
+
+    procs.validate_pid(pid)
+    try:
+        return usdt.find_python_binary(pid)
+    except usdt.ProbeError as e:
+        raise ScopeError(str(e)) from None
+
+
+def _stacks_line(pid: int | None, path: str, version: str | None) -> str:
+    """`probes`: how the stacks probe set reads this interpreter."""
+    from .interpreters.layouts import find_runtime, layout_for
+    from .kernel.stacks import offsets_record, stacks_mode
+
+    try:
+        if pid is not None:
+            rt = find_runtime(pid)
+            lay, runtime = rt.layout, rt.runtime
+        else:
+            lay, runtime = layout_for(path, version), 0
+        offsets_record(runtime, lay)
+    except ScopeError as e:
+        return f"stacks: no ({e})"
+    return f"stacks: yes [{stacks_mode(lay)}] offsets: {lay.source}"
 
 
 def _number(text: str, option: str) -> float:
@@ -321,6 +356,7 @@ def cli() -> None:
 @click.option("-d", "--duration", default=None, metavar="DURATION",
               help="Stop tracing after this long (30s, 5m; a bare number is seconds); "
                    "the program keeps running.")
+@_SAMPLE_HZ
 @_control_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: str | None,
@@ -357,7 +393,10 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: st
         _preload()
         session = t.session = Session(opts, _status)
         root = os.path.abspath(root)
-        session.check_command(list(command), root)
+        _exe, interp = session.check_command(list(command), root)
+        fallback = session.stacks_fallback(None, interp)
+        if fallback:
+            _status(fallback)
         session.open()
         child = session.launch(list(command), hook=not no_hook, root=root)
         child_pid = child.pid
@@ -403,6 +442,7 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: st
 @click.option("--activate", is_flag=True,
               help="CPython 3.14 --pid targets: turn on the perf trampoline with "
                    "sys.remote_exec (runs code in the target) so calls can be traced.")
+@_SAMPLE_HZ
 @_control_options
 def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
           output: Path | None, probes: str, duration: str | None, activate: bool,
@@ -431,6 +471,9 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
         _preload()
         session = t.session = Session(opts, _status)
         for pid in pids:
+            fallback = session.stacks_fallback(pid, _python_file(pid), activate)
+            if fallback:
+                _status(fallback)
             binary = session.check_pid(pid)
             if activate:
                 session.check_activate(pid, binary)
@@ -707,6 +750,7 @@ def probes(pid: int | None, binary: str | None) -> None:
         note = "" if why == "fires" else why
         click.echo(safe(f"  {probe:<27} {'present' if n else 'missing':<8} fires: {mark:<4}"
                         f"-> {table:<8} {note}".rstrip()))
+    click.echo(safe(_stacks_line(pid, path, caps.version)))
     if not caps.has_probes:
         click.echo("calls: no (not a CPython with USDT probes: built without --with-dtrace)")
         sys.exit(capabilities.EXIT_NO_PROBES)

@@ -23,7 +23,7 @@ from .units import parse_size
 
 # The cheap probe sets every matching process gets unless its selector says otherwise.
 DEFAULT_PROBES = frozenset({"gc", "sched", "imports", "audit"})
-PROBE_SETS = ("calls", "gc", "sched", "imports", "audit")
+PROBE_SETS = ("calls", "gc", "sched", "imports", "audit", "stacks")
 DEFAULT_MAX_RATE = 50_000       # call rows/s, when a calls selector names none
 DEFAULT_BREAKER_RATE = 500_000  # probe hits/s
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

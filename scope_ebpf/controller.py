@@ -10,6 +10,7 @@ duration, records every counter in ``session`` and closes the Parquet files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from . import __version__, aggregates, capabilities, events, procs, safety, spaw
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
 from .kernel.links import PROBE_SETS, Binary, ProbeLinks
+from .kernel.stacks import Sampler as StackSampler
 from .matchers import Matcher
 from .program import Limits, Program, check_environment
 from .redact import Redactor
@@ -63,7 +65,7 @@ def parse_probes(text: str) -> frozenset[str]:
 @dataclass
 class Options:
     output: Path
-    probes: frozenset[str] = frozenset(PROBE_SETS)
+    probes: frozenset[str] = frozenset(PROBE_SETS) - {"stacks"}  # stacks: on request
     limits: Limits = field(default_factory=Limits)
     include: tuple[str, ...] = ()     # FILE:FUNCTION patterns (matchers.Matcher)
     exclude: tuple[str, ...] = ()
@@ -90,6 +92,7 @@ class Options:
                                       # of namespaces other than ours (daemon)
     append: bool = False              # add a session to an output that holds a trace
                                       # (else refused); the daemon always appends
+    sample_hz: int = 99               # stacks probe set: timer samples per second per CPU
 
 
 class Session:
@@ -102,6 +105,9 @@ class Session:
         self.out: OutputDir | None = None
         self.program: Program | None = None
         self.links: ProbeLinks | None = None
+        self.stacks: StackSampler | None = None  # the stacks probe set's user side
+        self._stacks_added = False  # stacks_fallback() added the set (not asked for)
+        self._fallback_pids: set[int] = set()  # ... for these (it said so already)
         self.targets: dict[int, procs.ProcInfo] = {}
         self.exited: set[int] = set()
         self._traced: dict[int, None] = {}  # pids for the session row, in order
@@ -159,7 +165,9 @@ class Session:
         except OutputError as e:
             raise ScopeError(str(e)) from None
         self.status("compiling BPF program")
-        self.program = Program(self.opts.limits, sched="sched" in self.opts.probes)
+        stacks = "stacks" in o.probes
+        self.program = Program(dataclasses.replace(o.limits, stacks=stacks),
+                               sched="sched" in self.opts.probes)
         limit = math.ceil(o.breaker_rate * safety.WINDOW_S) if o.breaker_rate > 0 else 0
         self.program.set_config(
             min_duration_ns=o.min_duration_ns, breaker_limit=limit,
@@ -177,6 +185,10 @@ class Session:
         self.breaker = safety.Breaker(self.program, o.breaker_rate,
                                       detach=self.links.detach_calls,
                                       attach=self.links.attach_calls)
+        if stacks:
+            self.stacks = StackSampler(self.program, self.warn)
+            self.program.start_sampling(o.sample_hz)
+            self.meta["sample_hz"] = str(o.sample_hz)
         self._cpu_at_open = int(_cpu_seconds() * 1e9)
 
     @property
@@ -198,8 +210,44 @@ class Session:
             raise ScopeError(str(e)) from None
         if not _has_python_probes(binary):
             exe = procs.info(pid).exe or binary
-            raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes")
+            if "stacks" not in self.opts.probes:
+                raise ScopeError(f"process {pid} ({exe}) is not a CPython with USDT probes "
+                                 "(--probes stacks samples its stacks without them)")
+            _check_runtime(pid, exe)
         return binary
+
+    def stacks_fallback(self, pid: int | None, binary: str, activate: bool = False) -> str | None:
+        """When calls are asked for but a target will give none (3.11 without a hook,
+        3.12, 3.13 not started with the trampoline, a build without probes), add the
+        stacks probe set instead; the one line that says so, else None. Before open()."""
+        probes = self.opts.probes
+        if "calls" not in probes or "stacks" in probes and not self._stacks_added:
+            return None
+        try:
+            caps = capabilities.of_file(binary)
+        except usdt.ProbeError:
+            return None
+        if not caps.cpython:
+            return None
+        instead = "instead"
+        if caps.has_probes:
+            ok, _why = caps.calls(launched=pid is None)
+            if ok or (activate and caps.calls_mode == "eval"):
+                return None
+            why = {"usdt+hook": "calls only while it has a profile or trace hook",
+                   "eval": "no calls: no function probes, and the perf trampoline is off"}.get(
+                       caps.calls_mode, "no calls: no function probes")
+            if caps.calls_mode == "usdt+hook":  # it may have a hook: calls stay attached
+                instead = "as well"
+        else:
+            why = "no calls: no USDT probes in this build"
+        self.opts.probes = probes | {"stacks"}
+        self._stacks_added = True
+        if pid is not None:
+            self._fallback_pids.add(pid)
+        who = f"process {pid}" if pid is not None else os.path.basename(binary)
+        return (f"{who} (CPython {caps.version or '?'}): {why}: sampling its Python "
+                f"stacks at {self.opts.sample_hz} Hz {instead} (--probes stacks)")
 
     @staticmethod
     def check_activate(pid: int, binary: str) -> None:
@@ -235,7 +283,8 @@ class Session:
             self.meta["perf_trampoline"] = "activated with sys.remote_exec"
             self.status(f"activated the perf trampoline in process {pid}")
             ok = True
-        if "calls" in probes and b.calls_mode != "none" and not ok:
+        if "calls" in probes and b.calls_mode != "none" and not ok and (
+                pid not in self._fallback_pids):
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
                       "gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes))
@@ -284,11 +333,10 @@ class Session:
                 found[(st.st_dev, st.st_ino)] = binary
         return list(found.values())
 
-    @staticmethod
-    def check_command(argv: list[str], root: str = "/") -> tuple[str, str]:
+    def check_command(self, argv: list[str], root: str = "/") -> tuple[str, str]:
         """(executable, interpreter) of a command to launch, validated up front."""
         exe, interp = spawn.resolve(argv, root)
-        if not _has_python_probes(interp):
+        if not _has_python_probes(interp) and "stacks" not in self.opts.probes:
             raise ScopeError(f"{interp} has no CPython USDT probes (built without "
                              "--with-dtrace); Debian's and Fedora's /usr/bin/python3 have them")
         return exe, interp
@@ -311,7 +359,7 @@ class Session:
         except BaseException:
             spawn.cancel(pid, go, err)
             raise
-        spawn.release(pid, go, err, exe)
+        spawn.release(pid, go, err, exe)  # returns once it has exec'd
         self._started(pid, interp)
         self.meta["command"] = " ".join(self.redactor.argv(argv))
         if binary.calls_mode == "usdt+hook" and hook and "audit" in self.opts.probes:
@@ -339,6 +387,7 @@ class Session:
         proc = p.rings["proc_rb"].drain()
         imports = p.rings["imports_rb"].drain()
         audit = p.rings["audit_rb"].drain()
+        nsamples = self._samples() if self.stacks is not None else 0
         self._learn(funcs)
         self._paths(paths)
         ncalls = 0
@@ -388,7 +437,23 @@ class Session:
                 self._output_error = self._output_error or e
                 if not self._closed:
                     raise
-        return ncalls + sum(map(len, (funcs, paths, gc, sched, proc, imports, audit)))
+        if self.stacks is not None:
+            self.stacks.poll(p.stat("samples_no_thread"))
+        return ncalls + nsamples + sum(map(len, (funcs, paths, gc, sched, proc, imports, audit)))
+
+    def _samples(self) -> int:
+        """Samples, then the stacks they carry (each sent before its first sample),
+        resolved now while their processes live."""
+        p = self.program
+        samples = p.rings["samples_rb"].drain()
+        new = p.rings["pystacks_rb"].drain()
+        if len(new):
+            batch = self.stacks.stacks(new, self.decoder.offset)
+            if batch is not None:
+                self._add("stacks", batch)
+        if len(samples):
+            self._add("samples", self.stacks.samples(samples, self.decoder.offset))
+        return len(samples)
 
     def _learn(self, funcs: np.ndarray) -> None:
         """New functions: their names, and the matcher's verdict on them."""
@@ -504,6 +569,8 @@ class Session:
         self.program.forget_functions(f.kernel_keys(ids))
         f.forget(ids)
         self.decoder.paths.forget(pids)
+        if self.stacks is not None:
+            self.stacks.forget(pids)
         if self.sampler is not None:
             self.sampler.forget(ids)
         self.threads.forget(pids)
@@ -599,6 +666,8 @@ class Session:
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
         self.threads.add_process(pid, info.python_version, ts_ns)
         self._thread_rows()
+        if self.stacks is not None:
+            self.stacks.add(pid)
 
     def _new_target(self, pid: int) -> bool:
         """Count ``pid`` as a new target unless it is one already; True if new."""
@@ -631,12 +700,20 @@ class Session:
                 continue
             if row["event"] == "thread":
                 self.threads.new_thread(row["ts_ns"], row["pid"], row["tid"], row["comm"])
+                if self.stacks is not None:
+                    self.stacks.thread_started(row["pid"])
             elif row["event"] == "fork":
                 child = row["pid"]
                 if self._new_target(child):
                     self.targets[child] = procs.info(child)
                     self.threads.add_process(child, self.targets[child].python_version,
                                              row["ts_ns"])
+                    if self.stacks is not None:
+                        self.stacks.add(child)
+            elif row["event"] == "exec" and self.stacks is not None and (
+                    row["pid"] in self.stacks.targets):
+                self.stacks.forget({row["pid"]})  # a new program: a new layout
+                self.stacks.add(row["pid"])
             elif row["event"] == "exit":
                 self.exited.add(row["pid"])
                 self._reap.add(row["pid"])
@@ -677,6 +754,8 @@ class Session:
             return
         self._closed = True
         try:
+            if self.program is not None:
+                self.program.stop_sampling()
             if self.links is not None:
                 t0 = time.monotonic_ns()
                 self.links.close()
@@ -762,8 +841,13 @@ class Session:
         counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open
         counts["controller_peak_rss_bytes"] = _peak_rss()
         counts["detach_ns"] = self.detach_ns  # removing every probe, at the end
+        if self.stacks is not None:
+            counts.update(self.stacks.counts)
+            if self.stacks.modes:
+                rows.append({"key": "stacks_mode", "value": "; ".join(
+                    f"pid {pid} {mode}" for pid, mode in list(self.stacks.modes.items())[:20])})
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes",
-                      "threads"):
+                      "threads", "samples", "stacks"):
             w = self.out.writers.get(table) if self.out is not None else None
             # after a failed write: the rows in the parts that were finished
             counts[f"rows.{table}"] = w.rows_finished if w and w.failed else self.written[table]
@@ -823,6 +907,16 @@ def _peak_rss() -> int:
 def _cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _check_runtime(pid: int, exe: str) -> None:
+    """A process without USDT probes can still be sampled if its layout is known."""
+    from .interpreters.layouts import find_runtime
+
+    try:
+        find_runtime(pid)
+    except ScopeError as e:
+        raise ScopeError(f"process {pid} ({exe}) cannot be sampled: {e}") from None
 
 
 def _has_python_probes(path: str) -> bool:

@@ -245,6 +245,7 @@ class Paths:
             pa.array(parent_col, mask=parent_col == 0),
             pa.array(sub["depth"].astype(np.int32)),
             function, file, line,
+            pa.nulls(len(fresh), pa.int32()),
             pa.array(paths, pa.list_(pa.string())),
         ], names=_schema("stacks").names)
 

@@ -101,18 +101,41 @@ _TABLE_LIST = (
     Table(
         "stacks",
         "One row per call path (the stack_id of calls rows), sent by the kernel the first "
-        "time the path is entered: parents before their children.",
+        "time the path is entered, and one per frame path of sampled stacks (the stack_id "
+        "of samples rows; current_line set): parents before their children.",
         (
             _PID,
-            _req("stack_id", pa.int64(), "id of the path (a 64-bit hash of its function ids)"),
+            _req("stack_id", pa.int64(), "id of the path (a 64-bit hash of its function ids; "
+                 "of a sampled path, of its frames' functions, files and lines, hashed "
+                 "apart from call paths)"),
             _opt("parent_stack_id", pa.int64(), "the path without its last call; NULL at a "
                  "thread's outermost traced frame"),
             _req("depth", pa.int32(), "calls on the path minus one (the calls rows' depth)"),
-            _opt("function", pa.string(), "the path's last function"),
+            _opt("function", pa.string(), "the path's last function (sampled: the qualified "
+                 "name on 3.11+); NULL if a sampled frame's code could not be read"),
             _opt("file", pa.string(), "its source file"),
             _opt("line", pa.int32(), "its def line"),
+            _opt("current_line", pa.int32(), "sampled paths: the line the frame was "
+                 "executing (a caller's call site); NULL for call paths"),
             _opt("path", pa.list_(pa.string()), "function names from the outermost frame to "
                  "this one; NULL if a parent path was lost (kernel.paths_lost)"),
+        ),
+    ),
+    Table(
+        "samples",
+        "One row per timer sample of a thread of a process traced with the stacks probe "
+        "set (--sample-hz a second per CPU, while the thread runs).",
+        (
+            _req("ts_ns", INSTANT, "when the sample was taken: ns since the Unix epoch (UTC)"),
+            _PID,
+            _TID,
+            _opt("stack_id", pa.int64(), "the sampled Python stack: the stacks row of its "
+                 "innermost frame (join stacks on pid, stack_id; parent_stack_id leads "
+                 "outwards); NULL if the thread ran no Python frame or its stack could not "
+                 "be read (session: kernel.samples_*)"),
+            _req("oncpu", pa.bool_(), "true: the thread was running on a CPU (timer samples)"),
+            _req("missing_frames", pa.int32(), "outermost frames of a deeper stack left out "
+                 "of stack_id's path (counted in the kernel, not recorded); 0 if none"),
         ),
     ),
     Table(

@@ -372,6 +372,48 @@ def _read_threads(mem: _Memory, rt: Runtime, max_depth: int) -> list[Thread]:
     return threads
 
 
+class Process:
+    """One live process read through its layout, for the stack sampler: its
+    threads' states and its code objects (each read once, then cached)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.mem = _Memory(rt.pid)
+        self.reader = _Reader(self.mem, rt)
+
+    def threads(self) -> dict[int, int]:
+        """Kernel tid -> PyThreadState address of every thread with one now (3.8-3.10:
+        through glibc's struct pthread); {} while the thread list cannot be read."""
+        try:
+            states = self.reader.tstates()
+        except (_Gone, _Torn):
+            return {}
+        tids: dict[int, int] = {}
+        if any(native is None for _t, _p, native in states):
+            tids = _tids_from_pthreads(self.mem, self.rt.pid, [p for _t, p, _n in states])
+        out = {}
+        for tstate, pthread, native in states:
+            tid = native if native is not None else tids.get(pthread)
+            if tid:
+                out[tid] = tstate
+        return out
+
+    def frame(self, code_addr: int, instr: int) -> Frame | None:
+        """The frame of a code object at an instruction (f_lasti, or a pointer into
+        its bytecode); None if no code object can be read there."""
+        try:
+            code = self.reader.code(code_addr)
+        except (_Gone, _Torn):
+            return None
+        offset = instruction_offset(self.rt.layout, instr, code_addr)
+        return Frame(code.qualname, code.name, code.file,
+                     line_for(self.rt.layout, code.table, code.first_line, offset),
+                     code.first_line)
+
+    def close(self) -> None:
+        self.mem.close()
+
+
 def dump(pid: int, max_depth: int = MAX_DEPTH, lock: bool = False) -> Dump:
     """Every thread's Python stack of process ``pid`` now; ScopeError (one line)
     for a pid that is gone, not CPython, unsupported or not readable."""

@@ -30,6 +30,7 @@ PROBE_SETS = {
     "sched": (),
     "imports": ("import__find__load__start", "import__find__load__done"),
     "audit": ("audit",),
+    "stacks": (),
 }
 PROGRAMS = {
     "function__entry": "on_entry",
@@ -131,8 +132,19 @@ class ProbeLinks:
             return self.binaries[key]
         python = [p for p in found if p.provider == "python"]
         if not python:
-            raise ScopeError(f"{path} has no CPython USDT probes (built without --with-dtrace); "
-                             "Debian's and Fedora's /usr/bin/python3 have them")
+            if "stacks" not in self.probes:
+                raise ScopeError(f"{path} has no CPython USDT probes (built without "
+                                 "--with-dtrace); Debian's and Fedora's /usr/bin/python3 "
+                                 "have them, and --probes stacks samples any CPython")
+            # sampled stacks and the scheduler need no probes
+            b = Binary(path, set(), [])
+            try:
+                if "sched" in self.probes:
+                    b.links += _open(self.program, self._gil_specs(path, any_pid))
+            except AttachError as e:
+                raise ScopeError(str(e)) from None
+            self.binaries[key] = b
+            return b
         have = {p.name for p in python}
         wanted = {n for s in self.probes for n in PROBE_SETS[s]}
         calls_mode = "none"

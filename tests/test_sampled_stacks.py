@@ -1,0 +1,218 @@
+"""The stacks probe set: Python stacks sampled in the kernel (bpf/stacks.bpf.c).
+
+tests/programs/shares.py spends its CPU time 60/30/10 % in f, g and h (the
+same inner loop, 6:3:1 iterations) and measures the true shares itself with
+time.thread_time (the oracle); it also records the call chain down to f's
+call of spin (functions, files, def lines and current lines) and recurses 500
+frames deep to spin there. One `trace --pid ... --probes stacks` session
+samples one target per interpreter, one after the other (each starts its work
+when the test creates its go file, after the previous one is done): Debian's
+3.11 (USDT, static), the sid root's 3.15 (chrooted), and pyenv's 3.12 and 3.8
+(no USDT probes, shared libpython; 3.8 has no native thread id: the tid ->
+thread state map only). Then the fallback: calls asked for where none can
+come (3.11 attached without a hook, a build without probes) samples stacks
+instead and says so.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import PY311, SCOPE, attached, program, rows, session_count
+
+pytestmark = pytest.mark.kernel
+
+PYENV = Path("/root/.pyenv/versions")
+SECONDS = 2.0   # CPU seconds of f/g/h per target
+DEPTH = 500
+HZ = 250
+FRAMES = 128    # SCOPE_STACK_FRAMES
+
+
+def _pyenv(minor: int) -> str | None:
+    found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / f"python3.{minor}")))
+    return found[-1] if found else None
+
+
+class Target:
+    """shares.py waiting for its go file (chrooted into ``root`` if given)."""
+
+    def __init__(self, python: str, seconds: float, depth: int, root: Path | None = None):
+        tag = uuid.uuid4().hex[:8]
+        base = (root / "tmp") if root else Path("/tmp")
+        self.go, self.result = base / f"scope-go-{tag}", base / f"scope-res-{tag}.json"
+        if root is None:
+            argv = [python, program("shares.py"), str(self.go), str(self.result)]
+        else:
+            argv = ["chroot", str(root), python, "/tmp/scope-tests/shares.py",
+                    f"/tmp/{self.go.name}", f"/tmp/{self.result.name}"]
+        self.proc = subprocess.Popen(argv + [str(seconds), str(depth)], stdout=subprocess.PIPE,
+                                     text=True)
+        self.pid = int(self.proc.stdout.readline())
+
+    def run(self) -> dict:
+        self.go.touch()
+        assert self.proc.wait(timeout=60) == 0
+        data = json.loads(self.result.read_text())
+        self.go.unlink()
+        self.result.unlink()
+        return data
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _frames(out: Path, pid: int) -> dict[int, tuple]:
+    """stack_id -> (parent, function, file, def line, current line) of a pid's rows."""
+    return {r[0]: r[1:] for r in rows(out, "SELECT stack_id, parent_stack_id, function, file, "
+                                      f"line, current_line FROM stacks WHERE pid = {pid}")}
+
+
+def _stack(frames: dict[int, tuple], leaf: int) -> list[tuple]:
+    """(function, file, def line, current line) from the outermost frame to ``leaf``."""
+    out = []
+    node: int | None = leaf
+    while node is not None:
+        parent, *frame = frames[node]
+        out.append(tuple(frame))
+        node = parent
+    return out[::-1]
+
+
+def _check(out: Path, data: dict) -> None:
+    pid, tid = data["pid"], data["tid"]
+    frames = _frames(out, pid)
+    samples = rows(out, f"SELECT stack_id, missing_frames FROM samples WHERE pid = {pid} "
+                   f"AND tid = {tid} AND stack_id IS NOT NULL")
+    counts = {"f": 0, "g": 0, "h": 0}
+    chains = []
+    deep = []
+    for sid, missing in samples:
+        stack = _stack(frames, sid)
+        names = [f[0] for f in stack]
+        if missing:
+            deep.append((len(stack), missing, names))
+        elif len(names) == 4 and names[:2] == ["<module>", "main"] and names[3] == "spin" and (
+                names[2] in counts):
+            counts[names[2]] += 1
+            if names[2] == "f":
+                chains.append(stack)
+        elif "deep" in names and names[-1] == "spin":
+            raise AssertionError(f"a {len(names)}-frame stack in the recursion is not marked "
+                                 "truncated")
+    total = sum(counts.values())
+    assert total >= 200, (counts, len(samples))
+    for name, true in data["shares"].items():
+        got = counts[name] / total
+        assert abs(got - true) <= 0.03, (data["version"], name, got, true, counts)
+    # full stacks: the program's own call chain, spin at a line of its loop
+    want = [tuple(f) for f in data["chain"]]
+    first, last = data["spin"]
+    for stack in chains:
+        assert stack[:3] == want, (stack, want)
+        assert stack[3][:3] == ("spin", want[0][1], first), stack
+        assert first < stack[3][3] <= last, stack
+    # depth 500: 128 frames recorded and the rest counted, never silently cut
+    assert deep, "no sample in the recursion"
+    for recorded, missing, names in deep:
+        assert recorded == FRAMES and names[-1] in ("spin", "deep"), names
+        # (sampled between two calls of spin, the innermost frame is deep's)
+        want = data["deep_frames"] - (names[-1] == "deep")
+        assert recorded + missing == want, (recorded, missing, names[-3:], data)
+
+
+def test_shares_chains_and_depth(tmp_path: Path, sid: Path) -> None:
+    pythons = [("debian-3.11", PY311, None), ("sid-3.15", "python3.15", sid)]
+    skipped = []
+    for minor in (12, 8):
+        found = _pyenv(minor)
+        if found:
+            pythons.append((f"pyenv-3.{minor}", found, None))
+        else:
+            skipped.append(f"pyenv 3.{minor}: not under {PYENV}")
+    targets = [Target(py, SECONDS, DEPTH, root) for _name, py, root in pythons]
+    out = tmp_path / "out"
+    try:
+        args = [SCOPE, "trace", "--probes", "stacks", "--sample-hz", str(HZ), "-o", str(out)]
+        for t in targets:
+            args += ["--pid", str(t.pid)]
+        tracer = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        attached(tracer)
+        results = [t.run() for t in targets]  # one at a time: each has a CPU to itself
+        assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
+    finally:
+        for t in targets:
+            t.kill()
+    for (name, _py, _root), data in zip(pythons, results, strict=True):
+        try:
+            _check(out, data)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from None
+    assert session_count(out, "kernel.samples_lost") == 0
+    assert session_count(out, "stacks.unresolved_frames") == 0
+    assert session_count(out, "kernel.samples_no_layout") == 0
+    if skipped:
+        pytest.skip("not every interpreter was there: " + "; ".join(skipped))
+
+
+def test_trace_falls_back_to_stacks(tmp_path: Path) -> None:
+    """Calls asked for (the default probes) where none can come: 3.11 attached
+    without a profile hook, and a build without USDT probes."""
+    pythons = [PY311] + ([_pyenv(12)] if _pyenv(12) else [])
+    targets = [Target(py, 0.3, 0) for py in pythons]
+    out = tmp_path / "out"
+    try:
+        args = [SCOPE, "trace", "-o", str(out)]
+        for t in targets:
+            args += ["--pid", str(t.pid)]
+        tracer = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        said = attached(tracer)
+        for t in targets:
+            t.run()
+        err = tracer.communicate(timeout=60)[1]
+        assert tracer.returncode == 0, said + err
+    finally:
+        for t in targets:
+            t.kill()
+    for t in targets:
+        lines = [x for x in said.splitlines() if f"process {t.pid} " in x]
+        assert len(lines) == 1 and "sampling its Python stacks at 99 Hz" in lines[0], said
+        n = rows(out, f"SELECT count(*), count(stack_id) FROM samples WHERE pid = {t.pid}")[0]
+        assert n[1] > 0, (t.pid, n)
+
+
+def test_run_without_usdt_probes(tmp_path: Path) -> None:
+    """`run` of a pyenv build (no USDT probes): stacks, in a process launched by the
+    tracer (its layout is read once it has exec'd); 3.8 reads thread states from
+    its memory only."""
+    py = _pyenv(8)
+    if py is None:
+        pytest.skip(f"no pyenv-built CPython 3.8 under {PYENV}")
+    go = tmp_path / "go"
+    go.touch()
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    r = subprocess.run([SCOPE, "run", "--probes", "stacks,sched", "-o", str(out), py,
+                        program("shares.py"), str(go), str(tmp_path / "res.json"), "0.5", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "res.json").read_text())
+    n = rows(out, "SELECT count(*), count(stack_id) FROM samples WHERE tid = "
+             f"{data['tid']}")[0]
+    assert n[1] >= 0.5 * 99 * 0.5, (n, time.monotonic() - t0)
+    # Stacks are resolved at the next drain: a module's top-level code being
+    # imported may be freed by then (its frames are counted, and NULL); the
+    # program's own functions live on
+    unresolved = session_count(out, "stacks.unresolved_frames")
+    nulls = rows(out, "SELECT count(*) FROM stacks WHERE function IS NULL")[0][0]
+    assert nulls <= unresolved
+    assert rows(out, "SELECT count(*) FROM stacks WHERE path[2] = 'main' AND "
+                "function IS NULL")[0][0] == 0
+    assert rows(out, "SELECT count(*) FROM stacks WHERE path[2] = 'main'")[0][0] > 0
