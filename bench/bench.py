@@ -287,6 +287,10 @@ def main() -> None:
     }
     if (SID / ".scope-interpreters").exists():
         results.update(bench_versions(args.runs, args.size - 2))
+    if not args.quick:  # stack sampling: BPF ns per sample, slowdown at 99 Hz (bench/stacks.py)
+        from stacks import bench_stacks
+
+        results.update(bench_stacks(runs=args.runs, work=3000))
     if args.soak_seconds > 0:
         results.update(_soak(args.soak_seconds, tmp / "soak"))
     shutil.rmtree(tmp, ignore_errors=True)

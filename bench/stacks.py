@@ -1,0 +1,160 @@
+"""Stack sampling costs (the stacks probe set), for `make bench` or on its own.
+
+One Session (compiled once) samples a CPU-bound target whose Python stack is
+DEPTH frames deep (Debian's python3.11; --python for another), at --hz:
+
+  bpf_ns_per_call    the sampler's run time per invocation, from the kernel's
+                     own per-program statistics (kernel.bpf_stats_enabled)
+  bpf_ns_per_sample  its run time over the target's samples (every CPU's
+                     invocations, idle and other processes' included)
+  controller_ns_per_sample  this process's CPU while tracing, per sample
+  slowdown           the target's elapsed time traced / untraced (medians of
+                     interleaved runs; the perf events are off for untraced ones)
+
+and the same BPF figures with the thread list walked in the kernel on every
+sample (the tid -> thread state map unused) to price that way of finding the
+thread's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TARGET = r"""
+import sys, time
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+def deep(n, work):
+    if n > 1:
+        return deep(n - 1, work)
+    t0 = time.perf_counter()
+    for _ in range(work):
+        fib(18)
+    return time.perf_counter() - t0
+print("ready", flush=True)
+sys.stdin.readline()
+print(deep(int(sys.argv[1]), int(sys.argv[2])), flush=True)
+"""
+STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def _prog_stats(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a BPF program fd of this process."""
+    info = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            info[k.strip()] = v.strip()
+    return int(info.get("run_time_ns", 0)), int(info.get("run_cnt", 0))
+
+
+def _cpu_ns() -> int:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return int((ru.ru_utime + ru.ru_stime) * 1e9)
+
+
+def _target(python: str, depth: int, work: int) -> subprocess.Popen:
+    p = subprocess.Popen([python, "-c", TARGET, str(depth), str(work)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _finish(p: subprocess.Popen) -> float:
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    return float(p.stdout.readline())
+
+
+def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
+                 python: str = "/usr/bin/python3.11") -> dict:
+    from scope_ebpf.controller import Options, Session
+    from scope_ebpf.kernel import stacks as kstacks
+
+    old = open(STATS).read().strip()
+    with open(STATS, "w") as f:
+        f.write("1")
+    tmp = Path(tempfile.mkdtemp(prefix="scope-bench-stacks-"))
+    s = Session(Options(tmp / "out", probes=frozenset({"stacks"}), sample_hz=hz))
+    try:
+        s.open()
+        fd = s.program.prog_fd("on_sample")
+        times: dict[str, list[float]] = {"untraced": [], "traced": []}
+        per = {"map": [0, 0, 0, 0], "walk": [0, 0, 0, 0]}  # ns, calls, samples, cpu ns
+        for i in range(runs):
+            s.program.stop_sampling()
+            p = _target(python, depth, work)
+            times["untraced"].append(_finish(p))
+            p.wait()
+            for mode in ("map", "walk"):
+                kstacks.WALK_ALWAYS = mode == "walk"
+                p = _target(python, depth, work)
+                s.program.start_sampling(hz)
+                s.add_pid(p.pid)
+                ns0, cnt0 = _prog_stats(fd)
+                n0, cpu0 = s.program.stat("samples"), _cpu_ns()
+                p.stdin.write("go\n")
+                p.stdin.flush()
+                s.run(lambda p=p: p.poll() is not None)
+                elapsed = float(p.stdout.readline())
+                p.wait()
+                s.program.stop_sampling()
+                s.poll()
+                ns1, cnt1 = _prog_stats(fd)
+                acc = per[mode]
+                acc[0] += ns1 - ns0
+                acc[1] += cnt1 - cnt0
+                acc[2] += s.program.stat("samples") - n0
+                acc[3] += _cpu_ns() - cpu0
+                if mode == "map":
+                    times["traced"].append(elapsed)
+            print(f"  run {i + 1}/{runs}: untraced {times['untraced'][-1]:.3f} s, "
+                  f"traced {times['traced'][-1]:.3f} s", file=sys.stderr)
+        kstacks.WALK_ALWAYS = False
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out = {"stacks_hz": hz, "stacks_depth": depth, "stacks_runs": runs,
+               "stacks_elapsed_s_median": med,
+               "stacks_slowdown": med["traced"] / med["untraced"]}
+        for mode, (ns, cnt, samples, cpu) in per.items():
+            key = "stacks_tstate_map" if mode == "map" else "stacks_tstate_walk"
+            out[key] = {"bpf_ns_per_call": ns / max(cnt, 1),
+                        "bpf_ns_per_sample": ns / max(samples, 1),
+                        "samples": samples, "samples_per_s": samples / max(
+                            sum(times["traced"]), 1e-9),
+                        "controller_ns_per_sample": cpu / max(samples, 1)}
+        return out
+    finally:
+        s.close()
+        with open(STATS, "w") as f:
+            f.write(old)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--hz", type=int, default=99)
+    ap.add_argument("--depth", type=int, default=64)
+    ap.add_argument("--work", type=int, default=400, help="fib(18) calls per run")
+    ap.add_argument("--python", default="/usr/bin/python3.11")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root")
+    print(json.dumps(bench_stacks(a.runs, a.hz, a.depth, a.work, a.python), indent=2))
+
+
+if __name__ == "__main__":
+    main()
