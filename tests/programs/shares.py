@@ -1,7 +1,8 @@
 """CPU-bound with known time shares, for the stack sampler (tests/test_stacks.py).
 
 argv: GO RESULT SECONDS DEPTH. Prints its pid, waits until the file GO exists,
-then runs rounds of f, g and h (the same inner loop, 6:3:1 iterations) for
+then runs rounds of f, g and h (the same inner loop, 6:3:1 iterations, and a
+filler of varying length between rounds) for
 SECONDS of its own CPU time, measuring each one's CPU time with
 time.thread_time (the oracle); then recurses DEPTH frames deep and spins there
 for a while. Writes RESULT (JSON, by rename) and exits: the shares, its tid,
@@ -70,11 +71,17 @@ def main(go, result, seconds, depth):
     spent = {"f": 0.0, "g": 0.0, "h": 0.0}
     work = {"f": f, "g": g, "h": h}
     start = time.thread_time()
+    rounds = 0
     while time.thread_time() - start < seconds:
         for name, fn in work.items():
             t0 = time.thread_time()
             fn()
             spent[name] += time.thread_time() - t0
+        # a filler (main's own spin call, not counted) of a length that moves each
+        # round's phase against a periodic sampler evenly (golden ratio steps): no
+        # aliasing, and errors far below random sampling's
+        rounds += 1
+        spin(int(rounds * 0.6180339887 % 1.0 * 2 * UNIT))
     total = sum(spent.values())
     frames = deep(depth, 0.4) if depth else 0
     out = {"pid": os.getpid(), "tid": threading.get_native_id(),
