@@ -377,6 +377,7 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: st
       sudo scope-ebpf run -d 30s -o out -- python3 server.py --port 8080
       sudo scope-ebpf run --root /srv/image -o out -- python3.15 /app/main.py
     """
+    from . import spawn
     from .controller import Session
 
     child_pid = 0
@@ -393,10 +394,11 @@ def run(output: Path | None, probes: str, no_hook: bool, root: str, duration: st
         _preload()
         session = t.session = Session(opts, _status)
         root = os.path.abspath(root)
-        _exe, interp = session.check_command(list(command), root)
-        fallback = session.stacks_fallback(None, interp)
+        # a build without probes is sampled instead (before check_command refuses it)
+        fallback = session.stacks_fallback(None, spawn.resolve(list(command), root)[1])
         if fallback:
             _status(fallback)
+        session.check_command(list(command), root)
         session.open()
         child = session.launch(list(command), hook=not no_hook, root=root)
         child_pid = child.pid

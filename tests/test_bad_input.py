@@ -49,16 +49,26 @@ def test_pid_that_is_not_python(tmp_path):
 
 
 def test_interpreter_without_probes_run_and_trace(tmp_path, noprobes_python):
-    r = scope("run", "-o", str(tmp_path / "o"), "--", noprobes_python, "-c", "pass")
+    """A build without probes gives no calls, gc or imports: without the stacks set
+    that is one error line; with the default probes both commands sample its
+    stacks instead and say so in one line."""
+    r = scope("run", "--probes", "gc", "-o", str(tmp_path / "o"), "--", noprobes_python,
+              "-c", "pass")
     _one_error_line(r, "has no CPython USDT probes")
+    r = scope("run", "-o", str(tmp_path / "r"), "--", noprobes_python, "-c", "pass")
+    assert r.returncode == 0, r.stderr
+    assert "no USDT probes in this build: sampling its Python stacks" in r.stderr
     p = subprocess.Popen([noprobes_python, "-c", "import time; time.sleep(30)"])
     try:
         time.sleep(0.2)
-        r = scope("trace", "--pid", str(p.pid), "-o", str(tmp_path / "o"))
+        r = scope("trace", "--pid", str(p.pid), "--probes", "gc", "-o", str(tmp_path / "o"))
+        _one_error_line(r, "not a CPython with USDT probes")
+        r = scope("trace", "--pid", str(p.pid), "-d", "1", "-o", str(tmp_path / "t"))
+        assert r.returncode == 0, r.stderr
+        assert "no USDT probes in this build: sampling its Python stacks" in r.stderr
     finally:
         p.kill()
         p.wait()
-    _one_error_line(r, "not a CPython with USDT probes")
 
 
 def test_command_that_does_not_exist(tmp_path):

@@ -448,7 +448,7 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, sampl
         driver.execute_script("arguments[0].scrollIntoView()", view)
         svg = driver.find_element(By.CSS_SELECTOR, "#trace svg")
         ticks = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#trace .tick text")]
-        assert len(ticks) >= 4 and all(TICK.fullmatch(t) for t in ticks), ticks
+        assert len(ticks) >= 3 and all(TICK.fullmatch(t) for t in ticks), ticks
         assert "time since the start of the trace" in driver.find_element(
             By.CSS_SELECTOR, "#trace .axis-title").text
         lanes = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#trace .lane-name")]
@@ -469,7 +469,7 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, sampl
         assert v1 - v0 == pytest.approx(span / 8)
         zoomed_ticks = [t.text for t in driver.find_elements(By.CSS_SELECTOR,
                                                              "#trace .tick text")]
-        assert len(zoomed_ticks) >= 4 and zoomed_ticks != ticks
+        assert len(zoomed_ticks) >= 3 and zoomed_ticks != ticks
         # the wheel zooms in around the pointer
         ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(svg), 0, -100).perform()
         svg = driver.find_element(By.CSS_SELECTOR, "#trace svg")
