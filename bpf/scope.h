@@ -85,11 +85,11 @@
 #define STAT_OFFCPU_UNWALKED 37 /* preemptions of target threads: no stack walked (on CPU
                                    samples show where they ran) */
 #define STAT_EVENT_STACKS 38    /* stacks walked at gc__start and audit */
-#define STAT_OFFCPU_RATE_SKIPPED 39 /* blocking switches not walked: the thread's last walk
-                                       was less than SCOPE_OFFCPU_WALK_NS ago */
+#define STAT_OFFCPU_RATE_SKIPPED 39 /* blocking switches not walked: over the thread's
+                                       walk budget (SCOPE_OFFCPU_WALK_NS, _BURST) */
 #define STAT_COUNT 40
-#define SCOPE_OFFCPU_WALK_NS 1000000 /* a thread's stack is walked at most once a ms when it
-                                        blocks (the rest of its intervals: no stack, counted) */
+#define SCOPE_OFFCPU_WALK_NS 1000000 /* a thread that blocks earns one walk of its stack a ms, */
+#define SCOPE_OFFCPU_BURST 16        /* up to this many saved (the rest: no stack, counted) */
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */

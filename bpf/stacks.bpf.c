@@ -33,7 +33,11 @@ BPF_HASH(tstates, __u32, struct tstate_entry, MAX_THREADS);     /* tid -> PyThre
 /* stacks already sent on pystacks_rb: forgotten least recently used first, and
  * sent again when seen again (user space keeps one row per stack) */
 BPF_TABLE("lru_hash", __u64, __u8, sampled, MAX_STACKS);
-BPF_HASH(offcpu_walked, __u32, __u64, MAX_THREADS);           /* tid -> its last off-CPU walk */
+struct walk_budget {
+    __u64 since;             /* when the budget was last topped up */
+    __u64 walks;             /* walks left */
+};
+BPF_HASH(offcpu_walked, __u32, struct walk_budget, MAX_THREADS); /* tid -> off-CPU walks */
 BPF_RINGBUF_OUTPUT(samples_rb, SAMPLES_RB_PAGES);
 BPF_RINGBUF_OUTPUT(pystacks_rb, PYSTACKS_RB_PAGES);
 
@@ -220,17 +224,31 @@ static __always_inline __u64 event_stack(__u32 pid, __u32 tid, __u32 mask)
     return current_stack(pid, tid);
 }
 
-/* At a switch of a target thread that blocks: at most one walk per thread in
- * SCOPE_OFFCPU_WALK_NS (a thread that blocks 100k times a second costs 1k walks). */
+/* At a switch of a target thread that blocks: a budget per thread of one walk
+ * per SCOPE_OFFCPU_WALK_NS, SCOPE_OFFCPU_BURST saved (a thread that blocks 100k
+ * times a second costs 1k walks; one that blocks now and then, none missed). */
 static __always_inline __u64 offcpu_stack(__u32 pid, __u32 tid, __u64 now)
 {
-    __u64 *last = offcpu_walked.lookup(&tid);
+    struct walk_budget *b = offcpu_walked.lookup(&tid);
 
-    if (last && now - *last < SCOPE_OFFCPU_WALK_NS) {
+    if (!b) {
+        struct walk_budget fresh = {.since = now, .walks = SCOPE_OFFCPU_BURST};
+        offcpu_walked.update(&tid, &fresh);
+        b = offcpu_walked.lookup(&tid);
+        if (!b)
+            return 0;
+    }
+    __u64 earned = (now - b->since) / SCOPE_OFFCPU_WALK_NS;
+    if (earned) {
+        b->walks = b->walks + earned > SCOPE_OFFCPU_BURST ? SCOPE_OFFCPU_BURST
+                                                          : b->walks + earned;
+        b->since += earned * SCOPE_OFFCPU_WALK_NS;
+    }
+    if (!b->walks) {
         stat_add(STAT_OFFCPU_RATE_SKIPPED);
         return 0;
     }
-    offcpu_walked.update(&tid, &now);
+    b->walks--;
     stat_add(STAT_OFFCPU_STACKS);
     return current_stack(pid, tid);
 }

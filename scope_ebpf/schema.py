@@ -173,7 +173,7 @@ _TABLE_LIST = (
             _opt("file", pa.string(), "source file of that function"),
             _opt("line", pa.int32(), "def line of that function"),
             _opt("stack_id", pa.int64(), "the Python stack when it blocked (stacks probe set; "
-                 "not for preemptions, at most once a ms per thread: kernel.offcpu_*): "
+                 "not for preemptions; a walk a ms per thread, 16 saved: kernel.offcpu_*): "
                  "the stacks row of its innermost frame (join stacks on pid, stack_id); NULL "
                  "if not taken"),
         ),
