@@ -109,5 +109,19 @@ def test_offcpu_and_gc_stacks(tmp_path: Path, sid: Path) -> None:
             _check(out, data, gc)
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
+    # the report's off-CPU flame graph has the blocked paths under their state
+    from scope_ebpf.analysis import analyze
+    from scope_ebpf.query import connect
+
+    a = analyze(connect(out))
+    paths = {tuple(f[0] for f in p) for _t, ps in a.offcpu_stacks for p, _w in ps}
+    for funcs, _clock in WANT.values():
+        assert any(p[0] == "off-CPU: sleeping" and list(p[-len(funcs):]) == funcs
+                   for p in paths), (funcs, paths)
+    html = subprocess.run([SCOPE, "report", str(out), "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True)
+    assert html.returncode == 0, html.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert "<div id=offflame>" in page and "id=cpu-flamegraph" in page
     if skipped:
         pytest.skip("; ".join(skipped))
