@@ -45,6 +45,7 @@ struct func_key {
 struct gc_state {
     __u64 start_ns;
     __s64 generation;
+    __u64 stack_id;
 };
 
 struct import_stack {
@@ -60,6 +61,7 @@ struct offcpu_state {
     __u32 pid;
     __u32 func_id;
     __u32 gil;
+    __u64 stack_id;
 };
 
 BPF_RINGBUF_OUTPUT(calls_rb, CALLS_RB_PAGES);
@@ -1085,6 +1087,12 @@ int on_gil_done(struct pt_regs *ctx)
     return 0;
 }
 
+#ifdef SCOPE_STACKS
+#include "stacks.bpf.c"
+#else
+static __always_inline __u64 event_stack(__u32 pid, __u32 tid, __u32 mask) { return 0; }
+#endif
+
 int on_gc_start(struct pt_regs *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
@@ -1097,6 +1105,7 @@ int on_gc_start(struct pt_regs *ctx)
         return 0;
     s.start_ns = bpf_ktime_get_ns();
     s.generation = ARG(ctx, sp, 0);
+    s.stack_id = event_stack(pid, tid, is_target(pid, sp));
     gc_states.update(&tid, &s);
     return 0;
 }
@@ -1124,6 +1133,7 @@ int on_gc_done(struct pt_regs *ctx)
     e->duration_ns = now - s->start_ns;
     e->generation = s->generation;
     e->collected = sp ? ARG(ctx, sp, 0) : -1;
+    e->stack_id = s->stack_id;
     e->pid = pid;
     e->tid = tid;
     e->pad = 0;
@@ -1212,17 +1222,16 @@ int on_audit(struct pt_regs *ctx)
     e->ts_ns = bpf_ktime_get_ns();
     e->pid = pid;
     e->tid = tid;
+    e->stack_id = 0;
     __u64 name = ARG(ctx, sp, 0);
     e->event[0] = 0;
     if (name)
         bpf_probe_read_user_str(e->event, sizeof(e->event), (void *)name);
+    /* after the name: the walk may send the stack first (the ring's order) */
+    e->stack_id = event_stack(pid, tid, is_target(pid, sp));
     audit_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
     return 0;
 }
-
-#ifdef SCOPE_STACKS
-#include "stacks.bpf.c"
-#endif
 
 TRACEPOINT_PROBE(sched, sched_switch)
 {
@@ -1249,6 +1258,17 @@ TRACEPOINT_PROBE(sched, sched_switch)
                                      .gil = gil};
             if (st && st->depth > 0 && st->depth <= SCOPE_MAX_DEPTH)
                 s.func_id = st->frames[(st->depth - 1) & (SCOPE_MAX_DEPTH - 1)].func_id;
+#ifdef SCOPE_STACKS
+            /* prev is the current task: its memory is readable. Preemptions are
+             * not walked (counted): the thread was running, the CPU samples have it. */
+            if (*mask & PROBE_STACKS) {
+                __s64 ps = args->prev_state;
+                if (ps == 0 || ps >= 0x100)
+                    stat_add(STAT_OFFCPU_UNWALKED);
+                else
+                    s.stack_id = offcpu_stack(pid, prev, now);
+            }
+#endif
             offcpu.update(&prev, &s);
         }
     }
@@ -1282,6 +1302,7 @@ TRACEPOINT_PROBE(sched, sched_switch)
         e->func_id = o->func_id;
         e->woken = o->wake_ns != 0;
         e->gil = o->gil;
+        e->stack_id = o->stack_id;
         sched_rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
     } else {
         stat_add(STAT_SCHED_LOST);
@@ -1382,6 +1403,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     imports.delete(&tid);
 #ifdef SCOPE_STACKS
     tstates.delete(&tid);
+    offcpu_walked.delete(&tid);
     if (tid == pid)
         stack_offs.delete(&pid);
 #endif

@@ -81,7 +81,15 @@
 #define STAT_SAMPLES_NO_LAYOUT 33 /* samples of targets whose layout is not known yet */
 #define STAT_SAMPLES_EMPTY 34   /* samples of threads running no Python frame */
 #define STAT_TSTATE_WALKS 35    /* thread-list walks in the kernel (tid not in tstates) */
-#define STAT_COUNT 36
+#define STAT_OFFCPU_STACKS 36   /* stacks walked at sched_switch (a target thread blocking) */
+#define STAT_OFFCPU_UNWALKED 37 /* preemptions of target threads: no stack walked (on CPU
+                                   samples show where they ran) */
+#define STAT_EVENT_STACKS 38    /* stacks walked at gc__start and audit */
+#define STAT_OFFCPU_RATE_SKIPPED 39 /* blocking switches not walked: over the thread's
+                                       walk budget (SCOPE_OFFCPU_WALK_NS, _BURST) */
+#define STAT_COUNT 40
+#define SCOPE_OFFCPU_WALK_NS 1000000 /* a thread that blocks earns one walk of its stack a ms, */
+#define SCOPE_OFFCPU_BURST 16        /* up to this many saved (the rest: no stack, counted) */
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
@@ -179,6 +187,7 @@ struct gc_event {
     __u64 start_ns;
     __u64 duration_ns;
     __s64 collected;
+    __u64 stack_id;      /* kernel id of the Python stack at gc__start (stacks set); 0 none */
     __u32 pid;
     __u32 tid;
     __s32 generation;
@@ -196,6 +205,7 @@ struct sched_event {
     __u32 func_id;       /* top of the thread's Python stack when it left */
     __u16 woken;         /* 1 if a sched_wakeup was seen for the interval */
     __u16 gil;           /* 1 if it left inside the GIL's wait (interpreters/gil.py) */
+    __u64 stack_id;      /* kernel id of its Python stack when it left (stacks set); 0 none */
 };
 
 struct import_event {
@@ -210,6 +220,7 @@ struct import_event {
 
 struct audit_event {
     __u64 ts_ns;
+    __u64 stack_id;      /* kernel id of the Python stack that raised it (stacks set); 0 none */
     __u32 pid;
     __u32 tid;
     char event[SCOPE_AUDIT_LEN];

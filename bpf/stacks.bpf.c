@@ -33,6 +33,11 @@ BPF_HASH(tstates, __u32, struct tstate_entry, MAX_THREADS);     /* tid -> PyThre
 /* stacks already sent on pystacks_rb: forgotten least recently used first, and
  * sent again when seen again (user space keeps one row per stack) */
 BPF_TABLE("lru_hash", __u64, __u8, sampled, MAX_STACKS);
+struct walk_budget {
+    __u64 since;             /* when the budget was last topped up */
+    __u64 walks;             /* walks left */
+};
+BPF_HASH(offcpu_walked, __u32, struct walk_budget, MAX_THREADS); /* tid -> off-CPU walks */
 BPF_RINGBUF_OUTPUT(samples_rb, SAMPLES_RB_PAGES);
 BPF_RINGBUF_OUTPUT(pystacks_rb, PYSTACKS_RB_PAGES);
 
@@ -154,15 +159,108 @@ static __always_inline void walk_frames(struct stack_offsets *so, struct walk_sc
     }
 }
 
+/* Walk the current thread's Python stack and send it on pystacks_rb unless
+ * sent before: its kernel id, or 0 with *why = STAT_SAMPLES_NO_THREAD (its
+ * thread state is not known) or STAT_SAMPLES_EMPTY (no Python frame).
+ * s->missing and s->cur (not 0: the count was cut) tell whether it is truncated. */
+static __always_inline __u64 take_stack(__u32 pid, __u32 tid, struct stack_offsets *so,
+                                        struct walk_scratch *s, __u32 *why)
+{
+    __u64 tstate, frame, stack_id;
+
+    s->n = 0;
+    s->missing = 0;
+    s->cur = 0;
+    tstate = find_tstate(pid, tid, so, s);
+    if (!tstate) {
+        *why = STAT_SAMPLES_NO_THREAD;
+        return 0;
+    }
+    frame = read_u64(tstate + so->tstate_frame);
+    if (frame && so->cframe_frame >= 0)
+        frame = read_u64(frame + so->cframe_frame);  /* 3.11-3.12: via the _PyCFrame */
+    s->cur = frame;
+    s->hash = mix64(pid + 0x51ac4ed5ULL);
+    walk_frames(so, s);
+    if (!s->n) {
+        *why = STAT_SAMPLES_EMPTY;
+        return 0;
+    }
+    stack_id = s->hash ? s->hash : 1;
+    if (!sampled.lookup(&stack_id)) {
+        __u8 one = 1;
+
+        s->ev.stack_id = stack_id;
+        s->ev.pid = pid;
+        s->ev.depth = s->n;
+        s->ev.missing = s->missing;
+        s->ev.flags = s->cur ? STACK_COUNT_CUT : 0;
+        if (pystacks_rb.ringbuf_output(&s->ev, sizeof(s->ev), 0))
+            stat_add(STAT_STACKS_LOST);  /* not remembered: sent at its next sample */
+        else
+            sampled.update(&stack_id, &one);
+    }
+    return stack_id;
+}
+
+/* The stack of a target thread (stacks set) at an event (gc__start, audit, a
+ * switch off the CPU): its kernel id, 0 if none. */
+static __always_inline __u64 current_stack(__u32 pid, __u32 tid)
+{
+    __u32 zero = 0, why = 0;
+    struct stack_offsets *so = stack_offs.lookup(&pid);
+    struct walk_scratch *s = walk_scratch.lookup(&zero);
+
+    if (!so || !s)
+        return 0;
+    return take_stack(pid, tid, so, s, &why);
+}
+
+static __always_inline __u64 event_stack(__u32 pid, __u32 tid, __u32 mask)
+{
+    if (!(mask & PROBE_STACKS))
+        return 0;
+    stat_add(STAT_EVENT_STACKS);
+    return current_stack(pid, tid);
+}
+
+/* At a switch of a target thread that blocks: a budget per thread of one walk
+ * per SCOPE_OFFCPU_WALK_NS, SCOPE_OFFCPU_BURST saved (a thread that blocks 100k
+ * times a second costs 1k walks; one that blocks now and then, none missed). */
+static __always_inline __u64 offcpu_stack(__u32 pid, __u32 tid, __u64 now)
+{
+    struct walk_budget *b = offcpu_walked.lookup(&tid);
+
+    if (!b) {
+        struct walk_budget fresh = {.since = now, .walks = SCOPE_OFFCPU_BURST};
+        offcpu_walked.update(&tid, &fresh);
+        b = offcpu_walked.lookup(&tid);
+        if (!b)
+            return 0;
+    }
+    __u64 earned = (now - b->since) / SCOPE_OFFCPU_WALK_NS;
+    if (earned) {
+        b->walks = b->walks + earned > SCOPE_OFFCPU_BURST ? SCOPE_OFFCPU_BURST
+                                                          : b->walks + earned;
+        b->since += earned * SCOPE_OFFCPU_WALK_NS;
+    }
+    if (!b->walks) {
+        stat_add(STAT_OFFCPU_RATE_SKIPPED);
+        return 0;
+    }
+    b->walks--;
+    stat_add(STAT_OFFCPU_STACKS);
+    return current_stack(pid, tid);
+}
+
 int on_sample(struct bpf_perf_event_data *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 pid = id >> 32, tid = id, zero = 0;
+    __u32 pid = id >> 32, tid = id, zero = 0, why = 0;
     struct sample_event smp = {.pid = pid, .tid = tid, .flags = SAMPLE_ONCPU};
     struct stack_offsets *so;
     struct walk_scratch *s;
     __u32 *mask;
-    __u64 tstate, frame;
 
     if (!pid)
         return 0;
@@ -178,42 +276,17 @@ int on_sample(struct bpf_perf_event_data *ctx)
         smp.flags |= SAMPLE_NO_THREAD;
         goto send;
     }
-    tstate = find_tstate(pid, tid, so, s);
-    if (!tstate) {
-        stat_add(STAT_SAMPLES_NO_THREAD);
-        smp.flags |= SAMPLE_NO_THREAD;
-        goto send;
-    }
-    frame = read_u64(tstate + so->tstate_frame);
-    if (frame && so->cframe_frame >= 0)
-        frame = read_u64(frame + so->cframe_frame);  /* 3.11-3.12: via the _PyCFrame */
-    s->cur = frame;
-    s->hash = mix64(pid + 0x51ac4ed5ULL);
-    s->n = 0;
-    s->missing = 0;
-    walk_frames(so, s);
-    if (!s->n) {
-        stat_add(STAT_SAMPLES_EMPTY);
+    smp.stack_id = take_stack(pid, tid, so, s, &why);
+    if (!smp.stack_id) {
+        stat_add(why);
+        if (why == STAT_SAMPLES_NO_THREAD)
+            smp.flags |= SAMPLE_NO_THREAD;
         goto send;
     }
     if (s->missing || s->cur) {
         stat_add(STAT_SAMPLES_TRUNCATED);
         smp.flags |= SAMPLE_TRUNCATED;
         smp.missing = s->missing;
-    }
-    smp.stack_id = s->hash ? s->hash : 1;
-    if (!sampled.lookup(&smp.stack_id)) {
-        __u8 one = 1;
-
-        s->ev.stack_id = smp.stack_id;
-        s->ev.pid = pid;
-        s->ev.depth = s->n;
-        s->ev.missing = s->missing;
-        s->ev.flags = s->cur ? STACK_COUNT_CUT : 0;
-        if (pystacks_rb.ringbuf_output(&s->ev, sizeof(s->ev), 0))
-            stat_add(STAT_STACKS_LOST);  /* not remembered: sent at its next sample */
-        else
-            sampled.update(&smp.stack_id, &one);
     }
 send:
     if (samples_rb.ringbuf_output(&smp, sizeof(smp), BPF_RB_NO_WAKEUP))

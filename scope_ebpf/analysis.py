@@ -71,6 +71,13 @@ class Analysis:
     # per thread: ((pid, tid), [(frames root first as (function, file, line), on-CPU ns)])
     thread_stacks: list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]] = field(
         default_factory=list)
+    # sampled (stacks set): CPU ns per thread and path from samples (count / hz), and
+    # off-CPU ns from sched rows with stacks, the state as the outermost frame
+    cpu_stacks: list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]] = field(
+        default_factory=list)
+    offcpu_stacks: list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]] = field(
+        default_factory=list)
+    sample_hz: int = 0
     gc_by_gen: list[dict] = field(default_factory=list)
     gc_series: list[dict] = field(default_factory=list)
     gc_longest: list[dict] = field(default_factory=list)
@@ -193,6 +200,11 @@ def analyze(con: duckdb.DuckDBPyConnection, exact_rows: bool = False) -> Analysi
         a.gc_longest = gc_longest(con, tables["calls"] > 0)
         if tables["calls"]:
             a.gc_triggers = gc_triggers(con)
+    if _has_column(con, "samples", "stack_id") and _count(con, "samples"):
+        a.sample_hz = int(a.session.get("sample_hz") or 99)
+        a.cpu_stacks = cpu_stacks(con, a.sample_hz)
+    if tables["sched"] and _has_column(con, "sched", "stack_id"):
+        a.offcpu_stacks = offcpu_stacks(con)
     if tables["sched"]:
         a.offcpu = _rows(con, f"""
             SELECT coalesce(function, '(no Python frame)') AS function, file, line, state,
@@ -418,10 +430,46 @@ def folded(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
 Frame = tuple[str, "str | None", "int | None"]  # function, file, line
 
 
-def thread_stacks(con: duckdb.DuckDBPyConnection
-                  ) -> list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]]:
-    """On-CPU self time x weight per thread and path, paths as frames with file
-    and line (for exports that keep threads apart, like py-spy's)."""
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    try:
+        con.execute(f"SELECT {column} FROM {table} LIMIT 0")
+    except duckdb.Error:
+        return False
+    return True
+
+
+ThreadStacks = list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]]
+
+
+def _weighted(con: duckdb.DuckDBPyConnection, sql: str) -> ThreadStacks:
+    """(pid, tid, stack_id, weight[, outermost frame]) rows per thread and path."""
+    frames = _paths(con)
+    out: dict[tuple[int, int], list[tuple[tuple[Frame, ...], int]]] = {}
+    for pid, tid, sid, w, *first in con.execute(sql).fetchall():
+        path = frames(pid, sid) if sid is not None else (("(no stack)", None, None),)
+        if first:
+            path = ((first[0], None, None), *path)
+        out.setdefault((pid, tid), []).append((path, int(w)))
+    return list(out.items())
+
+
+def cpu_stacks(con: duckdb.DuckDBPyConnection, hz: int) -> ThreadStacks:
+    """CPU time per thread and path from timer samples: each one 1/hz seconds."""
+    return _weighted(con, f"""
+        SELECT pid, tid, stack_id, count(*) * {1_000_000_000 // max(hz, 1)} FROM samples
+        WHERE oncpu AND stack_id IS NOT NULL GROUP BY ALL ORDER BY ALL""")
+
+
+def offcpu_stacks(con: duckdb.DuckDBPyConnection) -> ThreadStacks:
+    """Off-CPU time per thread, state and path of the sched rows that have a stack
+    (the state, 'gil' included, as the outermost frame)."""
+    return _weighted(con, """
+        SELECT pid, tid, stack_id, sum(duration_ns), 'off-CPU: ' || state FROM sched
+        WHERE stack_id IS NOT NULL AND duration_ns > 0 GROUP BY ALL ORDER BY ALL""")
+
+
+def _paths(con: duckdb.DuckDBPyConnection):
+    """A function (pid, stack_id) -> frames outermost first, from the stacks table."""
     nodes = {(pid, sid): (parent, (fn or "?", file, line)) for pid, sid, parent, fn, file, line
              in con.execute("SELECT DISTINCT pid, stack_id, parent_stack_id, function, file, "
                             "line FROM stacks").fetchall()}
@@ -444,6 +492,14 @@ def thread_stacks(con: duckdb.DuckDBPyConnection
             base = memo[k] = (*base, nodes[k][1])
         return memo.get((pid, sid), base)
 
+    return frames
+
+
+def thread_stacks(con: duckdb.DuckDBPyConnection
+                  ) -> list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]]:
+    """On-CPU self time x weight per thread and path, paths as frames with file
+    and line (for exports that keep threads apart, like py-spy's)."""
+    frames = _paths(con)
     out: dict[tuple[int, int], list[tuple[tuple[Frame, ...], int]]] = {}
     for pid, tid, sid, w in con.execute("""
             SELECT pid, tid, stack_id, sum((self_ns - self_offcpu_ns) * weight) FROM calls

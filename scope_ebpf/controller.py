@@ -405,15 +405,17 @@ class Session:
             # (BufferError: cannot close exported pointers exist).
             del calls, part
         p.rings["calls_rb"].release(calls_pos)
+        # (after _samples: the stacks these carry were sent before them)
         if len(gc):
-            self._add("gc", self.decoder.gc(gc))
+            self._add("gc", self.decoder.gc(gc, self._stack_ids(gc)))
         if len(sched):
-            self._add("sched", self.decoder.sched(sched))
+            self._add("sched", self.decoder.sched(sched, self._stack_ids(sched)))
         if len(imports):
             self._add("imports", self.decoder.imports(imports))
         hooked = hook_events(audit) if len(audit) else None
         if hooked is not None and not hooked.all():
-            self._add("audit", self.decoder.audit(audit[~hooked]))
+            self._add("audit", self.decoder.audit(audit[~hooked],
+                                                  self._stack_ids(audit[~hooked])))
         if len(proc):
             self._proc_events(self.decoder.proc_events(proc))
         if hooked is not None and hooked.any():
@@ -440,6 +442,10 @@ class Session:
         if self.stacks is not None:
             self.stacks.poll(p.stat("samples_no_thread"))
         return ncalls + nsamples + sum(map(len, (funcs, paths, gc, sched, proc, imports, audit)))
+
+    def _stack_ids(self, r: np.ndarray) -> pa.Array | None:
+        """The stack_id column of gc, sched or audit records (stacks set), else None."""
+        return self.stacks.resolve(r) if self.stacks is not None else None
 
     def _samples(self) -> int:
         """Samples, then the stacks they carry (each sent before its first sample),

@@ -302,7 +302,7 @@ class Decoder:
         r["weight"] = 1
         return self.calls(r)
 
-    def gc(self, r: np.ndarray) -> pa.RecordBatch:
+    def gc(self, r: np.ndarray, stacks: pa.Array | None = None) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([
             self._ts(r["start_ns"]),
             pa.array(r["duration_ns"].astype(np.int64)),
@@ -310,9 +310,10 @@ class Decoder:
             pa.array(r["tid"].astype(np.int32)),
             pa.array(r["generation"].astype(np.int32)),
             pa.array(r["collected"].astype(np.int64)),
+            _no_stacks(r) if stacks is None else stacks,
         ], names=_schema("gc").names)
 
-    def sched(self, r: np.ndarray) -> pa.RecordBatch:
+    def sched(self, r: np.ndarray, stacks: pa.Array | None = None) -> pa.RecordBatch:
         function, file, line = self.functions.columns(r["func_id"])
         st = r["prev_state"]
         preempted = (st == 0) | (st >= 0x100)
@@ -329,6 +330,7 @@ class Decoder:
             pa.array(st.astype(np.int64)),
             pa.array(r["runq_ns"].astype(np.int64), mask=~runq_known),
             function, file, line,
+            _no_stacks(r) if stacks is None else stacks,
         ], names=_schema("sched").names)
 
     def imports(self, r: np.ndarray) -> pa.RecordBatch:
@@ -342,12 +344,13 @@ class Decoder:
             pa.array(r["depth"].astype(np.int32)),
         ], names=_schema("imports").names)
 
-    def audit(self, r: np.ndarray) -> pa.RecordBatch:
+    def audit(self, r: np.ndarray, stacks: pa.Array | None = None) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([
             self._ts(r["ts_ns"]),
             pa.array(r["pid"].astype(np.int32)),
             pa.array(r["tid"].astype(np.int32)),
             _strings(r["event"]),
+            _no_stacks(r) if stacks is None else stacks,
         ], names=_schema("audit").names)
 
     def proc_events(self, r: np.ndarray) -> list[dict]:
@@ -398,3 +401,8 @@ def _schema(table: str) -> pa.Schema:
     """The columns decoded here: the writer's own (_WRITER_COLUMNS) left out."""
     sch = schema.arrow_schema(table)
     return pa.schema([f for f in sch if f.name not in _WRITER_COLUMNS])
+
+
+def _no_stacks(r: np.ndarray) -> pa.Array:
+    """A stack_id column of NULLs (no stacks probe set)."""
+    return pa.nulls(len(r), pa.int64())

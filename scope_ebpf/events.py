@@ -97,6 +97,7 @@ STAT_NAMES = (
     "breaker_skipped", "calls_guard_sampled", "generators_created", "unsynced_frames",
     "paths_lost", "samples", "samples_lost", "sample_stacks_lost", "samples_truncated",
     "samples_no_thread", "samples_no_layout", "samples_empty", "tstate_walks",
+    "offcpu_stacks", "offcpu_unwalked", "event_stacks", "offcpu_rate_skipped",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling

@@ -396,6 +396,14 @@ def page_data(a: Analysis) -> dict:
         if i is not None:
             totals[f"{pid}:{i}"] = [t["calls"], t["total_ns"], _ns(t["total_ns"]),
                                     t["total_cpu_ns"], _ns(t["total_cpu_ns"])]
+    def graph(stacks: list) -> dict | None:
+        if not stacks:
+            return None
+        ts = [[pid, tid, thread_label(a, pid, tid),
+               [[[frame(*f) for f in path], w] for path, w in paths]]
+              for (pid, tid), paths in stacks]
+        return {"threads": ts, "totals": totals, "multi": len({t[0] for t in ts}) > 1}
+
     lanes: dict[tuple[int, int], int] = {}
     calls = []
     for r in a.trace_calls:
@@ -407,6 +415,8 @@ def page_data(a: Analysis) -> dict:
         "frames": frame.rows,
         "flame": {"threads": threads, "totals": totals,
                   "multi": len({t[0] for t in threads}) > 1},
+        "cpuflame": graph(a.cpu_stacks),
+        "offflame": graph(a.offcpu_stacks),
         "trace": {"span": span, "calls": calls,
                   "lanes": [thread_label(a, p, t) for p, t in lanes]},
     }
@@ -432,6 +442,38 @@ def _trace_note(a: Analysis) -> str:
     return f"<p class=note id=trace-note>{shown}{deeper}.{sampled}{running}</p>"
 
 
+def _flame_controls(p: str) -> str:
+    return (f"<div class=controls><label>show <select id={p}-thread></select></label> "
+            f"<input id={p}-search type=search placeholder='search frames' size=28> "
+            f"<span id={p}-matched></span> <button id={p}-reset>reset zoom</button> "
+            f"<span id={p}-zoom></span></div>")
+
+
+def _sampled_flames(a: Analysis) -> str:
+    """The CPU flame graph from timer samples and the off-CPU one from the sched
+    rows' stacks (stacks probe set), each saying where its time comes from."""
+    out = ["<h2 id=cpu-flamegraph>CPU flame graph (sampled stacks)</h2>"]
+    if a.cpu_stacks:
+        n = sum(w for _t, paths in a.cpu_stacks for _p, w in paths)
+        out.append(_flame_controls("cpuflame") + "<p class=note>From the samples table: "
+                   f"each timer sample of a thread counts 1/{a.sample_hz} s ({_ns(n)} in all)"
+                   "; whole Python stacks, with or without call probes. Where exact call rows "
+                   "exist too, the flame graph above has their exact times.</p>"
+                   "<div id=cpuflame></div>")
+    else:
+        out.append("<p class=none>no stack samples (--probes stacks)</p>")
+    out.append("<h2 id=offcpu-flamegraph>Off-CPU flame graph</h2>")
+    if a.offcpu_stacks:
+        out.append(_flame_controls("offflame") + "<p class=note>From the sched table: "
+                   "each off-CPU interval's duration on the Python stack the thread blocked "
+                   "in, under its state ('gil' is a wait for the GIL); preemptions and "
+                   "intervals over the walk budget have no stack (kernel.offcpu_*) and are "
+                   "in the off-CPU table below only.</p><div id=offflame></div>")
+    else:
+        out.append("<p class=none>no off-CPU stacks (--probes stacks,sched)</p>")
+    return "\n".join(out)
+
+
 def page(a: Analysis, title: str) -> str:
     """The self-contained HTML report."""
     data = json.dumps(page_data(a)).replace("</", "<\\/")
@@ -449,11 +491,8 @@ def page(a: Analysis, title: str) -> str:
             f"{rq['intervals']:,} intervals.</p>") if rq else ""
     prefix = (f" File paths are relative to <code>{html.escape(a.path_prefix)}</code>."
               if a.path_prefix else "")
-    flame = ("<div class=controls><label>show <select id=flame-thread></select></label> "
-             "<input id=flame-search type=search placeholder='search frames' size=28> "
-             "<span id=flame-matched></span> <button id=flame-reset>reset zoom</button> "
-             "<span id=flame-zoom></span></div>"
-             "<p class=note>On-CPU time: a frame's width is its calls' on-CPU time on that "
+    flame = (_flame_controls("flame") + "<p class=note>From the exact call rows. On-CPU "
+             "time: a frame's width is its calls' on-CPU time on that "
              "path (self and children, x weight). Click a frame to zoom, hover for its "
              "file, its call path and its function's total; search highlights matching "
              "frames (function or file) and gives their share.</p>"
@@ -483,6 +522,7 @@ def page(a: Analysis, title: str) -> str:
 {_table(_self_rows(a, a.waiting), "waiting")}
 <h2 id=flamegraph>Flame graph</h2>
 {flame}
+{_sampled_flames(a)}
 <h2 id=calls-in-time>Calls in time</h2>
 <p class=note>Each thread's calls from the exact rows, callers above callees, as they ran.</p>
 {trace}

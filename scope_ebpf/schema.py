@@ -149,6 +149,10 @@ _TABLE_LIST = (
             _TID,
             _opt("generation", pa.int32(), "generation collected (0, 1 or 2)"),
             _opt("collected", pa.int64(), "objects collected"),
+            _opt("stack_id", pa.int64(), "the Python stack that started the collection "
+                 "(stacks probe set): "
+                 "the stacks row of its innermost frame (join stacks on pid, stack_id); NULL "
+                 "if not taken"),
         ),
     ),
     Table(
@@ -168,6 +172,10 @@ _TABLE_LIST = (
             _opt("function", pa.string(), "Python function on top of the stack when it left"),
             _opt("file", pa.string(), "source file of that function"),
             _opt("line", pa.int32(), "def line of that function"),
+            _opt("stack_id", pa.int64(), "the Python stack when it blocked (stacks probe set; "
+                 "not for preemptions; a walk a ms per thread, 16 saved: kernel.offcpu_*): "
+                 "the stacks row of its innermost frame (join stacks on pid, stack_id); NULL "
+                 "if not taken"),
         ),
     ),
     Table(
@@ -255,6 +263,9 @@ _TABLE_LIST = (
             _PID,
             _TID,
             _opt("event", pa.string(), "audit event name (NULL if not valid UTF-8)"),
+            _opt("stack_id", pa.int64(), "the Python stack that raised it (stacks probe set): "
+                 "the stacks row of its innermost frame (join stacks on pid, stack_id); NULL "
+                 "if not taken"),
         ),
     ),
     Table(

@@ -3,11 +3,14 @@
 // ancestor or 'reset zoom' zooms out. The select shows all threads, one
 // process or one thread; the search box highlights matching frames and says
 // which share of the shown time they hold (frames inside a match count once).
-(function(){
-const FL = R.flame, F = R.frames;
-const box = document.getElementById('flame'), pick = document.getElementById('flame-thread');
-const search = document.getElementById('flame-search'), matched = document.getElementById('flame-matched');
-if (!box) return;
+// One widget per graph: P is its element ids' prefix ('flame' for the exact
+// rows' graph, 'cpuflame' and 'offflame' for the sampled and off-CPU ones), FL
+// its data, what the label of a frame's time ('on-CPU', 'off-CPU').
+function flameGraph(P, FL, what){
+const F = R.frames;
+const box = document.getElementById(P), pick = document.getElementById(P+'-thread');
+const search = document.getElementById(P+'-search'), matched = document.getElementById(P+'-matched');
+if (!box || !FL) return;
 const W = 1000, H = 17, PATH_LINES = 24;
 const haystack = F.map(f => (f[3]+' '+(f[1]||'')).toLowerCase());
 let root, zoom, query = '';
@@ -51,7 +54,7 @@ function describe(n){
     if (t) lines.push('total of '+fn+' in pid '+n.pid+': '+t[2]+' wall, '+t[4]+' on-CPU, '+
                       t[0].toLocaleString('en-US')+' calls', '  (a call inside another call of '+fn+' is not counted again)');
   }
-  lines.push('this path: '+fmt(n.value)+' on-CPU ('+(100*n.value/(root.value||1)).toFixed(1)+
+  lines.push('this path: '+fmt(n.value)+' '+what+' ('+(100*n.value/(root.value||1)).toFixed(1)+
              '% of the shown time), self '+fmt(n.self));
   const path = []; for (let p = n; p && p !== root; p = p.parent) path.unshift(p.name);
   lines.push('call path, outermost first ('+path.length+' frames):');
@@ -82,13 +85,16 @@ function draw(){
       const cw = w * c.value / (n.value||1); if (cw >= 0.3) lay(c, cx, cw, y+1); cx += cw; }
   })(zoom, 0, W, ancestors.length);
   box.replaceChildren(svg);
-  document.getElementById('flame-zoom').textContent = zoom === root ? '' : 'zoomed to '+zoom.name;
+  document.getElementById(P+'-zoom').textContent = zoom === root ? '' : 'zoomed to '+zoom.name;
   if (query === '') matched.textContent = '';
   else { const m = matchedShare();
     matched.textContent = 'Matched: '+(100*m/(root.value||1)).toFixed(1)+'% ('+fmt(m)+' of '+fmt(root.value)+')'; }
 }
 pick.addEventListener('change', () => { build(pick.value); draw(); });
 search.addEventListener('input', () => { query = search.value.trim().toLowerCase(); draw(); });
-document.getElementById('flame-reset').addEventListener('click', () => { zoom = root; draw(); });
+document.getElementById(P+'-reset').addEventListener('click', () => { zoom = root; draw(); });
 build('all'); draw();
-})();
+}
+flameGraph('flame', R.flame, 'on-CPU');
+flameGraph('cpuflame', R.cpuflame, 'on-CPU (sampled)');
+flameGraph('offflame', R.offflame, 'off-CPU');

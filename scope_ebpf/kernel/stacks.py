@@ -229,12 +229,13 @@ class Sampler:
             parent = node
         return parent
 
-    def samples(self, r: np.ndarray, offset_ns: int) -> pa.RecordBatch:
-        pids = r["pid"].astype(np.int64)
-        kids = r["stack_id"].astype(np.uint64)
+    def resolve(self, r: np.ndarray) -> pa.Array:
+        """The stack_id column of records with pid and a kernel stack_id (0: none):
+        the stacks rows of their innermost frames, NULL where not known."""
         ids = np.zeros(len(r), np.int64)
         known = np.zeros(len(r), bool)
-        for i, (pid, kid) in enumerate(zip(pids.tolist(), kids.tolist(), strict=True)):
+        for i, (pid, kid) in enumerate(zip(r["pid"].tolist(), r["stack_id"].tolist(),
+                                           strict=True)):
             if not kid:
                 continue
             got = self.kernel_ids.get((pid, kid))
@@ -242,12 +243,15 @@ class Sampler:
                 self.counts["stacks.unknown"] += 1  # its stack record was lost
                 continue
             ids[i], known[i] = got[0], True
+        return pa.array(ids, mask=~known)
+
+    def samples(self, r: np.ndarray, offset_ns: int) -> pa.RecordBatch:
         flags = r["flags"]
         return pa.RecordBatch.from_arrays([
             pa.array(r["ts_ns"].astype(np.int64) + offset_ns),
             pa.array(r["pid"].astype(np.int32)),
             pa.array(r["tid"].astype(np.int32)),
-            pa.array(ids, mask=~known),
+            self.resolve(r),
             pa.array((flags & _C["SAMPLE_ONCPU"]) != 0),
             pa.array(r["missing"].astype(np.int32)),
         ], schema=_samples_schema())
