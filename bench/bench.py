@@ -355,6 +355,10 @@ def _print(r: dict) -> None:
               f"{r['soak_seconds']} s, after 5 s of warm-up; peak {r['soak_peak_rss_mb']:.0f} MB, "
               f"{r['soak_records']:,} records, {r['soak_lost_records']} lost, "
               f"{r['soak_controller_ns_per_record']:.0f} ns/record")
+    if "stacks_tstate_map" in r:
+        from stacks import print_targets
+
+        print_targets(r)
     m = r["machine"]
     print(f"\n{m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['python']}")
 

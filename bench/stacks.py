@@ -13,7 +13,9 @@ DEPTH frames deep (Debian's python3.11; --python for another), at --hz:
 
 and the same BPF figures with the thread list walked in the kernel on every
 sample (the tid -> thread state map unused) to price that way of finding the
-thread's state.
+thread's state; and py-spy (`py-spy record -r HZ --nonblocking`, raw output to
+/dev/null) on the same workload in the same runs: its slowdown and its CPU per
+sample (its whole process life, attach included, over the samples it reports).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ sys.stdin.readline()
 print(deep(int(sys.argv[1]), int(sys.argv[2])), flush=True)
 """
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
+TARGETS = {"bpf_ns_per_sample": 10_000, "controller_ns_per_sample": 2_000, "slowdown": 1.02}
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 def _prog_stats(fd: int) -> tuple[int, int]:
@@ -61,6 +65,40 @@ def _prog_stats(fd: int) -> tuple[int, int]:
 def _cpu_ns() -> int:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return int((ru.ru_utime + ru.ru_stime) * 1e9)
+
+
+def _proc_cpu_ns(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
+
+
+def _py_spy(python: str, depth: int, work: int, hz: int) -> tuple[float, int, int] | None:
+    """(target elapsed s, py-spy CPU ns, samples) under py-spy record; None without it."""
+    if not PY_SPY.exists():
+        return None
+    p = _target(python, depth, work)
+    spy = subprocess.Popen([str(PY_SPY), "record", "-r", str(hz), "--nonblocking", "--format",
+                            "raw", "-o", "/dev/null", "-p", str(p.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(0.5)  # attached (it reads the process's memory maps and symbols first)
+    elapsed = _finish(p)
+    p.wait()
+    cpu = 0
+    while spy.poll() is None:  # it stops when the target exits
+        try:
+            cpu = _proc_cpu_ns(spy.pid)
+        except OSError:
+            break
+        time.sleep(0.01)
+    err = spy.stderr.read()
+    import re
+
+    m = re.search(r"Samples: (\d+)", err)
+    samples = int(m.group(1)) if m else int(elapsed * hz)
+    return elapsed, cpu, samples
 
 
 def _target(python: str, depth: int, work: int) -> subprocess.Popen:
@@ -91,6 +129,7 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
         fd = s.program.prog_fd("on_sample")
         times: dict[str, list[float]] = {"untraced": [], "traced": []}
         per = {"map": [0, 0, 0, 0], "walk": [0, 0, 0, 0]}  # ns, calls, samples, cpu ns
+        spy_cpu = [0, 0]  # py-spy: cpu ns, samples
         for i in range(runs):
             s.program.stop_sampling()
             p = _target(python, depth, work)
@@ -118,13 +157,23 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
                 acc[3] += _cpu_ns() - cpu0
                 if mode == "map":
                     times["traced"].append(elapsed)
+            spy = _py_spy(python, depth, work, hz)
+            if spy is not None:
+                times.setdefault("py_spy", []).append(spy[0])
+                spy_cpu[0] += spy[1]
+                spy_cpu[1] += spy[2]
             print(f"  run {i + 1}/{runs}: untraced {times['untraced'][-1]:.3f} s, "
-                  f"traced {times['traced'][-1]:.3f} s", file=sys.stderr)
+                  f"traced {times['traced'][-1]:.3f} s"
+                  + (f", py-spy {spy[0]:.3f} s" if spy else ""), file=sys.stderr)
         kstacks.WALK_ALWAYS = False
         med = {k: statistics.median(v) for k, v in times.items()}
         out = {"stacks_hz": hz, "stacks_depth": depth, "stacks_runs": runs,
                "stacks_elapsed_s_median": med,
                "stacks_slowdown": med["traced"] / med["untraced"]}
+        if "py_spy" in med:
+            out["py_spy"] = {"slowdown": med["py_spy"] / med["untraced"],
+                             "samples": spy_cpu[1],
+                             "cpu_ns_per_sample": spy_cpu[0] / max(spy_cpu[1], 1)}
         for mode, (ns, cnt, samples, cpu) in per.items():
             key = "stacks_tstate_map" if mode == "map" else "stacks_tstate_walk"
             out[key] = {"bpf_ns_per_call": ns / max(cnt, 1),
@@ -153,7 +202,26 @@ def main() -> None:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root")
-    print(json.dumps(bench_stacks(a.runs, a.hz, a.depth, a.work, a.python), indent=2))
+    r = bench_stacks(a.runs, a.hz, a.depth, a.work, a.python)
+    print(json.dumps(r, indent=2))
+    print_targets(r)
+
+
+def print_targets(r: dict) -> None:
+    """The issue's targets, ok or MISSED, and py-spy beside them."""
+    m = r["stacks_tstate_map"]
+    spy = r.get("py_spy")
+    print(f"\nstacks at {r['stacks_hz']} Hz, {r['stacks_depth']}-frame stack"
+          + (f"{'py-spy':>34}" if spy else ""))
+    rows = [("BPF ns/sample", m["bpf_ns_per_sample"], "bpf_ns_per_sample", None),
+            ("controller ns/sample", m["controller_ns_per_sample"], "controller_ns_per_sample",
+             spy["cpu_ns_per_sample"] if spy else None),
+            ("target slowdown", r["stacks_slowdown"], "slowdown",
+             spy["slowdown"] if spy else None)]
+    for name, value, key, other in rows:
+        t = TARGETS[key]
+        print(f"{name:<22}{value:>12.2f}   target <= {t:<7} {'ok' if value <= t else 'MISSED':<7}"
+              + (f"{other:>12.2f}" if other is not None else ""))
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ struct stack_offsets {
     __u32 owner_skip;        /* owner >= this is a shim, not Python code; 0: none */
     __u32 flags;             /* SO_* */
     __u32 frame_size;        /* bytes of a frame read (every field above within), <= 128 */
-    __u32 pad;
+    __u32 frame_lo;          /* from this offset: the frame_* offsets above are relative to it */
 };
 
 /* The value of the `tstates` map (tid -> its PyThreadState). */

@@ -26,7 +26,8 @@
 #define PYSTACKS_RB_PAGES 512  /* 2 MiB: about 1,000 new stacks between two drains */
 #endif
 
-#define FRAME_BUF 128          /* bytes of a frame read per frame (stack_offsets.frame_size) */
+#define FRAME_BUF 128          /* bytes of a frame read per frame (stack_offsets.frame_size):
+                                * one read of just the span of the fields used */
 
 BPF_HASH(stack_offs, __u32, struct stack_offsets, MAX_TARGETS);  /* pid -> its layout */
 BPF_HASH(tstates, __u32, struct tstate_entry, MAX_THREADS);     /* tid -> PyThreadState */
@@ -130,7 +131,7 @@ static __always_inline void walk_frames(struct stack_offsets *so, struct walk_sc
             break;
         if (size > FRAME_BUF)
             size = FRAME_BUF;
-        if (size < 8 || bpf_probe_read_user(s->frame, size, (void *)f)) {
+        if (size < 8 || bpf_probe_read_user(s->frame, size, (void *)(f + so->frame_lo))) {
             s->cur = 0;  /* memory that is not (or no longer) a frame: the stack ends */
             break;
         }

@@ -78,6 +78,9 @@ class Options:
     max_output: int = 0               # bytes of output that stop tracing; 0 = off
     poll_interval: float = 0.05       # seconds between ring buffer drains (a quarter-full
                                       # calls buffer is drained at once)
+    stacks_poll_interval: float = 0.2  # the same without calls or sched probes: samples
+                                      # come at most --sample-hz per CPU (a quarter-full
+                                      # samples or new-stacks buffer is drained at once)
     sample_interval: float = 1.0      # seconds between psutil samples
     control_interval: float = 0.1     # seconds between sampling decisions
     snapshot_interval: float = 2.0    # seconds between functions snapshots
@@ -495,7 +498,8 @@ class Session:
         """Sampling from exact per-function rates, then the breaker."""
         seconds = now - self._last_control
         self._last_control = now
-        if self.sampler is not None:
+        if self.sampler is not None and "calls" in self.opts.probes:
+            # (without calls probes no function has a rate: the map dump is skipped)
             totals = aggregates.read(self.program)
             count = totals.since(self._control_totals).count
             self._control_totals = totals
@@ -733,11 +737,17 @@ class Session:
 
     def run(self, stop: Callable[[], bool]) -> None:
         """Poll until ``stop()`` is true; busy buffers are drained without sleeping."""
-        calls_rb = self.program.rings["calls_rb"]
+        rings = [self.program.rings["calls_rb"]]
+        interval = self.opts.poll_interval
+        if self.stacks is not None:
+            rings += [self.program.rings["samples_rb"], self.program.rings["pystacks_rb"]]
+            if not {"calls", "sched"} & self.opts.probes:
+                # each poll costs about a millisecond whatever it drains
+                interval = max(interval, self.opts.stacks_poll_interval)
         while not stop() and self.stop_reason is None:
             self.poll()
-            if calls_rb.pending_bytes() < calls_rb.size // 4:
-                time.sleep(self.opts.poll_interval)
+            if all(r.pending_bytes() < r.size // 4 for r in rings):
+                time.sleep(interval)
 
     # -- output -------------------------------------------------------------
 

@@ -35,6 +35,7 @@ _C = events.constants()
 _FRAME_BUF = 128             # bytes of a frame the kernel reads (FRAME_BUF in stacks.bpf.c)
 _RESCAN_S = 0.05             # thread lists re-read at most this often per process
 _PENDING_S = 10.0            # a process whose layout cannot be read yet is retried this long
+_MISSING = object()
 # Bench only: walk the thread list in the kernel on every sample (tstates unused).
 WALK_ALWAYS = os.environ.get("SCOPE_EBPF_STACKS_WALK") == "1"
 
@@ -42,8 +43,12 @@ WALK_ALWAYS = os.environ.get("SCOPE_EBPF_STACKS_WALK") == "1"
 def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
     """The kernel's struct stack_offsets for a process's layout."""
     rec = np.zeros(1, events.dtypes()["stack_offsets"])[0]
-    fields = [lay.frame_previous, lay.frame_code, lay.frame_instr, lay.frame_owner]
-    size = max(fields) + 8
+    # One read per frame of just the span of the fields used (it costs by its size)
+    owner = lay.frame_owner if lay.frame_owner_skip > 0 else -1
+    fields = [lay.frame_previous, lay.frame_code, lay.frame_instr] + (
+        [owner] if owner >= 0 else [])
+    lo = min(fields) & ~7
+    size = max(fields) + 8 - lo
     intish = lay.instr_kind in (LASTI_BYTES, LASTI_UNITS)
     if size > _FRAME_BUF or lay.frame_previous % 8 or lay.frame_code % 8 or (
             lay.frame_instr % (4 if intish else 8)):
@@ -57,10 +62,11 @@ def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
     rec["tstate_native_tid"] = lay.tstate_native_thread_id
     rec["tstate_frame"] = lay.tstate_frame
     rec["cframe_frame"] = lay.cframe_current_frame
-    rec["frame_previous"] = lay.frame_previous
-    rec["frame_code"] = lay.frame_code
-    rec["frame_instr"] = lay.frame_instr
-    rec["frame_owner"] = lay.frame_owner
+    rec["frame_previous"] = lay.frame_previous - lo
+    rec["frame_code"] = lay.frame_code - lo
+    rec["frame_instr"] = lay.frame_instr - lo
+    rec["frame_owner"] = owner - lo if owner >= 0 else -1
+    rec["frame_lo"] = lo
     rec["owner_skip"] = max(lay.frame_owner_skip, 0)
     rec["flags"] = (_C["SO_INSTR_INT"] if intish else 0) | (
         _C["SO_WALK_ALWAYS"] if WALK_ALWAYS else 0)
@@ -83,6 +89,7 @@ class _Target:
         self.tids: set[int] = set()
         self.last_scan = 0.0
         self.stale = True           # re-read its thread list at the next chance
+        self.frames: dict[tuple[int, int], Frame] = {}  # (code, instruction) -> resolved
 
 
 class Sampler:
@@ -94,7 +101,12 @@ class Sampler:
         self.targets: dict[int, _Target] = {}
         self.pending: dict[int, float] = {}   # pid -> when it was first tried
         self.kernel_ids: dict[tuple[int, int], tuple[int | None, int]] = {}
-        self.nodes: dict[int, set[int]] = {}  # pid -> stack ids written to stacks
+        # pid -> stack ids written to stacks: their parent and function
+        self.nodes: dict[int, dict[int, tuple[int | None, str | None]]] = {}
+        # pid -> (parent id, code, instruction) -> id
+        self.tries: dict[int, dict[tuple[int | None, int, int], int]] = {}
+        # pid -> its last new stack (outermost first) and its frames' ids
+        self.last: dict[int, tuple[np.ndarray, list[int]]] = {}
         self.counts = {"stacks.sampled": 0, "stacks.unresolved_frames": 0,
                        "stacks.unknown": 0, "stacks.processes_unreadable": 0}
         self._no_thread = 0
@@ -142,6 +154,8 @@ class Sampler:
             if t is not None:
                 t.proc.close()
             self.nodes.pop(pid, None)
+            self.tries.pop(pid, None)
+            self.last.pop(pid, None)
         if pids:
             self.kernel_ids = {k: v for k, v in self.kernel_ids.items() if k[0] not in pids}
 
@@ -179,55 +193,85 @@ class Sampler:
 
     def stacks(self, recs: np.ndarray, offset_ns: int) -> pa.RecordBatch | None:
         """Resolve new kernel stacks now (their code objects may not outlive the
-        next drain by much); rows of the stacks table for frame paths not seen."""
+        next drain by much); rows of the stacks table for frame paths not seen.
+        A frame path already known (by its parent and the frame's code object and
+        instruction) is not resolved again: new stacks of a deep program mostly
+        differ in their innermost frames."""
         rows: list[dict] = []
         for rec in recs:
             pid, kid = int(rec["pid"]), int(rec["stack_id"])
             if (pid, kid) in self.kernel_ids:
                 continue
             self.counts["stacks.sampled"] += 1
-            t = self.targets.get(pid)
-            depth = int(rec["depth"])
-            frames = rec["frames"][:depth]
-            resolved: list[Frame | None] = []
-            for code, instr in zip(frames["code"].tolist(), frames["instr"].tolist(),
-                                   strict=True):
-                f = None
-                if t is not None:
-                    try:
-                        f = t.proc.frame(code, instr)
-                    except ScopeError:
-                        f = None
-                if f is None:
-                    self.counts["stacks.unresolved_frames"] += 1
-                resolved.append(f)
-            self.kernel_ids[(pid, kid)] = (self._nodes(pid, resolved[::-1], rows),
+            frames = rec["frames"][:int(rec["depth"])][::-1]
+            self.kernel_ids[(pid, kid)] = (self._path(pid, frames, rows),
                                            int(rec["missing"]))
         return _rows_batch(rows) if rows else None
 
-    def _nodes(self, pid: int, frames: list[Frame | None], rows: list[dict]) -> int | None:
-        """The id of the innermost frame's row, writing rows for new paths
-        (``frames`` outermost first)."""
-        seen = self.nodes.setdefault(pid, set())
-        parent: int | None = None
-        path: list[str | None] = []
-        for depth, f in enumerate(frames):
-            key = (f"{f.function}\0{f.file}\0{f.first_line}\0{f.line}" if f is not None
-                   else "\1unresolved")
-            node = _node_id(parent or 0, pid, key)
-            path.append(f.function if f is not None else None)
-            if node not in seen:
-                seen.add(node)
-                rows.append({"pid": pid, "stack_id": node, "parent_stack_id": parent,
-                             "depth": depth,
-                             "function": f.function if f is not None else None,
-                             "file": f.file if f is not None else None,
-                             "line": f.first_line if f is not None else None,
-                             "current_line": (f.line if f is not None and f.line >= 0
-                                              else None),
-                             "path": list(path)})
+    def _path(self, pid: int, frames: np.ndarray, rows: list[dict]) -> int | None:
+        """The id of the innermost frame's row (``frames`` outermost first). The
+        part shared with the process's previous new stack is not walked again."""
+        trie = self.tries.setdefault(pid, {})
+        prev = self.last.get(pid)
+        start = 0
+        nodes: list[int] = []
+        if prev is not None:
+            m = min(len(frames), len(prev[0]))
+            same = frames[:m] == prev[0][:m]
+            start = m if same.all() else int(same.argmin())
+            nodes = prev[1][:start]
+        parent = nodes[-1] if nodes else None
+        for depth, (code, instr) in enumerate(zip(frames["code"][start:].tolist(),
+                                                  frames["instr"][start:].tolist(),
+                                                  strict=True), start):
+            key = (parent, code, instr)
+            node = trie.get(key)
+            if node is None:
+                node, resolved = self._node(pid, parent, depth, code, instr, rows)
+                if resolved:  # (an unreadable frame is tried again at its next stack)
+                    trie[key] = node
+            nodes.append(node)
             parent = node
+        self.last[pid] = (frames, nodes)
         return parent
+
+    def _node(self, pid: int, parent: int | None, depth: int, code: int, instr: int,
+              rows: list[dict]) -> tuple[int, bool]:
+        """A frame path's id, writing its row if it is new, and whether the frame
+        was resolved."""
+        t = self.targets.get(pid)
+        f = None
+        if t is not None:
+            f = t.frames.get((code, instr), _MISSING)
+            if f is _MISSING:
+                try:
+                    f = t.proc.frame(code, instr)
+                except ScopeError:
+                    f = None
+                if f is not None:
+                    t.frames[(code, instr)] = f
+        if f is None:
+            self.counts["stacks.unresolved_frames"] += 1
+        key = (f"{f.function}\0{f.file}\0{f.first_line}\0{f.line}" if f is not None
+               else "\1unresolved")
+        node = _node_id(parent or 0, pid, key)
+        seen = self.nodes.setdefault(pid, {})
+        if node not in seen:
+            function = f.function if f is not None else None
+            seen[node] = (parent, function)
+            path = [function]
+            up = parent
+            while up is not None:
+                up, fn = seen[up]
+                path.append(fn)
+            rows.append({"pid": pid, "stack_id": node, "parent_stack_id": parent,
+                         "depth": depth, "function": function,
+                         "file": f.file if f is not None else None,
+                         "line": f.first_line if f is not None else None,
+                         "current_line": (f.line if f is not None and f.line >= 0
+                                          else None),
+                         "path": path[::-1]})
+        return node, f is not None
 
     def resolve(self, r: np.ndarray) -> pa.Array:
         """The stack_id column of records with pid and a kernel stack_id (0: none):
