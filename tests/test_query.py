@@ -72,8 +72,8 @@ def test_empty_views_have_schema_columns(trace: Path) -> None:
     rel = con.sql("SELECT * FROM gc")
     assert rel.columns == [c.name for c in TABLES["gc"].columns] + ["start", "end"]
     assert [str(t) for t in rel.types] == [
-        "BIGINT", "BIGINT", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "BIGINT", "VARCHAR",
-        "TIMESTAMPTZ_NS", "TIMESTAMPTZ_NS",
+        "BIGINT", "BIGINT", "BIGINT", "INTEGER", "INTEGER", "INTEGER", "BIGINT", "BIGINT",
+        "VARCHAR", "TIMESTAMPTZ_NS", "TIMESTAMPTZ_NS",
     ]
     assert rel.fetchall() == []
     # Joining a present and an absent table works the same as two present ones.
