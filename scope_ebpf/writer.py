@@ -33,6 +33,11 @@ from .errors import ScopeError
 from .safefs import Ownership
 from .schema import TABLES, arrow_schema
 
+# The tracer shares the host with its target: Arrow's thread pools (one thread
+# per CPU by default) would let a big Parquet write take every core at once.
+pa.set_cpu_count(1)
+pa.set_io_thread_count(1)
+
 # Rows buffered before a row group is written: small probe batches would
 # otherwise become thousands of tiny row groups that DuckDB reads slowly.
 ROW_GROUP_ROWS = 64 * 1024
