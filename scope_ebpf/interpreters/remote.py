@@ -101,7 +101,7 @@ class _Memory:
         self.pid = pid
         try:
             self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or exiting (no memory)
             raise ScopeError(f"no such process: {pid}") from None
         except PermissionError:
             raise ScopeError(usdt.denied(pid).replace("memory maps", "memory")) from None
