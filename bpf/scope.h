@@ -360,11 +360,14 @@ struct stack_offsets {
     __u32 frame_previous;
     __u32 frame_code;
     __u32 frame_instr;
-    __s32 frame_owner;       /* -1: none */
-    __u32 owner_skip;        /* owner >= this is a shim, not Python code; 0: none */
+    __s32 frame_owner;       /* owner byte (any byte of the frame if none) */
+    __u32 owner_skip;        /* owner >= this is a shim, not Python code; 256: none */
     __u32 flags;             /* SO_* */
     __u32 frame_size;        /* bytes of a frame read (every field above within), <= 128 */
     __u32 frame_lo;          /* from this offset: the frame_* offsets above are relative to it */
+    __u64 chunk_mask;        /* a frame is read from (its address + frame_lo) & this: the
+                              * start of its page where frames sit side by side (3.11+'s
+                              * data stack), so one read gets its callers too; else ~0 */
 };
 
 /* The value of the `tstates` map (tid -> its PyThreadState). */

@@ -28,6 +28,9 @@
 
 #define FRAME_BUF 128          /* bytes of a frame read per frame (stack_offsets.frame_size):
                                 * one read of just the span of the fields used */
+#define FRAME_CHUNK 8192       /* reads are shorter: a page plus a frame at most. A read
+                                * costs ~100 ns whatever its size up to a few KB (measured),
+                                * and a 3.11+ frame's callers sit just below it in memory */
 
 BPF_HASH(stack_offs, __u32, struct stack_offsets, MAX_TARGETS);  /* pid -> its layout */
 BPF_HASH(tstates, __u32, struct tstate_entry, MAX_THREADS);     /* tid -> PyThreadState */
@@ -51,9 +54,10 @@ struct walk_scratch {
     __u64 cur;               /* the next frame (or thread state) to read; 0 at the end */
     __u64 hash;
     __u64 found;             /* the thread walk's result */
+    __u64 base, end;         /* the user addresses frame[] holds now */
     __u32 n;                 /* frames recorded */
     __u32 missing;           /* frames counted past them */
-    __u8 frame[FRAME_BUF + 8];
+    __u8 frame[FRAME_CHUNK + FRAME_BUF];
 };
 BPF_PERCPU_ARRAY(walk_scratch, struct walk_scratch, 1);
 
@@ -118,45 +122,76 @@ static __always_inline __u64 find_tstate(__u32 pid, __u32 tid, struct stack_offs
     return s->found;
 }
 
+/* The frame at user address f as bytes in s->frame (its fields at the frame_*
+ * offsets), read now unless the last read holds it; NULL if it cannot be read.
+ * A read starts at lo & chunk_mask: for 3.11+ the start of the frame's page
+ * (its callers usually sit just below it, and a page the frame is on cannot
+ * fail to read), else the frame itself. Few branches: the verifier walks each
+ * of them in every iteration of the loops below. */
+static __always_inline __u8 *frame_at(struct stack_offsets *so, struct walk_scratch *s, __u64 f)
+{
+    __u64 lo = f + so->frame_lo, start;
+    __u32 len;
+
+    if (lo - s->base > s->end - s->base - so->frame_size) {
+        start = lo & so->chunk_mask;
+        len = (lo + so->frame_size - start) & (FRAME_CHUNK - 1);
+        if (bpf_probe_read_user(s->frame, len, (void *)start))
+            return 0;
+        s->base = start;
+        s->end = start + len;
+    }
+    return s->frame + ((lo - s->base) & (FRAME_CHUNK - 1));
+}
+
 /* Walk the frames from s->cur outwards: the first SCOPE_STACK_FRAMES Python
- * frames into s->ev.frames (s->n), the rest counted (s->missing). */
+ * frames into s->ev.frames (s->n), then up to SCOPE_STACK_COUNT more counted
+ * (s->missing). Two loops: the verifier walks every iteration of each, and
+ * the counting one has few branches to walk. */
 static __always_inline void walk_frames(struct stack_offsets *so, struct walk_scratch *s)
 {
+    s->base = ~0ULL;  /* empty: only lo == ~0 would be found in it */
+    s->end = s->base + so->frame_size;
 #pragma clang loop unroll(disable)
-    for (__u32 i = 0; i < SCOPE_STACK_FRAMES + SCOPE_STACK_COUNT; i++) {
-        __u64 f = s->cur, prev, code, instr;
-        __u32 size = so->frame_size, n;
+    for (__u32 i = 0; i < SCOPE_STACK_FRAMES + SCOPE_STACK_FRAMES / 2; i++) {
+        __u64 code, instr;
+        __u32 n = s->n;
+        __u8 *fr;
 
-        if (!f)
+        if (!s->cur || n >= SCOPE_STACK_FRAMES)
             break;
-        if (size > FRAME_BUF)
-            size = FRAME_BUF;
-        if (size < 8 || bpf_probe_read_user(s->frame, size, (void *)(f + so->frame_lo))) {
+        fr = frame_at(so, s, s->cur);
+        if (!fr) {
             s->cur = 0;  /* memory that is not (or no longer) a frame: the stack ends */
             break;
         }
-        prev = *(__u64 *)(s->frame + (so->frame_previous & 0x78));
-        if (so->owner_skip && so->frame_owner >= 0 &&
-            s->frame[so->frame_owner & 0x7f] >= so->owner_skip) {
-            s->cur = prev;  /* a C-stack shim or the interpreter's base frame */
-            continue;
+        s->cur = *(__u64 *)(fr + (so->frame_previous & 0x78));
+        if (fr[so->frame_owner & 0x7f] >= so->owner_skip)
+            continue;  /* a C-stack shim or the interpreter's base frame */
+        code = *(__u64 *)(fr + (so->frame_code & 0x78)) & so->code_mask;
+        if (so->flags & SO_INSTR_INT)
+            instr = (__u64)(__s64)*(__s32 *)(fr + (so->frame_instr & 0x7c));
+        else
+            instr = *(__u64 *)(fr + (so->frame_instr & 0x78));
+        struct stack_frame *sf = &s->ev.frames[n & (SCOPE_STACK_FRAMES - 1)];
+        sf->code = code;
+        sf->instr = instr;
+        s->hash = mix64(mix64(s->hash ^ code) ^ (instr * 0x9e3779b97f4a7c15ULL));
+        s->n = n + 1;
+    }
+#pragma clang loop unroll(disable)
+    for (__u32 i = 0; i < SCOPE_STACK_COUNT; i++) {
+        __u8 *fr;
+
+        if (!s->cur)
+            break;
+        fr = frame_at(so, s, s->cur);
+        if (!fr) {
+            s->cur = 0;
+            break;
         }
-        n = s->n;
-        if (n < SCOPE_STACK_FRAMES) {
-            code = *(__u64 *)(s->frame + (so->frame_code & 0x78)) & so->code_mask;
-            if (so->flags & SO_INSTR_INT)
-                instr = (__u64)(__s64)*(__s32 *)(s->frame + (so->frame_instr & 0x7c));
-            else
-                instr = *(__u64 *)(s->frame + (so->frame_instr & 0x78));
-            struct stack_frame *fr = &s->ev.frames[n & (SCOPE_STACK_FRAMES - 1)];
-            fr->code = code;
-            fr->instr = instr;
-            s->hash = mix64(mix64(s->hash ^ code) ^ (instr * 0x9e3779b97f4a7c15ULL));
-            s->n = n + 1;
-        } else {
-            s->missing++;
-        }
-        s->cur = prev;
+        s->cur = *(__u64 *)(fr + (so->frame_previous & 0x78));
+        s->missing += fr[so->frame_owner & 0x7f] < so->owner_skip;
     }
 }
 

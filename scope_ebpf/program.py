@@ -403,7 +403,9 @@ def _finish(key: tuple) -> tuple[dict[str, int], dict[str, Map]]:
         for fd in fds:
             os.close(fd)
         lines = [line for line in err.strip().splitlines() if line.strip()]
-        detail = "; ".join(lines[-3:]) if lines else f"exit code {proc.returncode}"
+        # clang's first error says where; the verifier's last lines say why
+        first = [line.strip() for line in lines if "error:" in line][:1]
+        detail = "; ".join(first + lines[-3:]) if lines else f"exit code {proc.returncode}"
         raise ScopeError(f"could not compile or load the BPF program: {detail}")
     meta = json.loads(msg)
     progs = {name: fds[i] for name, i in meta["progs"].items()}

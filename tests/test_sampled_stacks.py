@@ -7,11 +7,11 @@ call of spin (functions, files, def lines and current lines) and recurses 500
 frames deep to spin there. One `trace --pid ... --probes stacks` session
 samples one target per interpreter, one after the other (each starts its work
 when the test creates its go file, after the previous one is done): Debian's
-3.11 (USDT, static), the sid root's 3.15 (chrooted), and pyenv's 3.12 and 3.8
-(no USDT probes, shared libpython; 3.8 has no native thread id: the tid ->
-thread state map only). Then the fallback: calls asked for where none can
-come (3.11 attached without a hook, a build without probes) samples stacks
-instead and says so.
+3.11 (USDT, static), the sid root's 3.13, 3.14 and 3.15 (chrooted), and
+pyenv's 3.8, 3.9, 3.10, 3.12 and 3.13 (no USDT probes, shared libpython;
+3.8-3.10 have no native thread id: the tid -> thread state map only). Then
+the fallback: calls asked for where none can come (3.11 attached without a
+hook, a build without probes) samples stacks instead and says so.
 """
 
 from __future__ import annotations
@@ -132,9 +132,10 @@ def _check(out: Path, data: dict) -> None:
 
 
 def test_shares_chains_and_depth(tmp_path: Path, sid: Path) -> None:
-    pythons = [("debian-3.11", PY311, None), ("sid-3.15", "python3.15", sid)]
+    pythons = [("debian-3.11", PY311, None)] + [
+        (f"sid-3.{m}", f"python3.{m}", sid) for m in (13, 14, 15)]
     skipped = []
-    for minor in (12, 8):
+    for minor in (8, 9, 10, 12, 13):
         found = _pyenv(minor)
         if found:
             pythons.append((f"pyenv-3.{minor}", found, None))

@@ -38,6 +38,8 @@ _PENDING_S = 10.0            # a process whose layout cannot be read yet is retr
 _MISSING = object()
 # Bench only: walk the thread list in the kernel on every sample (tstates unused).
 WALK_ALWAYS = os.environ.get("SCOPE_EBPF_STACKS_WALK") == "1"
+# Bench only: read 3.11+ frames one by one, not a page of the data stack at once.
+PER_FRAME = os.environ.get("SCOPE_EBPF_STACKS_PER_FRAME") == "1"
 
 
 def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
@@ -65,11 +67,15 @@ def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
     rec["frame_previous"] = lay.frame_previous - lo
     rec["frame_code"] = lay.frame_code - lo
     rec["frame_instr"] = lay.frame_instr - lo
-    rec["frame_owner"] = owner - lo if owner >= 0 else -1
+    rec["frame_owner"] = owner - lo if owner >= 0 else 0
     rec["frame_lo"] = lo
-    rec["owner_skip"] = max(lay.frame_owner_skip, 0)
+    rec["owner_skip"] = lay.frame_owner_skip if owner >= 0 else 256  # (a byte never is)
     rec["flags"] = (_C["SO_INSTR_INT"] if intish else 0) | (
         _C["SO_WALK_ALWAYS"] if WALK_ALWAYS else 0)
+    # 3.11+ frames sit side by side in the thread's data stack (generators' in
+    # their objects): one read from the start of a frame's page gets its callers
+    rec["chunk_mask"] = np.uint64(~4095 & (2**64 - 1)) if lay.minor >= 11 and not PER_FRAME \
+        else np.uint64(2**64 - 1)
     rec["frame_size"] = size
     return rec
 
