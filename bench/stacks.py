@@ -7,7 +7,12 @@ DEPTH frames deep (Debian's python3.11; --python for another), at --hz:
                      own per-program statistics (kernel.bpf_stats_enabled)
   bpf_ns_per_sample  its run time over the target's samples (every CPU's
                      invocations, idle and other processes' included)
-  controller_ns_per_sample  this process's CPU while tracing, per sample
+  controller_ns_per_sample  this process's CPU while tracing (attach not
+                     included: attach_ms), per sample, at --hz on one busy thread
+  controller_fixed_ms_per_s and controller_ns_per_extra_sample: that CPU split
+                     into a part per second and a part per sample, from one more
+                     run at 10x the rate (a host with more busy threads or CPUs
+                     pays the fixed part once)
   slowdown           the target's elapsed time traced / untraced (medians of
                      interleaved runs; the perf events are off for untraced ones)
 
@@ -32,20 +37,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# The stack is exactly DEPTH frames (<module> and DEPTH - 1 deep's) where the
+# time goes: a flat loop at the bottom, no calls.
 TARGET = r"""
 import sys, time
-def fib(n):
-    return n if n < 2 else fib(n - 1) + fib(n - 2)
 def deep(n, work):
     if n > 1:
         return deep(n - 1, work)
     t0 = time.perf_counter()
-    for _ in range(work):
-        fib(18)
+    x = 0
+    for i in range(work * 10_000):
+        x += i
     return time.perf_counter() - t0
 print("ready", flush=True)
 sys.stdin.readline()
-print(deep(int(sys.argv[1]), int(sys.argv[2])), flush=True)
+print(deep(int(sys.argv[1]) - 1, int(sys.argv[2])), flush=True)
 """
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 TARGETS = {"bpf_ns_per_sample": 10_000, "controller_ns_per_sample": 2_000, "slowdown": 1.02}
@@ -114,7 +120,7 @@ def _finish(p: subprocess.Popen) -> float:
     return float(p.stdout.readline())
 
 
-def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
+def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 3000,
                  python: str = "/usr/bin/python3.11") -> dict:
     from scope_ebpf.controller import Options, Session
     from scope_ebpf.kernel import stacks as kstacks
@@ -130,6 +136,7 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
         times: dict[str, list[float]] = {"untraced": [], "traced": []}
         per = {"map": [0, 0, 0, 0], "walk": [0, 0, 0, 0]}  # ns, calls, samples, cpu ns
         spy_cpu = [0, 0]  # py-spy: cpu ns, samples
+        attach: list[int] = []
         for i in range(runs):
             s.program.stop_sampling()
             p = _target(python, depth, work)
@@ -139,9 +146,11 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
                 kstacks.WALK_ALWAYS = mode == "walk"
                 p = _target(python, depth, work)
                 s.program.start_sampling(hz)
+                a0 = _cpu_ns()
                 s.add_pid(p.pid)
                 ns0, cnt0 = _prog_stats(fd)
                 n0, cpu0 = s.program.stat("samples"), _cpu_ns()
+                attach.append(cpu0 - a0)
                 p.stdin.write("go\n")
                 p.stdin.flush()
                 s.run(lambda p=p: p.poll() is not None)
@@ -166,6 +175,7 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
                   f"traced {times['traced'][-1]:.3f} s"
                   + (f", py-spy {spy[0]:.3f} s" if spy else ""), file=sys.stderr)
         kstacks.WALK_ALWAYS = False
+        fast = _controller_run(s, python, depth, work, hz * 10)
         med = {k: statistics.median(v) for k, v in times.items()}
         out = {"stacks_hz": hz, "stacks_depth": depth, "stacks_runs": runs,
                "stacks_elapsed_s_median": med,
@@ -181,6 +191,18 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
                         "samples": samples, "samples_per_s": samples / max(
                             sum(times["traced"]), 1e-9),
                         "controller_ns_per_sample": cpu / max(samples, 1)}
+        # CPU = fixed * seconds + per_sample * samples, from the 99 Hz map runs and the fast one
+        m = per["map"]
+        t1, n1, c1 = sum(times["traced"]), m[2], m[3]
+        t2, n2, c2 = fast
+        r1, r2 = n1 / max(t1, 1e-9), n2 / max(t2, 1e-9)
+        extra = (c2 / t2 - c1 / t1) / max(r2 - r1, 1e-9)
+        out["stacks_tstate_map"].update({
+            "attach_ms": statistics.median(attach) / 1e6,
+            "controller_ns_per_extra_sample": max(extra, 0.0),
+            "controller_fixed_ms_per_s": max(c1 / t1 - extra * r1, 0.0) / 1e6,
+            "fast_hz": hz * 10, "fast_samples_per_s": r2,
+            "controller_ns_per_sample_fast": c2 / max(n2, 1)})
         return out
     finally:
         s.close()
@@ -191,13 +213,29 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 400,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _controller_run(s, python: str, depth: int, work: int, hz: int) -> tuple[float, int, int]:
+    """(seconds, samples, controller CPU ns) of one traced run at ``hz``."""
+    p = _target(python, depth, work)
+    s.program.start_sampling(hz)
+    s.add_pid(p.pid)
+    n0, cpu0 = s.program.stat("samples"), _cpu_ns()
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    s.run(lambda: p.poll() is not None)
+    elapsed = float(p.stdout.readline())
+    p.wait()
+    s.program.stop_sampling()
+    s.poll()
+    return elapsed, s.program.stat("samples") - n0, _cpu_ns() - cpu0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--hz", type=int, default=99)
     ap.add_argument("--depth", type=int, default=64)
-    ap.add_argument("--work", type=int, default=400, help="fib(18) calls per run")
+    ap.add_argument("--work", type=int, default=3000, help="10,000s of loop iterations per run")
     ap.add_argument("--python", default="/usr/bin/python3.11")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -216,12 +254,18 @@ def print_targets(r: dict) -> None:
     rows = [("BPF ns/sample", m["bpf_ns_per_sample"], "bpf_ns_per_sample", None),
             ("controller ns/sample", m["controller_ns_per_sample"], "controller_ns_per_sample",
              spy["cpu_ns_per_sample"] if spy else None),
+            ("  ... per extra sample", m.get("controller_ns_per_extra_sample", 0),
+             "controller_ns_per_sample", None),
             ("target slowdown", r["stacks_slowdown"], "slowdown",
              spy["slowdown"] if spy else None)]
     for name, value, key, other in rows:
         t = TARGETS[key]
         print(f"{name:<22}{value:>12.2f}   target <= {t:<7} {'ok' if value <= t else 'MISSED':<7}"
               + (f"{other:>12.2f}" if other is not None else ""))
+    if "controller_fixed_ms_per_s" in m:
+        print(f"  (controller: {m['controller_fixed_ms_per_s']:.2f} ms/s whatever the rate, "
+              f"{m['controller_ns_per_sample_fast']:.0f} ns/sample at {m['fast_hz']} Hz; "
+              f"attach {m['attach_ms']:.1f} ms of CPU, not counted above)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import resource
+import select
 import socket
 import time
 from collections import Counter
@@ -78,9 +79,11 @@ class Options:
     max_output: int = 0               # bytes of output that stop tracing; 0 = off
     poll_interval: float = 0.05       # seconds between ring buffer drains (a quarter-full
                                       # calls buffer is drained at once)
-    stacks_poll_interval: float = 0.2  # the same without calls or sched probes: samples
-                                      # come at most --sample-hz per CPU (a quarter-full
-                                      # samples or new-stacks buffer is drained at once)
+    stacks_poll_interval: float = 1.0  # the same without calls or sched probes: samples
+                                      # come at most --sample-hz per CPU; a new stack or
+                                      # a process event wakes it sooner (a new stack's
+                                      # code objects are resolved while they live)
+    stacks_min_interval: float = 0.05  # ... but never more often than this
     sample_interval: float = 1.0      # seconds between psutil samples
     control_interval: float = 0.1     # seconds between sampling decisions
     snapshot_interval: float = 2.0    # seconds between functions snapshots
@@ -557,8 +560,10 @@ class Session:
         elif not known.all():
             totals = totals.hold(self._totals, known)
         delta = totals.since(self._totals)
-        batch = aggregates.functions_batch(totals, delta, f, time.time_ns(),
-                                           self._user_dropped)
+        batch = None
+        if len(totals.ids) or len(self._totals.ids) or self._user_dropped:  # (stacks only: none)
+            batch = aggregates.functions_batch(totals, delta, f, time.time_ns(),
+                                               self._user_dropped)
         self._user_dropped.clear()
         self._completed += int(delta.count.clip(min=0).sum())
         self._totals = totals
@@ -736,18 +741,41 @@ class Session:
                 if p not in self.exited and procs.alive(p)]
 
     def run(self, stop: Callable[[], bool]) -> None:
-        """Poll until ``stop()`` is true; busy buffers are drained without sleeping."""
+        """Poll until ``stop()`` is true; busy buffers are drained without sleeping.
+
+        With only stacks (and gc, audit, import) probes a poll costs about a
+        millisecond whatever it drains, most of it fixed, while samples come at
+        --sample-hz: it polls once a stacks_poll_interval, or sooner when a new
+        stack or a process event wakes it (epoll on their buffers), and looks at
+        ``stop()`` every poll_interval in between."""
         rings = [self.program.rings["calls_rb"]]
-        interval = self.opts.poll_interval
+        waker = None
         if self.stacks is not None:
             rings += [self.program.rings["samples_rb"], self.program.rings["pystacks_rb"]]
             if not {"calls", "sched"} & self.opts.probes:
-                # each poll costs about a millisecond whatever it drains
-                interval = max(interval, self.opts.stacks_poll_interval)
-        while not stop() and self.stop_reason is None:
-            self.poll()
-            if all(r.pending_bytes() < r.size // 4 for r in rings):
-                time.sleep(interval)
+                waker = select.epoll()
+                for name in ("pystacks_rb", "proc_rb"):
+                    waker.register(self.program.maps[name].fd, select.EPOLLIN)
+        stopping = False  # (stop() may say so once only: it is asked once a turn)
+        try:
+            while not stopping and not stop() and self.stop_reason is None:
+                last = time.monotonic()
+                self.poll()
+                if any(r.pending_bytes() >= r.size // 4 for r in rings):
+                    continue
+                if waker is None:
+                    time.sleep(self.opts.poll_interval)
+                    continue
+                time.sleep(self.opts.stacks_min_interval)
+                while time.monotonic() - last < self.opts.stacks_poll_interval:
+                    if waker.poll(self.opts.poll_interval * 4):
+                        break
+                    if stop():
+                        stopping = True
+                        break
+        finally:
+            if waker is not None:
+                waker.close()
 
     # -- output -------------------------------------------------------------
 

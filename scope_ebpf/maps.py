@@ -45,6 +45,7 @@ class Map:
         self.cpu_size = (value_size + 7) & ~7
         self.value_size = self.cpu_size * possible_cpus() if self.percpu else value_size
         self._attr = ctypes.create_string_buffer(_ATTR.size)
+        self._batch: _Batch | None = None
 
     def _call(self, cmd: int, key: bytes | None, value=None, flags: int = 0) -> None:
         kbuf = ctypes.create_string_buffer(key, self.key_size) if key is not None else None
@@ -95,40 +96,59 @@ class Map:
             if v is not None:
                 yield k, v
 
-    def dump(self, chunk: int = 4096) -> tuple[bytes, bytes, int]:
+    def dump(self) -> tuple[bytes, bytes, int]:
         """Every (key, value) in a few BPF_MAP_LOOKUP_BATCH calls instead of two
-        syscalls per entry: (keys, values, count), keys and values concatenated."""
-        keys = ctypes.create_string_buffer(self.key_size * chunk)
-        values = ctypes.create_string_buffer(self.value_size * chunk)
-        token_in = ctypes.create_string_buffer(8)
-        token_out = ctypes.create_string_buffer(8)
-        attr = ctypes.create_string_buffer(_BATCH_ATTR.size)
+        syscalls per entry: (keys, values, count), keys and values concatenated.
+        The buffers are kept between calls and grow with the map's contents:
+        a per-CPU map of 4,096 entries costs megabytes to allocate each time."""
+        if self._batch is None:
+            self._batch = _Batch(self, min(self.max_entries, 256))
+        b = self._batch
         out_k, out_v, n_total = [], [], 0
         first = True
         while True:
-            _BATCH_ATTR.pack_into(attr, 0, 0 if first else ctypes.addressof(token_in),
-                                  ctypes.addressof(token_out), ctypes.addressof(keys),
-                                  ctypes.addressof(values), chunk, self.fd, 0, 0)
+            _BATCH_ATTR.pack_into(b.attr, 0, 0 if first else ctypes.addressof(b.token_in),
+                                  ctypes.addressof(b.token_out), ctypes.addressof(b.keys),
+                                  ctypes.addressof(b.values), b.chunk, self.fd, 0, 0)
             done = False
             try:
-                bpf_syscall(_LOOKUP_BATCH, attr)
+                bpf_syscall(_LOOKUP_BATCH, b.attr)
             except OSError as e:
+                if e.errno == errno.ENOSPC and first and b.chunk < self.max_entries:
+                    # a hash bucket holds more than a batch: start over with more room
+                    b = self._batch = _Batch(self, min(self.max_entries, b.chunk * 4))
+                    out_k, out_v, n_total = [], [], 0
+                    continue
                 if e.errno != errno.ENOENT:
                     raise
                 done = True  # the last (possibly partial) batch
-            n = struct.unpack_from("<I", attr, 32)[0]
-            out_k.append(keys.raw[:n * self.key_size])
-            out_v.append(values.raw[:n * self.value_size])
+            n = struct.unpack_from("<I", b.attr, 32)[0]
+            out_k.append(ctypes.string_at(b.keys, n * self.key_size))
+            out_v.append(ctypes.string_at(b.values, n * self.value_size))
             n_total += n
             if done:
+                if n_total > b.chunk and b.chunk < min(self.max_entries, 4096):
+                    self._batch = _Batch(self, min(self.max_entries, 4096, n_total))
                 return b"".join(out_k), b"".join(out_v), n_total
-            ctypes.memmove(token_in, token_out, 8)
+            ctypes.memmove(b.token_in, b.token_out, 8)
             first = False
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class _Batch:
+    """Buffers of one BPF_MAP_LOOKUP_BATCH call of ``chunk`` entries."""
+
+    def __init__(self, m: Map, chunk: int) -> None:
+        self.chunk = max(chunk, 1)
+        self.keys = ctypes.create_string_buffer(m.key_size * self.chunk)
+        self.values = ctypes.create_string_buffer(m.value_size * self.chunk)
+        self.token_in = ctypes.create_string_buffer(8)
+        self.token_out = ctypes.create_string_buffer(8)
+        self.attr = ctypes.create_string_buffer(_BATCH_ATTR.size)
 
 
 def u32(v: int) -> bytes:

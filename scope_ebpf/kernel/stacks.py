@@ -281,18 +281,27 @@ class Sampler:
 
     def resolve(self, r: np.ndarray) -> pa.Array:
         """The stack_id column of records with pid and a kernel stack_id (0: none):
-        the stacks rows of their innermost frames, NULL where not known."""
+        the stacks rows of their innermost frames, NULL where not known. Looked
+        up once per distinct stack (a kernel id is seeded with its pid), not per
+        record: a busy thread's samples repeat a few stacks."""
         ids = np.zeros(len(r), np.int64)
         known = np.zeros(len(r), bool)
-        for i, (pid, kid) in enumerate(zip(r["pid"].tolist(), r["stack_id"].tolist(),
-                                           strict=True)):
-            if not kid:
-                continue
-            got = self.kernel_ids.get((pid, kid))
-            if got is None or got[0] is None:
-                self.counts["stacks.unknown"] += 1  # its stack record was lost
-                continue
-            ids[i], known[i] = got[0], True
+        kids = r["stack_id"]
+        some = np.flatnonzero(kids)
+        if not len(some):
+            return pa.array(ids, mask=~known)
+        uniq, first, inv = np.unique(kids[some], return_index=True, return_inverse=True)
+        pids = r["pid"][some][first]
+        got_ids = np.zeros(len(uniq), np.int64)
+        got = np.zeros(len(uniq), bool)
+        for i, (pid, kid) in enumerate(zip(pids.tolist(), uniq.tolist(), strict=True)):
+            hit = self.kernel_ids.get((pid, kid))
+            if hit is not None and hit[0] is not None:
+                got_ids[i], got[i] = hit[0], True
+        ids[some] = got_ids[inv]
+        known[some] = got[inv]
+        # its stack record was lost
+        self.counts["stacks.unknown"] += int(len(some) - known[some].sum())
         return pa.array(ids, mask=~known)
 
     def samples(self, r: np.ndarray, offset_ns: int) -> pa.RecordBatch:
