@@ -36,6 +36,7 @@ _MAX_STR = 1 << 16         # characters of a name or file name
 _MAX_BYTES = 1 << 22       # bytes of a line table
 _RETRIES = 8
 _PTHREAD_SCAN = 4096       # bytes of glibc's struct pthread searched for the tid
+_PAGE = 4096
 
 
 @dataclass
@@ -297,10 +298,13 @@ def _tids_from_pthreads(mem: _Memory, pid: int, pthreads: list[int]) -> dict[int
         try:
             blocks[p] = mem.read(p, _PTHREAD_SCAN)
         except _Gone:
-            continue
+            try:  # the struct ends its thread's stack mapping: what is left of its page
+                blocks[p] = mem.read(p, -p % _PAGE or _PAGE)
+            except _Gone:
+                continue
     if not blocks:
         return {}
-    for off in range(0, _PTHREAD_SCAN, 4):
+    for off in range(0, min(map(len, blocks.values())) - 3, 4):
         tids = {p: struct.unpack_from("<i", b, off)[0] for p, b in blocks.items()}
         if (pid in tids.values() or pid not in tasks) and all(
                 t in tasks for t in tids.values()) and len(set(tids.values())) == len(tids):
