@@ -779,7 +779,9 @@ def dump(pid: int, as_json: bool, lock: bool, max_depth: int) -> None:
     probes, no hook, nothing runs in it. Any CPython 3.8-3.15 on x86-64, with or
     without USDT probes, static or shared libpython, in a chroot or container.
     Frames are innermost first, as `function (file:line)` (the qualified name
-    from 3.11 on); threads are named by the OS (/proc/PID/task/TID/comm).
+    from 3.11 on); threads are named as threading names them (Thread.name), with
+    the OS name (/proc/PID/task/TID/comm) beside it where that differs, or
+    alone for a thread threading does not know.
 
     \b
     Examples:

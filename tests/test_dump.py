@@ -1,24 +1,30 @@
 """`scope-ebpf dump` against py-spy and against the program's own stacks.
 
 tests/programs/dump_target.py runs three named threads in known stacks (a -> b
--> c -> time.sleep at different depths and lines) plus the main thread; each
-thread records its stack with traceback.extract_stack() on the line where it
-sleeps, and the program writes them to a ready file (the handshake). The test
-then stops it (SIGSTOP), takes `scope-ebpf dump --json` and `py-spy dump
---json --nonblocking` (py-spy must not pause an already stopped process), and
-asserts identical functions, files and lines per thread, and equal to what the
-program recorded, on every interpreter: Debian's 3.11 (static, stripped), the
-pyenv builds 3.8-3.10, 3.12, 3.13 (shared libpython, no USDT probes) and the
-sid root's 3.13-3.15 (started chrooted, read from the host).
+-> c -> time.sleep at different depths and lines), one started by _thread
+(no Python name) and the main thread; each thread records its stack with
+traceback.extract_stack() on the line where it sleeps, and its Python name,
+and the program writes them to a ready file (the handshake). Python names
+differ from the OS ones. The test then stops it (SIGSTOP), takes `scope-ebpf
+dump --json` and `py-spy dump --json --nonblocking` (py-spy must not pause an
+already stopped process), and asserts identical functions, files, lines and
+thread names per thread, and equal to what the program recorded, on every
+interpreter: Debian's 3.11 (static, stripped), the pyenv builds 3.8-3.10,
+3.12, 3.13 (shared libpython, no USDT probes) and the sid root's 3.13-3.15
+(started chrooted, read from the host). The thread-name reader also meets
+corrupted reads of a real process and pure garbage: fewer names, never an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
+import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -27,6 +33,10 @@ from pathlib import Path
 
 import pytest
 from conftest import PROGRAMS, SID, scope
+
+from scope_ebpf.interpreters import remote
+from scope_ebpf.interpreters.layouts import Runtime, find_runtime, layout_for, py38_310, py311_312
+from scope_ebpf.interpreters.names import ThreadNames
 
 PYSPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
 PYENV = Path("/root/.pyenv/versions")
@@ -106,8 +116,9 @@ def _stacks_ours(d: dict) -> dict[int, list[tuple]]:
             for t in d["threads"]}
 
 
-def _names_ours(d: dict) -> dict[int, str]:
-    return {t["tid"]: t["name"] for t in d["threads"]}
+def _comm(pid: int, tid: int) -> str:
+    with open(f"/proc/{pid}/task/{tid}/comm") as f:
+        return f.read().rstrip("\n")
 
 
 @pytest.fixture(params=_interpreters())
@@ -126,15 +137,22 @@ def test_dump_equals_the_programs_own_stacks(target):
     assert d["paused"] and d["pid"] == target.pid
     got = _stacks_ours(d)
     assert set(got) == set(target.expected), (got.keys(), target.expected.keys())
-    names = _names_ours(d)
+    threads = {t["tid"]: t for t in d["threads"]}
     minor = int(d["python_version"].split(".")[1])
     for tid, want in target.expected.items():
-        assert names[tid] == want["name"]
+        comm = _comm(target.pid, tid)
+        # threading's name; the OS one for the thread threading never saw
+        assert threads[tid]["name"] == (want["name"] or comm)
+        assert threads[tid]["os_name"] == comm
         # extract_stack gives plain names; from 3.11 on dump gives qualified ones
         ours = [(fn.rsplit(".", 1)[-1] if minor >= 11 else fn, f, line)
                 for fn, f, line in got[tid]]
         assert ours == [tuple(f) for f in want["frames"]], (want["name"], got[tid])
     assert all(not t["torn"] and t["missing_frames"] == 0 for t in d["threads"])
+    # they differ: beta's OS name is its own, the others' the executable's (before 3.14)
+    names = {t["name"]: t["os_name"] for t in d["threads"]}
+    assert names["beta"] == "os-beta"
+    assert names["alpha"] == ("alpha" if minor >= 14 else _comm(target.pid, target.pid))
 
 
 def test_dump_equals_py_spy(target):
@@ -154,7 +172,10 @@ def test_dump_equals_py_spy(target):
         assert [(f["function"], f["file"], f["line"]) for f in t["frames"]] == [
             (f["name"], f["filename"], f["line"]) for f in spy[key]["frames"]], t["name"]
         assert spy[key]["os_thread_id"] in (t["tid"], None)
-        assert spy[key]["thread_name"] == t["name"]  # the program names its OS threads
+        # py-spy has no name for the thread threading never saw; ours is the OS one
+        want = target.expected[t["tid"]]["name"]
+        assert spy[key]["thread_name"] == want
+        assert t["name"] == (want if want is not None else t["os_name"])
 
 
 @pytest.mark.parametrize("kind,python", [
@@ -206,10 +227,111 @@ def test_dump_prints_within_a_second_running():
         elapsed = time.monotonic() - start
         assert r.returncode == 0, r.stderr
         assert 'Thread' in r.stdout and '"alpha"' in r.stdout
+        assert '"beta" (OS name "os-beta")' in r.stdout
         assert f"idle ({t.dir}/dump_target.py:" in r.stdout
         assert elapsed < 5  # 1 s on a quiet machine; a loaded test machine gets slack
     finally:
         t.close()
+
+
+def test_without_threading_threads_have_their_os_names():
+    """A program that never imported threading has no Python thread names."""
+    p = subprocess.Popen(["/usr/bin/python3.11", "-I", "-S", "-c",
+                          "import sys, time; print('threading' in sys.modules, flush=True); "
+                          "time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "False"
+        (t,) = _ours(p.pid)["threads"]
+        assert t["name"] == t["os_name"] == _comm(p.pid, p.pid) == "python3.11"
+    finally:
+        p.kill()
+        p.wait()
+
+
+class _RandomMemory:
+    """64 KiB of random words, a third of them pointers into it: what a name
+    read may meet in a process whose memory changed under it."""
+
+    BASE, SIZE = 0x10000, 1 << 16
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        words = [rng.choice((self.BASE + rng.randrange(0, self.SIZE, 8), rng.getrandbits(64),
+                             rng.randrange(256))) for _ in range(self.SIZE // 8)]
+        self.data = struct.pack(f"<{len(words)}Q", *words)
+
+    def read(self, addr: int, size: int) -> bytes:
+        off = addr - self.BASE
+        if off < 0 or size <= 0 or off + size > len(self.data):
+            raise remote._Gone()
+        return self.data[off:off + size]
+
+    def ptr(self, addr: int) -> int:
+        return struct.unpack("<Q", self.read(addr, 8))[0]
+
+
+def _layouts_to_fuzz() -> list:
+    out = [*py38_310.LAYOUTS.values(), *py311_312.LAYOUTS.values()]
+    sid = SID / "usr" / "bin" / "python3.15"
+    if sid.exists():
+        out.append(layout_for(str(sid), "3.15"))
+    return out
+
+
+@pytest.mark.parametrize("lay", _layouts_to_fuzz(), ids=lambda lay: lay.version)
+def test_names_from_garbage_are_empty_or_plausible_never_an_error(lay):
+    start = time.monotonic()
+    for seed in range(40):
+        mem = _RandomMemory(seed)
+        # without type objects to compare with, the walk goes as deep as the garbage lets it
+        rt = Runtime(0, "", "", lay.version, 0, 0, 0, lay)
+        if seed % 2:
+            rt = dataclasses.replace(rt, dict_type=mem.BASE, str_type=mem.BASE + 8,
+                                     int_type=mem.BASE + 16, module_type=mem.BASE + 24)
+        names = ThreadNames(remote._Reader(mem, rt), rt)
+        for interp in (mem.BASE + 8 * random.Random(seed).randrange(mem.SIZE // 8), 0, 1 << 62):
+            got = names.of(interp)
+            assert all(isinstance(k, int) and isinstance(v, str) for k, v in got.items())
+    assert time.monotonic() - start < 30
+
+
+class _Corrupting:
+    """A process's memory where some reads come back with a byte changed."""
+
+    def __init__(self, mem: remote._Memory, seed: int, rate: float) -> None:
+        self.mem, self.rng, self.rate = mem, random.Random(seed), rate
+
+    def read(self, addr: int, size: int) -> bytes:
+        data = self.mem.read(addr, size)
+        if self.rng.random() < self.rate:
+            changed = bytearray(data)
+            changed[self.rng.randrange(size)] = self.rng.randrange(256)
+            data = bytes(changed)
+        return data
+
+    def ptr(self, addr: int) -> int:
+        return struct.unpack("<Q", self.read(addr, 8))[0]
+
+
+def test_names_survive_corrupt_reads(target):
+    """Every read of a real thread table with a byte changed now and then: the
+    names are the right ones, fewer, or (rarely) a changed character, never an error."""
+    rt = find_runtime(target.pid)
+    mem = remote._Memory(target.pid)
+    try:
+        (interp,) = {i for _t, _p, _n, i in remote._Reader(mem, rt).tstates()}
+        want = ThreadNames(remote._Reader(mem, rt), rt).of(interp)
+        assert sorted(want.values()) == sorted(n["name"] for n in target.expected.values()
+                                               if n["name"] is not None)
+        right = 0
+        for seed in range(300):
+            reader = remote._Reader(_Corrupting(mem, seed, 0.02), rt)
+            got = ThreadNames(reader, rt).of(interp)
+            assert all(isinstance(k, int) and isinstance(v, str) for k, v in got.items())
+            right += got == want
+        assert right > 30  # about half the walks met no change (here: 135-165 of 300)
+    finally:
+        mem.close()
 
 
 def _one_error(r: subprocess.CompletedProcess, *words: str) -> None:

@@ -20,7 +20,11 @@ import pytest
 
 from scope_ebpf.errors import ScopeError
 from scope_ebpf.interpreters.layouts import (
+    DICT_KEYS_GENERAL,
+    TPFLAGS_INLINE_VALUES,
+    TPFLAGS_MANAGED_DICT,
     Layout,
+    Objects,
     layout_for,
     line_for,
     py38_310,
@@ -86,6 +90,44 @@ MEMBERS = {
         "code_adaptive": ("PyCodeObject", "co_code_adaptive"),
     },
 }
+
+
+# Objects field -> (type, member): dicts, modules, ints and types, for thread names.
+# 3.8-3.10 keep PyDictKeysObject and PyModuleObject in .c files: DWARF only.
+_OBJECT_COMMON = {
+    "module_dict": ("PyModuleObject", "md_dict"),
+    "dict_keys": ("PyDictObject", "ma_keys"),
+    "dict_values": ("PyDictObject", "ma_values"),
+    "keys_nentries": ("PyDictKeysObject", "dk_nentries"),
+    "keys_indices": ("PyDictKeysObject", "dk_indices"),
+    "type_flags": ("PyTypeObject", "tp_flags"),
+    "type_basicsize": ("PyTypeObject", "tp_basicsize"),
+    "type_dictoffset": ("PyTypeObject", "tp_dictoffset"),
+    "heaptype_cached_keys": ("PyHeapTypeObject", "ht_cached_keys"),
+}
+
+
+def _object_members(minor: int) -> dict[str, tuple[str, str]]:
+    out = dict(_OBJECT_COMMON)
+    if minor <= 11:
+        out["interp_modules"] = ("PyInterpreterState", "modules")
+        out["long_size"] = ("PyLongObject", "ob_base.ob_size")
+        out["long_digits"] = ("PyLongObject", "ob_digit")
+    else:
+        out["interp_modules"] = ("PyInterpreterState", "imports.modules")
+        out["long_size"] = ("PyLongObject", "long_value.lv_tag")
+        out["long_digits"] = ("PyLongObject", "long_value.ob_digit")
+    if minor <= 10:
+        out["keys_size"] = ("PyDictKeysObject", "dk_size")
+    else:
+        out["keys_size"] = ("PyDictKeysObject", "dk_log2_size")
+        out["keys_log2_index_bytes"] = ("PyDictKeysObject", "dk_log2_index_bytes")
+        out["keys_kind"] = ("PyDictKeysObject", "dk_kind")
+        out["values_data"] = ("PyDictValues", "values")
+    if minor >= 13:
+        out["values_capacity"] = ("PyDictValues", "capacity")
+        out["values_valid"] = ("PyDictValues", "valid")
+    return out
 
 
 def _family(minor: int) -> str:
@@ -198,6 +240,41 @@ def test_debug_offsets_positions_equal_offsetof_in_headers(minor, tmp_path):
         assert {k: pos[k] for k in got} == got, who
 
 
+_OBJECT_HEADERS = ["internal/pycore_interp.h", "internal/pycore_dict.h",
+                   "internal/pycore_moduleobject.h", "internal/pycore_object.h"]
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+@pytest.mark.parametrize("minor", [11, 12, 13, 14, 15])
+def test_objects_equal_offsetof_in_headers(minor, tmp_path, monkeypatch):
+    dirs = _include_dirs(minor)
+    if not dirs:
+        pytest.skip(f"no CPython 3.{minor} headers with internal/ on this machine")
+    monkeypatch.setitem(_HEADERS, minor, _HEADERS[minor] + _OBJECT_HEADERS)
+    exprs = {k: _c_expr(v) for k, v in _object_members(minor).items()}
+    exprs["managed_flag"] = "Py_TPFLAGS_MANAGED_DICT"
+    exprs["general"] = "DICT_KEYS_GENERAL"
+    if minor >= 13:
+        exprs["inline_flag"] = "Py_TPFLAGS_INLINE_VALUES"
+        exprs["managed_dict_before"] = "-MANAGED_DICT_OFFSET"
+    for who, d in dirs:
+        if minor <= 12:
+            want = _fixed(minor).objects
+        elif who == "sid":
+            want = layout_for(str(_sid_binary(minor)), f"3.{minor}").objects
+        else:
+            lib = _pyenv_lib(minor)
+            if lib is None or not who.endswith(lib.parent.parent.name):
+                continue
+            want = layout_for(str(lib), f"3.{minor}").objects
+        got = _compile(tmp_path, d, minor, exprs)
+        assert got.pop("managed_flag") == TPFLAGS_MANAGED_DICT, who
+        assert got.pop("general") == DICT_KEYS_GENERAL, who
+        if minor >= 13:
+            assert got.pop("inline_flag") == TPFLAGS_INLINE_VALUES, who
+        assert {k: getattr(want, k) for k in got} == got, who
+
+
 # ---- DWARF of the pyenv builds ------------------------------------------------------
 
 def _gdb_values(lib: Path, exprs: dict[str, str]) -> dict[str, int | None]:
@@ -235,6 +312,10 @@ def test_layouts_equal_pyenv_dwarf(minor):
     got = _gdb_values(lib, exprs)
     assert None not in got.values(), got
     assert {k: getattr(want, k) for k in got} == got
+    exprs = {k: _gdb_expr(v) for k, v in _object_members(minor).items()}
+    got = _gdb_values(lib, exprs)
+    assert None not in got.values(), got
+    assert {k: getattr(want.objects, k) for k in got} == got
 
 
 # ---- reading layouts from files -------------------------------------------------
@@ -267,6 +348,10 @@ def test_every_field_is_set_and_absent_ones_are_minus_one():
         for f in dataclasses.fields(Layout):
             v = getattr(lay, f.name)
             assert v is not None and (not isinstance(v, int) or v >= -1), (minor, f.name)
+        for f in dataclasses.fields(Objects):
+            v = getattr(lay.objects, f.name)
+            assert v is not None and (not isinstance(v, int) or v >= -1), (minor, f.name)
+        assert (lay.objects.keys_kind == -1) == (minor <= 10)
         assert (lay.tstate_native_thread_id == -1) == (minor <= 10)
         assert (lay.code_qualname == -1) == (minor <= 10)
         assert (lay.frame_owner_skip == -1) == (minor <= 11)

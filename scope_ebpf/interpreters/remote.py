@@ -12,6 +12,9 @@ then its innermost frame read again: if the stack moved (or a read landed on
 freed memory) the thread is read again, up to a few times, and otherwise
 returned marked ``torn``. Stacks deeper than ``max_depth`` are cut there and
 say how many frames were left out (counted, not read).
+
+Threads are named as ``threading`` names them (``Thread.name``, read by .names
+from ``threading._active``), else by the OS (/proc/PID/task/TID/comm).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from .. import usdt
 from ..errors import ScopeError
 from ..textsafe import safe
 from .layouts import Runtime, find_runtime, instruction_offset, line_for
+from .names import ThreadNames, Unreadable
 
 MAX_DEPTH = 1024           # frames read per thread by default
 _COUNT_LIMIT = 1_000_000   # frames counted past max_depth at most
@@ -36,6 +40,7 @@ _MAX_STR = 1 << 16         # characters of a name or file name
 _MAX_BYTES = 1 << 22       # bytes of a line table
 _RETRIES = 8
 _PTHREAD_SCAN = 4096       # bytes of glibc's struct pthread searched for the tid
+_PAGE = 4096
 
 
 @dataclass
@@ -55,7 +60,8 @@ class Frame:
 class Thread:
     tid: int | None          # kernel thread id (None if it could not be told)
     pthread_id: int          # PyThreadState.thread_id (pthread_t)
-    name: str | None         # the OS thread name (/proc/PID/task/TID/comm)
+    name: str | None         # threading's name (Thread.name), else os_name
+    os_name: str | None      # the OS thread name (/proc/PID/task/TID/comm)
     state: str | None        # the kernel's state letter: R running, S sleeping, ...
     frames: list[Frame] = field(default_factory=list)  # innermost first
     missing: int = 0         # frames past max_depth, left out
@@ -67,7 +73,7 @@ class Thread:
 
     def row(self) -> dict:
         return {"tid": self.tid, "pthread_id": self.pthread_id, "name": self.name,
-                "state": self.state, "active": self.active,
+                "os_name": self.os_name, "state": self.state, "active": self.active,
                 "frames": [f.row() for f in self.frames], "missing_frames": self.missing,
                 "torn": self.torn}
 
@@ -88,11 +94,11 @@ class Dump:
                 "paused": self.paused, "threads": [t.row() for t in self.threads]}
 
 
-class _Gone(Exception):
+class _Gone(Unreadable):
     """A read of memory that is not mapped (freed, or never was)."""
 
 
-class _Torn(Exception):
+class _Torn(Unreadable):
     """What was read does not hold together (a stack that changed under us)."""
 
 
@@ -262,9 +268,10 @@ class _Reader:
         return None
 
     # -- threads --
-    def tstates(self) -> list[tuple[int, int, int | None]]:
-        """(thread state address, pthread_t, native tid) of every thread, oldest
-        first (each interpreter's list starts with its newest thread)."""
+    def tstates(self) -> list[tuple[int, int, int | None, int]]:
+        """(thread state address, pthread_t, native tid, interpreter state address)
+        of every thread, oldest first (each interpreter's list starts with its
+        newest thread)."""
         lay, mem = self.lay, self.mem
         out = []
         interp = mem.ptr(self.rt.runtime + lay.runtime_interpreters_head)
@@ -280,7 +287,7 @@ class _Reader:
                 buf = mem.read(tstate, self.tstate_size)
                 native = (_u64(buf, lay.tstate_native_thread_id)
                           if lay.tstate_native_thread_id >= 0 else None)
-                mine.append((tstate, _u64(buf, lay.tstate_thread_id), native))
+                mine.append((tstate, _u64(buf, lay.tstate_thread_id), native, interp))
                 tstate = _u64(buf, lay.tstate_next)
             out += reversed(mine)
             interp = mem.ptr(interp + lay.interp_next)
@@ -297,10 +304,13 @@ def _tids_from_pthreads(mem: _Memory, pid: int, pthreads: list[int]) -> dict[int
         try:
             blocks[p] = mem.read(p, _PTHREAD_SCAN)
         except _Gone:
-            continue
+            try:  # the struct ends its thread's stack mapping: what is left of its page
+                blocks[p] = mem.read(p, -p % _PAGE or _PAGE)
+            except _Gone:
+                continue
     if not blocks:
         return {}
-    for off in range(0, _PTHREAD_SCAN, 4):
+    for off in range(0, min(map(len, blocks.values())) - 3, 4):
         tids = {p: struct.unpack_from("<i", b, off)[0] for p, b in blocks.items()}
         if (pid in tids.values() or pid not in tasks) and all(
                 t in tasks for t in tids.values()) and len(set(tids.values())) == len(tids):
@@ -346,16 +356,18 @@ def _read_threads(mem: _Memory, rt: Runtime, max_depth: int) -> list[Thread]:
                 raise ScopeError(f"process {rt.pid}: its thread list kept changing or could "
                                  "not be read (is it shutting down?)") from None
     tids = {}
-    if any(native is None for _t, _p, native in states):
-        tids = _tids_from_pthreads(mem, rt.pid, [p for _t, p, _n in states])
+    if any(native is None for _t, _p, native, _i in states):
+        tids = _tids_from_pthreads(mem, rt.pid, [p for _t, p, _n, _i in states])
+    names = ThreadNames(reader, rt)
     threads = []
-    for tstate, pthread, native in states:
+    for tstate, pthread, native, interp in states:
         tid = native if native is not None else tids.get(pthread)
-        th = Thread(tid, pthread, None, None)
+        th = Thread(tid, pthread, None, None, None)
         if tid is not None:
             comm = _task_file(rt.pid, tid, "comm")
-            th.name = comm.rstrip("\n") if comm is not None else None
+            th.os_name = comm.rstrip("\n") if comm is not None else None
             th.state = _state(rt.pid, tid)
+        th.name = names.of(interp).get(pthread, th.os_name)
         for attempt in range(_RETRIES):
             try:
                 frames, missing, first, broken = reader.walk(reader.top_frame(tstate), max_depth)
@@ -389,10 +401,10 @@ class Process:
         except (_Gone, _Torn):
             return {}
         tids: dict[int, int] = {}
-        if any(native is None for _t, _p, native in states):
-            tids = _tids_from_pthreads(self.mem, self.rt.pid, [p for _t, p, _n in states])
+        if any(native is None for _t, _p, native, _i in states):
+            tids = _tids_from_pthreads(self.mem, self.rt.pid, [p for _t, p, _n, _i in states])
         out = {}
-        for tstate, pthread, native in states:
+        for tstate, pthread, native, _interp in states:
             tid = native if native is not None else tids.get(pthread)
             if tid:
                 out[tid] = tstate
@@ -453,14 +465,19 @@ def dump(pid: int, max_depth: int = MAX_DEPTH, lock: bool = False) -> Dump:
 
 
 def text(d: Dump) -> str:
-    """The dump as py-spy prints one: a header, then each thread's frames, innermost
-    first, as ``function (file:line)``; names shown with control characters escaped."""
+    """The dump as py-spy prints one: a header, then each thread, named as threading
+    names it (and the OS name in parentheses where that differs), and its frames,
+    innermost first, as ``function (file:line)``; names shown with control
+    characters escaped."""
     out = [f"Process {d.pid}: {d.cmdline}",
            f"Python v{d.version} ({d.interpreter})", ""]
     for t in d.threads:
         tid = t.tid if t.tid is not None else f"{t.pthread_id:#x}"
         state = "stopped" if d.paused else "active" if t.active else "idle"
-        out.append(f'Thread {tid} ({state}): "{t.name if t.name is not None else "?"}"')
+        name = f'"{t.name}"' if t.name is not None else '"?"'
+        if t.os_name is not None and t.os_name != t.name:
+            name += f' (OS name "{t.os_name}")'
+        out.append(f"Thread {tid} ({state}): {name}")
         for f in t.frames:
             line = f":{f.line}" if f.line >= 0 else ""
             out.append(f"    {f.function} ({f.file}{line})")

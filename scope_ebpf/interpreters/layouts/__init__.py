@@ -13,6 +13,10 @@ a version touches one place:
 * ``py313``: read from the ``_Py_DebugOffsets`` that CPython 3.13+ puts at the
   start of ``_PyRuntime`` (plus the few facts it does not publish).
 
+Each :class:`Layout` carries an :class:`Objects`: where dicts, str and int keys,
+modules and instances keep their fields, for reading Python values that are
+not on the stack (a thread's ``threading`` name, through ``sys.modules``).
+
 Fixed layouts are offsetof() against each version's own headers (default,
 non-debug, GIL build), cross-checked against the DWARF of pyenv builds in
 tests/test_layouts.py. Every offset is bytes from the start of its struct; -1
@@ -35,7 +39,54 @@ LNOTAB = "lnotab"            # co_lnotab (3.8-3.9)
 LINETABLE_310 = "linetable310"  # co_linetable of 3.10
 LOCATIONS = "locations"      # co_linetable location table (3.11+)
 
+# How an instance keeps its attributes (Objects.instance_dict):
+DICT_SLOT = "dict_slot"     # a dict pointer at tp_dictoffset (3.8-3.10)
+MANAGED_311 = "managed311"  # Py_TPFLAGS_MANAGED_DICT: a dict pointer before the object, or
+#                             if NULL a values pointer before that (3.11)
+MANAGED_312 = "managed312"  # one word before the object: a dict pointer, or if odd a
+#                             values pointer minus 1 (3.12)
+INLINE_313 = "inline313"    # a dict pointer before the object, or if NULL the values inline
+#                             at tp_basicsize (Py_TPFLAGS_INLINE_VALUES, 3.13+)
+TPFLAGS_INLINE_VALUES = 1 << 2  # 3.13+
+TPFLAGS_MANAGED_DICT = 1 << 4   # 3.11+
+DICT_KEYS_GENERAL = 0           # dk_kind of keys with (hash, key, value) entries (3.11+);
+#                                 unicode and split keys have (key, value) ones
+
 SUPPORTED = range(8, 16)
+
+
+@dataclass(frozen=True)
+class Objects:
+    """Byte offsets for reading Python values: sys.modules -> a module's dict ->
+    dict items -> str, int and instance attributes (-1: not in this version)."""
+
+    interp_modules: int         # PyInterpreterState.modules (imports.modules 3.12+)
+    module_dict: int            # PyModuleObject.md_dict
+    # PyDictObject and PyDictKeysObject
+    dict_keys: int              # ma_keys
+    dict_values: int            # ma_values: the values of a split table (else NULL)
+    keys_size: int              # dk_size (Py_ssize_t, 3.8-3.10) / dk_log2_size (uint8, 3.11+)
+    keys_log2_index_bytes: int  # dk_log2_index_bytes (uint8, 3.11+)
+    keys_kind: int              # dk_kind (uint8, 3.11+)
+    keys_nentries: int          # dk_nentries (Py_ssize_t)
+    keys_indices: int           # dk_indices; the entries follow the index table
+    # PyDictValues (PyObject ** before 3.11)
+    values_data: int            # values[0]
+    values_capacity: int        # capacity (uint8, 3.13+)
+    values_valid: int           # valid (uint8, 3.13+): inline values in use
+    # int: 30-bit digits, least significant first
+    long_size: int              # ob_size: signed digit count (3.8-3.11) / lv_tag (3.12+)
+    long_tagged: bool           # lv_tag = digits << 3 | sign (0 positive, 1 zero, 2 negative)
+    long_digits: int            # ob_digit
+    # PyTypeObject, PyHeapTypeObject
+    type_flags: int             # tp_flags (unsigned long)
+    type_basicsize: int         # tp_basicsize
+    type_dictoffset: int        # tp_dictoffset
+    heaptype_cached_keys: int   # ht_cached_keys: the keys instances share (3.11+)
+    # an instance's attributes
+    instance_dict: str          # DICT_SLOT, MANAGED_311, MANAGED_312 or INLINE_313
+    managed_dict_before: int    # bytes before the object of its dict pointer (3.11+)
+    managed_values_before: int  # bytes before the object of its values pointer (3.11)
 
 
 @dataclass(frozen=True)
@@ -82,6 +133,7 @@ class Layout:
     bytes_size: int                  # ob_size
     bytes_data: int                  # ob_sval
     object_type: int                 # ob_type
+    objects: Objects                 # for values off the stack (thread names)
 
     @property
     def version(self) -> str:
@@ -147,5 +199,5 @@ def instruction_offset(layout: Layout, instr: int, code_addr: int) -> int:
 
 from .locate import Runtime, find_runtime  # noqa: E402  (uses layout_for)
 
-__all__ = ["Layout", "Runtime", "find_runtime", "instruction_offset", "layout_for",
+__all__ = ["Layout", "Objects", "Runtime", "find_runtime", "instruction_offset", "layout_for",
            "line_for", "minor_of"]

@@ -35,6 +35,12 @@ class Runtime:
     runtime: int   # address of _PyRuntime in the process
     code_type: int  # address of PyCode_Type in the process (0: not exported)
     layout: Layout
+    # addresses of PyDict_Type, PyUnicode_Type, PyLong_Type, PyModule_Type (0: not
+    # exported), to tell objects off the stack from reused memory
+    dict_type: int = 0
+    str_type: int = 0
+    int_type: int = 0
+    module_type: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,14 @@ def _file_version(path: str) -> str | None:
         return None
 
 
+def _exported(path: str, symbol: str, bias: int) -> int:
+    """The address of a symbol in the process; 0 if the file does not export it."""
+    try:
+        return usdt.find_symbol(path, symbol)[0] + bias
+    except usdt.ProbeError:
+        return 0
+
+
 def find_runtime(pid: int) -> Runtime:
     """The file holding ``_PyRuntime`` in process ``pid``, its load address and
     layout; ScopeError (one line) if the process is gone, not readable, not
@@ -134,10 +148,9 @@ def find_runtime(pid: int) -> Runtime:
             layout = layout_for(path, version)
         except ScopeError as e:
             raise ScopeError(f"process {pid}: {e}") from None
-        try:
-            code_type = usdt.find_symbol(path, "PyCode_Type")[0] + bias
-        except usdt.ProbeError:
-            code_type = 0
-        return Runtime(pid, path, name, layout.version, bias, vaddr + bias, code_type, layout)
+        types = [_exported(path, t, bias) for t in
+                 ("PyCode_Type", "PyDict_Type", "PyUnicode_Type", "PyLong_Type", "PyModule_Type")]
+        return Runtime(pid, path, name, layout.version, bias, vaddr + bias, types[0], layout,
+                       *types[1:])
     raise ScopeError(f"process {pid} is not a CPython process (no _PyRuntime in its "
                      "executable or a mapped libpython)")

@@ -15,11 +15,19 @@ entered the eval loop, so nothing is skipped. 3.12 pushes a C-stack shim frame
 Offsets are offsetof() against each version's headers (internal/
 pycore_frame.h, pycore_interp.h, pycore_runtime.h, cpython/pystate.h, code.h,
 unicodeobject.h) for x86-64 in the default build.
+
+Objects: ``PyDictKeysObject`` has ``dk_log2_size``, ``dk_log2_index_bytes`` and
+``dk_kind``; str-keyed (unicode or split) keys hold (key, value) entries. An
+instance of a class without ``__slots__`` has a managed dict
+(Py_TPFLAGS_MANAGED_DICT) before its header: 3.11 a dict pointer 24 bytes
+before it and a values pointer 32 before, 3.12 one word 24 before, a dict
+pointer or, odd, values - 1. Values alone use the class's
+``ht_cached_keys``. ints: 3.12 replaced ``ob_size`` with ``lv_tag``.
 """
 
 from __future__ import annotations
 
-from . import LOCATIONS, PREV_INSTR, Layout
+from . import LOCATIONS, MANAGED_311, MANAGED_312, PREV_INSTR, Layout, Objects
 
 _COMMON = dict(
     runtime_interpreters_head=40, interp_next=0, tstate_next=8, tstate_frame=56,
@@ -28,6 +36,12 @@ _COMMON = dict(
     linetable_kind=LOCATIONS, code_code=-1,
     str_state=32, str_length=16, bytes_size=16, bytes_data=32, object_type=8,
 )
+_OBJECTS = dict(
+    module_dict=16, dict_keys=32, dict_values=40,
+    keys_size=8, keys_log2_index_bytes=9, keys_kind=10, keys_nentries=24, keys_indices=32,
+    values_data=0, values_capacity=-1, values_valid=-1, long_size=16, long_digits=24,
+    type_flags=168, type_basicsize=32, type_dictoffset=288, managed_dict_before=24,
+)
 
 LAYOUTS = {
     11: Layout(minor=11, source="fixed layout for 3.11", **_COMMON,
@@ -35,13 +49,19 @@ LAYOUTS = {
                cframe_current_frame=8, frame_previous=48, frame_code=32,
                frame_owner=69, frame_owner_skip=-1,
                code_firstlineno=72, code_adaptive=184,
-               str_ascii_data=48, str_compact_data=72),   # PyASCIIObject still has wstr
+               str_ascii_data=48, str_compact_data=72,   # PyASCIIObject still has wstr
+               objects=Objects(**_OBJECTS, interp_modules=888, long_tagged=False,
+                               heaptype_cached_keys=872, instance_dict=MANAGED_311,
+                               managed_values_before=32)),
     12: Layout(minor=12, source="fixed layout for 3.12", **_COMMON,
                interp_threads_head=72, tstate_thread_id=136, tstate_native_thread_id=144,
                cframe_current_frame=0, frame_previous=8, frame_code=0,
                frame_owner=70, frame_owner_skip=3,   # FRAME_OWNED_BY_CSTACK
                code_firstlineno=68, code_adaptive=192,
-               str_ascii_data=40, str_compact_data=56),
+               str_ascii_data=40, str_compact_data=56,
+               objects=Objects(**_OBJECTS, interp_modules=944, long_tagged=True,
+                               heaptype_cached_keys=880, instance_dict=MANAGED_312,
+                               managed_values_before=-1)),
 }
 
 # Location table entry codes (Objects/locations.md).

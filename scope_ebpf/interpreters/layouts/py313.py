@@ -16,6 +16,15 @@ FRAME_OWNED_BY_INTERPRETER = 3 and, in 3.14, FRAME_OWNED_BY_CSTACK = 4: skip
 owner >= 3), that 3.14 made ``f_executable`` a tagged ``_PyStackRef`` (low 2
 bits are flags), and the size of PyCompactUnicodeObject before 3.15 publishes
 it (PyASCIIObject plus utf8_length and utf8).
+
+For values off the stack it publishes where ``sys.modules`` is, the dict's
+``ma_keys``/``ma_values``, an int's ``lv_tag``/``ob_digit`` and ``tp_flags`` (3.15
+also ``tp_basicsize``, ``tp_dictoffset``, ``ht_cached_keys``). Not published,
+written down from pycore_dict.h, pycore_moduleobject.h and pycore_object.h
+(the same in 3.13-3.15): the keys object's fields, ``PyDictValues`` (capacity,
+size, embedded, valid, then the values), ``md_dict``, and where an instance's
+attributes are: a managed dict pointer 24 bytes before the object
+(MANAGED_DICT_OFFSET), or if NULL its values inline at ``tp_basicsize``.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import struct
 
 from ... import usdt
 from ...errors import ScopeError
-from . import INSTR_PTR, LOCATIONS, Layout
+from . import INLINE_313, INSTR_PTR, LOCATIONS, Layout, Objects
 
 COOKIE = b"xdebugpy"
 
@@ -108,6 +117,8 @@ _TAG_BITS = 3
 _OWNER_SKIP = 3        # FRAME_OWNED_BY_CSTACK (3.13), FRAME_OWNED_BY_INTERPRETER (3.14+)
 _UTF8_FIELDS = 16      # PyCompactUnicodeObject = PyASCIIObject + utf8_length + utf8
 _MAX_STRUCT = 1 << 20  # no CPython struct comes near this: a larger size is corrupt
+_TYPE_BEFORE_15 = {"type_object.tp_basicsize": 32, "type_object.tp_dictoffset": 288,
+                   "heap_type_object.ht_cached_keys": 880}  # published from 3.15
 
 
 def positions(minor: int) -> dict[str, int]:
@@ -196,4 +207,20 @@ def parse(head: bytes, path: str = "<bytes>") -> Layout:
                                ascii_size + _UTF8_FIELDS),
         bytes_size=v["bytes_object.ob_size"], bytes_data=v["bytes_object.ob_sval"],
         object_type=v["pyobject.ob_type"],
+        objects=_objects({**_TYPE_BEFORE_15, **v}),
+    )
+
+
+def _objects(v: dict[str, int]) -> Objects:
+    return Objects(
+        interp_modules=v["interpreter_state.imports_modules"], module_dict=16,
+        dict_keys=v["dict_object.ma_keys"], dict_values=v["dict_object.ma_values"],
+        keys_size=8, keys_log2_index_bytes=9, keys_kind=10, keys_nentries=24, keys_indices=32,
+        values_data=8, values_capacity=0, values_valid=3,
+        long_size=v["long_object.lv_tag"], long_tagged=True,
+        long_digits=v["long_object.ob_digit"],
+        type_flags=v["type_object.tp_flags"], type_basicsize=v["type_object.tp_basicsize"],
+        type_dictoffset=v["type_object.tp_dictoffset"],
+        heaptype_cached_keys=v["heap_type_object.ht_cached_keys"],
+        instance_dict=INLINE_313, managed_dict_before=24, managed_values_before=-1,
     )

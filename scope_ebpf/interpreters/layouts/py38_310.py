@@ -11,11 +11,31 @@ frameobject.h, code.h, pystate.h, internal/pycore_pystate.h and
 pycore_interp.h / pycore_runtime.h, unicodeobject.h, bytesobject.h) for x86-64
 in the default build: 3.8 and 3.9 are identical, 3.10 moved f_lasti (f_stacktop
 became an int f_stackdepth) and renamed co_lnotab to co_linetable.
+
+Objects: ``PyDictKeysObject`` (Objects/dict-common.h, not installed: checked
+against DWARF) has ``dk_size`` and an index table of 1-8 byte slots by size,
+then (hash, key, value) entries; a split table's values are a plain array.
+An instance's dict is at ``tp_dictoffset``. ``interp->modules`` moved when 3.9
+put the GC state into the interpreter.
 """
 
 from __future__ import annotations
 
-from . import LASTI_BYTES, LASTI_UNITS, LINETABLE_310, LNOTAB, Layout
+from . import DICT_SLOT, LASTI_BYTES, LASTI_UNITS, LINETABLE_310, LNOTAB, Layout, Objects
+
+
+def _objects(interp_modules: int, heaptype_cached_keys: int) -> Objects:
+    return Objects(
+        interp_modules=interp_modules, module_dict=16,
+        dict_keys=32, dict_values=40,
+        keys_size=8, keys_log2_index_bytes=-1, keys_kind=-1, keys_nentries=32, keys_indices=40,
+        values_data=0, values_capacity=-1, values_valid=-1,
+        long_size=16, long_tagged=False, long_digits=24,
+        type_flags=168, type_basicsize=32, type_dictoffset=288,
+        heaptype_cached_keys=heaptype_cached_keys,   # 3.9 dropped the tp_print left in 3.8
+        instance_dict=DICT_SLOT, managed_dict_before=-1, managed_values_before=-1,
+    )
+
 
 _COMMON = dict(
     runtime_interpreters_head=32,   # _PyRuntimeState.interpreters.head
@@ -33,9 +53,12 @@ _COMMON = dict(
 LAYOUTS = {
     minor: Layout(minor=minor, source=f"fixed layout for 3.{minor}", **_COMMON, **extra)
     for minor, extra in (
-        (8, dict(frame_instr=104, instr_kind=LASTI_BYTES, linetable_kind=LNOTAB)),
-        (9, dict(frame_instr=104, instr_kind=LASTI_BYTES, linetable_kind=LNOTAB)),
-        (10, dict(frame_instr=96, instr_kind=LASTI_UNITS, linetable_kind=LINETABLE_310)),
+        (8, dict(frame_instr=104, instr_kind=LASTI_BYTES, linetable_kind=LNOTAB,
+                 objects=_objects(56, 872))),
+        (9, dict(frame_instr=104, instr_kind=LASTI_BYTES, linetable_kind=LNOTAB,
+                 objects=_objects(856, 864))),
+        (10, dict(frame_instr=96, instr_kind=LASTI_UNITS, linetable_kind=LINETABLE_310,
+                  objects=_objects(856, 872))),
     )
 }
 
