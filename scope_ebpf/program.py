@@ -126,7 +126,7 @@ class Program:
         key = start_loading(limits)
         # whether the uprobe programs take uprobe_multi links (see kernel/links.py)
         self.uprobe_multi = key[-1] == BPF_TRACE_UPROBE_MULTI
-        self._progs, self.maps = _finish(key)
+        self._progs, self.maps, self.cached = _finish(key)
         self._links: list[TracepointLink] = []
         self._sampling: list[PerfEventLink] = []
         self.rings: dict[str, RingReader] = {}
@@ -387,8 +387,9 @@ def start_loading(limits: Limits | None = None) -> tuple:
     return key
 
 
-def _finish(key: tuple) -> tuple[dict[str, int], dict[str, Map]]:
-    """Collect the loader child's program and map fds."""
+def _finish(key: tuple) -> tuple[dict[str, int], dict[str, Map], bool]:
+    """Collect the loader child's program and map fds, and whether they came from
+    its cache (loaded without compiling)."""
     proc, parent = _pending.pop(key)
     fds: list[int] = []
     msg = b""
@@ -411,4 +412,4 @@ def _finish(key: tuple) -> tuple[dict[str, int], dict[str, Map]]:
     progs = {name: fds[i] for name, i in meta["progs"].items()}
     maps = {name: Map(fds[m["fd"]], m["type"], m["key_size"], m["value_size"],
                       m["max_entries"]) for name, m in meta["maps"].items()}
-    return progs, maps
+    return progs, maps, bool(meta.get("cached"))
