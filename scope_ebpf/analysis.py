@@ -78,6 +78,9 @@ class Analysis:
     offcpu_stacks: list[tuple[tuple[int, int], list[tuple[tuple[Frame, ...], int]]]] = field(
         default_factory=list)
     sample_hz: int = 0
+    # (pid, file, def line) -> on-CPU self and total ns from the samples, and their
+    # function's name there: beside the exact rows' figures where both exist
+    sampled: dict[tuple, dict] = field(default_factory=dict)
     gc_by_gen: list[dict] = field(default_factory=list)
     gc_series: list[dict] = field(default_factory=list)
     gc_longest: list[dict] = field(default_factory=list)
@@ -203,6 +206,13 @@ def analyze(con: duckdb.DuckDBPyConnection, exact_rows: bool = False) -> Analysi
     if _has_column(con, "samples", "stack_id") and _count(con, "samples"):
         a.sample_hz = int(a.session.get("sample_hz") or 99)
         a.cpu_stacks = cpu_stacks(con, a.sample_hz)
+        a.sampled = sampled_functions(a.cpu_stacks)
+        if a.self_top:  # exact rows: the sampled estimate beside each
+            for r in a.self_top + a.waiting:
+                got = a.sampled.get((r["pid"], r["file"], r["line"]))
+                r["sampled_cpu_ns"] = got["self_ns"] if got else 0
+        else:  # stacks only (or calls from no probe): hot code from the samples
+            a.self_top = sampled_top(a.sampled)
     if tables["sched"] and _has_column(con, "sched", "stack_id"):
         a.offcpu_stacks = offcpu_stacks(con)
     if tables["sched"]:
@@ -458,6 +468,41 @@ def cpu_stacks(con: duckdb.DuckDBPyConnection, hz: int) -> ThreadStacks:
     return _weighted(con, f"""
         SELECT pid, tid, stack_id, count(*) * {1_000_000_000 // max(hz, 1)} FROM samples
         WHERE oncpu AND stack_id IS NOT NULL GROUP BY ALL ORDER BY ALL""")
+
+
+def sampled_functions(stacks: ThreadStacks) -> dict[tuple, dict]:
+    """(pid, file, def line) -> {function, self_ns, total_ns} from sampled CPU
+    stacks: self where the function is the innermost frame, total where it is on
+    the stack at all (once per sample, however often it recurses). Keyed by file
+    and def line: the call rows name a 3.11+ function by co_name, the samples by
+    its qualified name."""
+    out: dict[tuple, dict] = {}
+    for (pid, _tid), paths in stacks:
+        for frames, ns in paths:
+            seen = set()
+            for fn, file, line in frames:
+                if file is None or (file, line) in seen:
+                    continue  # (no stack), or recursion: counted once
+                seen.add((file, line))
+                d = out.setdefault((pid, file, line), {"function": fn, "self_ns": 0,
+                                                       "total_ns": 0})
+                d["total_ns"] += ns
+            fn, file, line = frames[-1]
+            if file is not None:
+                out[(pid, file, line)]["self_ns"] += ns
+    return out
+
+
+def sampled_top(sampled: dict[tuple, dict]) -> list[dict]:
+    """Hot code rows from the samples alone (no call rows): calls, off-CPU and wall
+    self time are not known there."""
+    rows = [{"pid": pid, "function": d["function"], "file": file, "line": line,
+             "calls": None, "self_cpu_ns": d["self_ns"], "self_offcpu_ns": None,
+             "self_gil_ns": None, "self_ns": None, "total_ns": d["total_ns"],
+             "sampled_cpu_ns": d["self_ns"]}
+            for (pid, file, line), d in sampled.items() if d["self_ns"] > 0]
+    rows.sort(key=lambda r: (-r["self_cpu_ns"], r["function"]))
+    return rows[:TOP_N]
 
 
 def offcpu_stacks(con: duckdb.DuckDBPyConnection) -> ThreadStacks:

@@ -31,13 +31,34 @@ def _top_rows(a: Analysis) -> tuple[list[str], list[list]]:
 
 
 def _self_rows(a: Analysis, rows: list[dict] | None = None) -> tuple[list[str], list[list]]:
+    """Self time per function: the exact rows' figures, and the samples' estimate
+    of on-CPU self time beside them where the stacks set ran (with no call rows,
+    the samples' figures alone)."""
     names = ["function", "where", "pid", "calls", "self on-CPU", "self off-CPU",
              "of which GIL", "self wall", "total"]
-    return names, [[r["function"], a.where(r.get("file"), r.get("line")), r["pid"],
-                    f"{int(r['calls']):,}", _ns(r["self_cpu_ns"]), _ns(r["self_offcpu_ns"]),
-                    _ns(r["self_gil_ns"]),
-                    _ns(r["self_ns"]), _ns(r["total_ns"])]
-                   for r in (a.self_top if rows is None else rows)]
+    rows = a.self_top if rows is None else rows
+    sampled = bool(a.sampled) and any("sampled_cpu_ns" in r for r in rows)
+    if sampled:
+        names.insert(5, "sampled on-CPU")
+    out = []
+    for r in rows:
+        row = [r["function"], a.where(r.get("file"), r.get("line")), r["pid"],
+               "-" if r["calls"] is None else f"{int(r['calls']):,}", _ns(r["self_cpu_ns"]),
+               _ns(r["self_offcpu_ns"]), _ns(r["self_gil_ns"]), _ns(r["self_ns"]),
+               _ns(r["total_ns"])]
+        if sampled:
+            row.insert(5, _ns(r.get("sampled_cpu_ns")))
+        out.append(row)
+    return names, out
+
+
+def _hot_source(a: Analysis) -> str:
+    """Where the hot code table's figures come from, when not only the exact rows."""
+    if not a.sampled or not a.self_top:
+        return ""
+    if a.self_top[0]["calls"] is None:
+        return f" (from stack samples: {a.sample_hz} a second, no call rows)"
+    return " (exact rows; 'sampled on-CPU' from stack samples, free of probe overhead)"
 
 
 def _gc_rows(a: Analysis) -> tuple[list[str], list[list]]:
@@ -109,7 +130,7 @@ def text(a: Analysis) -> str:
     if a.top:
         section("top functions by total time (exact counts)", _top_rows(a))
     if a.self_top:
-        section("hot code: top functions by on-CPU self time", _self_rows(a))
+        section("hot code: top functions by on-CPU self time" + _hot_source(a), _self_rows(a))
     if a.waiting:
         section("waiting code: top functions by off-CPU self time (sleep, I/O, locks, "
                 "the GIL, preemption)", _self_rows(a, a.waiting))
@@ -516,7 +537,7 @@ def page(a: Analysis, title: str) -> str:
 {_findings(a.findings)}
 <h2 id=top>Top functions by total time</h2>
 {_table(_top_rows(a), "top")}
-<h2 id=self>Hot code: top functions by on-CPU self time</h2>
+<h2 id=self>Hot code: top functions by on-CPU self time{html.escape(_hot_source(a))}</h2>
 {_table(_self_rows(a), "self")}
 <h2 id=waiting>Waiting code: top functions by off-CPU self time</h2>
 {_table(_self_rows(a, a.waiting), "waiting")}
