@@ -76,11 +76,30 @@ def _link(prog_fd: int, perf_fd: int, cookie: int, where: str) -> int:
         raise AttachError(f"BPF_LINK_CREATE for {where}: {e.strerror}{hint}") from None
 
 
-class TracepointLink:
+class _PerfLink:
+    """A BPF program linked to a perf event: both fds, closed together."""
+
+    def __init__(self, prog_fd: int, attr: ctypes.Array, cpu: int, what: str) -> None:
+        self.perf_fd = self.link_fd = -1
+        try:
+            self.perf_fd = _syscall(0, attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+            self.link_fd = _link(prog_fd, self.perf_fd, 0, what)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for attr in ("link_fd", "perf_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+
+
+class TracepointLink(_PerfLink):
     """A BPF program linked to a kernel tracepoint (``category:name``)."""
 
     def __init__(self, prog_fd: int, tracepoint: str, tracefs: str = "/sys/kernel/tracing"):
-        self.perf_fd = self.link_fd = -1
         category, _, name = tracepoint.partition(":")
         try:
             with open(f"{tracefs}/events/{category}/{name}/id") as f:
@@ -90,51 +109,27 @@ class TracepointLink:
         attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
         struct.pack_into("<IIQQ", attr, 0, 2, _PERF_ATTR_SIZE, tp_id, 1)  # PERF_TYPE_TRACEPOINT
         try:
-            self.perf_fd = _syscall(0, attr, -1, 0, -1, _PERF_FLAG_FD_CLOEXEC)
-            self.link_fd = _link(prog_fd, self.perf_fd, 0, f"tracepoint {tracepoint}")
+            # (CPU 0: a tracepoint's program runs on every CPU whichever the event's)
+            super().__init__(prog_fd, attr, 0, f"tracepoint {tracepoint}")
         except OSError as e:
-            self.close()
             raise AttachError(f"perf_event_open(tracepoint {tracepoint}): {e.strerror}") from None
-        except AttachError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for attr in ("link_fd", "perf_fd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                setattr(self, attr, -1)
-                os.close(fd)
 
 
-class PerfEventLink:
+class PerfEventLink(_PerfLink):
     """A BPF perf_event program on a software cpu-clock event of one CPU, sampling
     whatever runs there ``freq`` times a second (no hardware PMU needed)."""
 
     def __init__(self, prog_fd: int, cpu: int, freq: int):
-        self.perf_fd = self.link_fd = -1
         attr = ctypes.create_string_buffer(_PERF_ATTR_SIZE)
         # PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK, sample_freq, flags: freq (bit 10)
         struct.pack_into("<IIQQQQQ", attr, 0, 1, _PERF_ATTR_SIZE, 0, freq, 0, 0, 1 << 10)
         try:
-            self.perf_fd = _syscall(0, attr, -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
-            self.link_fd = _link(prog_fd, self.perf_fd, 0, f"cpu-clock of CPU {cpu}")
+            super().__init__(prog_fd, attr, cpu, f"cpu-clock of CPU {cpu}")
         except OSError as e:
-            self.close()
             hint = (" (raise kernel.perf_event_max_sample_rate or lower --sample-hz)"
                     if e.errno == errno.EINVAL else "")
             raise AttachError(f"perf_event_open(cpu-clock, CPU {cpu}, {freq} Hz): "
                               f"{e.strerror}{hint}") from None
-        except AttachError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for attr in ("link_fd", "perf_fd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                setattr(self, attr, -1)
-                os.close(fd)
 
 
 def uprobe_multi_supported() -> bool:

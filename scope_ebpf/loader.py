@@ -86,8 +86,8 @@ def main() -> None:
 
 def _cache_key(req: dict, source: str) -> str | None:
     """The cache entry's name, or None if there is no usable cache."""
-    if CACHE_DIR == "off" or os.geteuid() != 0:
-        return None
+    if CACHE_DIR == "off" or os.geteuid() != 0 or os.uname().machine != "x86_64":
+        return None  # (the bpf(2) number and the instructions' layout are x86-64's)
     bcc_version = _bcc_version()
     if bcc_version is None:
         return None
