@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,52 @@ def attached(tracer: subprocess.Popen, text: str = "tracing") -> str:
 
 def program(name: str) -> str:
     return str(PROGRAMS / name)
+
+
+PYENV = Path("/root/.pyenv/versions")
+
+
+def pyenv_python(minor: int) -> str | None:
+    """pyenv's newest CPython 3.minor (no USDT probes, shared libpython), if built."""
+    found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / f"python3.{minor}")))
+    return found[-1] if found else None
+
+
+class GoTarget:
+    """A program of tests/programs run as ``NAME GO RESULT ARGS...``: it prints its
+    pid, waits for the file GO (start()), and writes RESULT (JSON, by rename) when
+    done. Chrooted into ``root`` (the sid fixture's, programs in /tmp/scope-tests)
+    if given; ``stdin`` keeps a pipe to it open (programs that live until it closes)."""
+
+    def __init__(self, name: str, python: str, args: list[str], root: Path | None = None,
+                 stdin: bool = False) -> None:
+        tag = uuid.uuid4().hex[:8]
+        base = (root / "tmp") if root else Path("/tmp")
+        self.go, self.result = base / f"scope-go-{tag}", base / f"scope-res-{tag}.json"
+        if root is None:
+            argv = [python, program(name), str(self.go), str(self.result)]
+        else:
+            argv = ["chroot", str(root), python, f"/tmp/scope-tests/{name}",
+                    f"/tmp/{self.go.name}", f"/tmp/{self.result.name}"]
+        self.proc = subprocess.Popen(argv + args, stdin=subprocess.PIPE if stdin else None,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = int(self.proc.stdout.readline())
+
+    def start(self) -> None:
+        self.go.touch()
+
+    def read_result(self) -> dict:
+        return json.loads(self.result.read_text())
+
+    def cleanup(self) -> None:
+        self.go.unlink(missing_ok=True)
+        self.result.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.cleanup()
 
 
 def rows(out: Path, sql: str) -> list[tuple]:

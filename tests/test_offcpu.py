@@ -11,14 +11,11 @@ closes its stdin, so its stacks resolve.
 
 from __future__ import annotations
 
-import json
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PY311, SCOPE, attached, program, rows
-from test_sampled_stacks import _pyenv
+from conftest import PY311, SCOPE, GoTarget, attached, pyenv_python, rows
 
 pytestmark = pytest.mark.kernel
 
@@ -27,35 +24,21 @@ WANT = {"sleeper": (["a", "b"], "sleep"), "locker": (["c", "d"], "lock"),
         "reader": (["e"], "read")}
 
 
-class Blockers:
+class Blockers(GoTarget):
     def __init__(self, python: str, root: Path | None = None):
-        tag = uuid.uuid4().hex[:8]
-        base = (root / "tmp") if root else Path("/tmp")
-        self.go, self.result = base / f"scope-go-{tag}", base / f"scope-res-{tag}.json"
-        if root is None:
-            argv = [python, program("blockers.py"), str(self.go), str(self.result)]
-        else:
-            argv = ["chroot", str(root), python, "/tmp/scope-tests/blockers.py",
-                    f"/tmp/{self.go.name}", f"/tmp/{self.result.name}"]
-        self.proc = subprocess.Popen(argv + [str(SECONDS)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        self.pid = int(self.proc.stdout.readline())
-
-    def start(self) -> None:
-        self.go.touch()
+        super().__init__("blockers.py", python, [str(SECONDS)], root, stdin=True)
 
     def result_when_done(self) -> dict:
         while not self.result.exists():
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.pid} exited {self.proc.returncode}")
             subprocess.run(["sleep", "0.02"])
-        return json.loads(self.result.read_text())
+        return self.read_result()
 
     def finish(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
-        self.go.unlink(missing_ok=True)
-        self.result.unlink(missing_ok=True)
+        self.cleanup()
 
 
 def _check(out: Path, data: dict, gc: bool) -> None:
@@ -81,7 +64,7 @@ def _check(out: Path, data: dict, gc: bool) -> None:
 def test_offcpu_and_gc_stacks(tmp_path: Path, sid: Path) -> None:
     pythons = [("debian-3.11", PY311, None, True), ("sid-3.15", "python3.15", sid, True)]
     skipped = []
-    py12 = _pyenv(12)
+    py12 = pyenv_python(12)
     if py12:
         pythons.append(("pyenv-3.12", py12, None, False))
     else:

@@ -16,23 +16,30 @@ hook, a build without probes) samples stacks instead and says so.
 
 from __future__ import annotations
 
-import glob
 import json
 import subprocess
 import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from conftest import PY311, SCOPE, attached, program, rows, session_count
+from conftest import (
+    PY311,
+    PYENV,
+    SCOPE,
+    GoTarget,
+    attached,
+    program,
+    pyenv_python,
+    rows,
+    session_count,
+)
 
 from scope_ebpf import analysis, report
 from scope_ebpf.query import connect
 
 pytestmark = pytest.mark.kernel
 
-PYENV = Path("/root/.pyenv/versions")
 SECONDS = 4.0   # CPU seconds of f/g/h per target: ~4,000 samples at 997 Hz, so
                 # 3 pp is ~4 standard errors of a share (at 250 Hz it was 2: one
                 # of the 27 shares of nine interpreters missed now and then)
@@ -41,38 +48,18 @@ HZ = 997
 FRAMES = 128    # SCOPE_STACK_FRAMES
 
 
-def _pyenv(minor: int) -> str | None:
-    found = sorted(glob.glob(str(PYENV / f"3.{minor}.*" / "bin" / f"python3.{minor}")))
-    return found[-1] if found else None
-
-
-class Target:
+class Target(GoTarget):
     """shares.py waiting for its go file (chrooted into ``root`` if given)."""
 
     def __init__(self, python: str, seconds: float, depth: int, root: Path | None = None):
-        tag = uuid.uuid4().hex[:8]
-        base = (root / "tmp") if root else Path("/tmp")
-        self.go, self.result = base / f"scope-go-{tag}", base / f"scope-res-{tag}.json"
-        if root is None:
-            argv = [python, program("shares.py"), str(self.go), str(self.result)]
-        else:
-            argv = ["chroot", str(root), python, "/tmp/scope-tests/shares.py",
-                    f"/tmp/{self.go.name}", f"/tmp/{self.result.name}"]
-        self.proc = subprocess.Popen(argv + [str(seconds), str(depth)], stdout=subprocess.PIPE,
-                                     text=True)
-        self.pid = int(self.proc.stdout.readline())
+        super().__init__("shares.py", python, [str(seconds), str(depth)], root)
 
     def run(self) -> dict:
-        self.go.touch()
+        self.start()
         assert self.proc.wait(timeout=60) == 0
-        data = json.loads(self.result.read_text())
-        self.go.unlink()
-        self.result.unlink()
+        data = self.read_result()
+        self.cleanup()
         return data
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def _frames(out: Path, pid: int) -> dict[int, tuple]:
@@ -141,7 +128,7 @@ def test_shares_chains_and_depth(tmp_path: Path, sid: Path) -> None:
         (f"sid-3.{m}", f"python3.{m}", sid) for m in (13, 14, 15)]
     skipped = []
     for minor in (8, 9, 10, 12, 13):
-        found = _pyenv(minor)
+        found = pyenv_python(minor)
         if found:
             pythons.append((f"pyenv-3.{minor}", found, None))
         else:
@@ -191,7 +178,7 @@ def test_shares_chains_and_depth(tmp_path: Path, sid: Path) -> None:
 def test_trace_falls_back_to_stacks(tmp_path: Path) -> None:
     """Calls asked for (the default probes) where none can come: 3.11 attached
     without a profile hook, and a build without USDT probes."""
-    pythons = [PY311] + ([_pyenv(12)] if _pyenv(12) else [])
+    pythons = [PY311] + ([pyenv_python(12)] if pyenv_python(12) else [])
     targets = [Target(py, 0.3, 0) for py in pythons]
     out = tmp_path / "out"
     try:
@@ -218,7 +205,7 @@ def test_run_without_usdt_probes(tmp_path: Path) -> None:
     """`run` of a pyenv build (no USDT probes): stacks, in a process launched by the
     tracer (its layout is read once it has exec'd); 3.8 reads thread states from
     its memory only."""
-    py = _pyenv(8)
+    py = pyenv_python(8)
     if py is None:
         pytest.skip(f"no pyenv-built CPython 3.8 under {PYENV}")
     go = tmp_path / "go"
