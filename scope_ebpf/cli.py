@@ -640,11 +640,15 @@ def query(directory: Path, sql: str | None, fmt: str, named: str | None, **filte
 @click.option("--format", "fmt", type=click.Choice(["html", "folded", "speedscope"]),
               default="html", show_default=True,
               help="html: the page; folded / speedscope: the flame graph for other viewers.")
+@click.option("--graph", type=click.Choice(["calls", "cpu", "offcpu"]), default=None,
+              help="Which flame graph folded / speedscope export: calls (exact rows' on-CPU "
+                   "time), cpu (stack samples), offcpu (sched rows' stacks) [default: calls "
+                   "if there are call rows, else cpu, else offcpu].")
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No terminal summary.")
 @_filters
-def report(directory: Path, output: Path | None, fmt: str, force: bool, quiet: bool,
-           **filters) -> None:
+def report(directory: Path, output: Path | None, fmt: str, graph: str | None, force: bool,
+           quiet: bool, **filters) -> None:
     """Hot paths, flame graph, GC pauses, off-CPU time and anomalies of a trace.
 
     Prints a summary and writes a self-contained HTML page (no network access
@@ -659,6 +663,7 @@ def report(directory: Path, output: Path | None, fmt: str, force: bool, quiet: b
       scope-ebpf report out -o app.html --pid 1234 --since +5s
       scope-ebpf report out --format folded > out.folded      # flamegraph.pl, inferno
       scope-ebpf report out --format speedscope -o out.speedscope.json
+      scope-ebpf report out --format folded --graph offcpu > offcpu.folded
     """
     from . import analysis
     from . import report as rep
@@ -677,11 +682,17 @@ def report(directory: Path, output: Path | None, fmt: str, force: bool, quiet: b
             a = analysis.analyze(con, exact_rows=fmt == "speedscope")
         finally:
             con.close()
+        graph = graph or rep.default_graph(a)
+        if fmt != "html" and graph != "calls" and not (
+                a.cpu_stacks if graph == "cpu" else a.offcpu_stacks):
+            raise ScopeError(f"no {'stack samples' if graph == 'cpu' else 'off-CPU stacks'} "
+                             f"in {directory}: --graph {graph} needs a trace with --probes "
+                             f"{'stacks' if graph == 'cpu' else 'stacks,sched'}")
         if fmt == "folded":
-            body = rep.folded_text(a)
+            body = rep.folded_text(a, graph)
         elif fmt == "speedscope":
-            body = rep.speedscope(a, str(directory))
-            if a.sampled_rows:  # say why the profiles are not evented
+            body = rep.speedscope(a, str(directory), graph)
+            if graph == "calls" and a.sampled_rows:  # say why the profiles are not evented
                 _status(rep.speedscope_note(a))
         else:
             body = rep.page(a, f"scope-ebpf report: {directory}")

@@ -156,10 +156,45 @@ def text(a: Analysis) -> str:
 
 # -- exports ----------------------------------------------------------------
 
-def folded_text(a: Analysis) -> str:
+GRAPHS = ("calls", "cpu", "offcpu")  # the exact graph, the sampled CPU one, the off-CPU one
+
+
+def default_graph(a: Analysis) -> str:
+    """The graph an export shows unless told: the exact one where there are call
+    rows, else the samples' CPU graph, else the off-CPU one."""
+    return "calls" if a.thread_stacks else "cpu" if a.cpu_stacks else \
+        "offcpu" if a.offcpu_stacks else "calls"
+
+
+def _graph_stacks(a: Analysis, graph: str):
+    return a.cpu_stacks if graph == "cpu" else a.offcpu_stacks
+
+
+def folded_text(a: Analysis, graph: str = "calls") -> str:
     """Brendan Gregg's folded format: one "frame;frame;frame weight" per line
-    (a line break or control character in a name is shown escaped)."""
-    return "".join(f"{safe(stack)} {w}\n" for stack, w in a.folded)
+    (a line break or control character in a name is shown escaped). ``graph``:
+    the exact calls' on-CPU self time, or the samples' CPU time ("cpu") or the
+    sched stacks' off-CPU time ("offcpu"), weights in ns either way."""
+    if graph == "calls":
+        return "".join(f"{safe(stack)} {w}\n" for stack, w in a.folded)
+    stacks = _graph_stacks(a, graph)
+    multi = len({pid for (pid, _tid), _paths in stacks}) > 1
+    total: dict[str, int] = {}
+    for (pid, _tid), paths in stacks:
+        for path, w in paths:
+            names = [f"pid {pid}"] if multi else []
+            names += [_folded_frame(f) for f in path]
+            key = ";".join(names)
+            total[key] = total.get(key, 0) + w
+    return "".join(f"{safe(k)} {w}\n" for k, w in sorted(total.items()) if w > 0)
+
+
+def _folded_frame(f: tuple) -> str:
+    fn, file, line = f
+    fn = (fn or "?").replace(";", ":")
+    if file is None:  # a state ("off-CPU: sleeping") or a marker ("(no stack)")
+        return fn
+    return f"{fn} ({file.replace(';', ':')}:{'?' if line is None else line})"
 
 
 def speedscope_note(a: Analysis) -> str | None:
@@ -173,16 +208,25 @@ def speedscope_note(a: Analysis) -> str | None:
     return None
 
 
-def speedscope(a: Analysis, name: str) -> str:
+def speedscope(a: Analysis, name: str, graph: str = "calls") -> str:
     """speedscope's file format, one profile per thread named after it, frames
     with file and line. Unsampled (every row weight 1, and analyze(exact_rows=True)),
     `evented` profiles of wall time: each call opens at its start and closes at
     its end, times from the trace's start, as viztracer's trace shows them. With
     sampled rows, `sampled` profiles (as py-spy writes them) of on-CPU self time
-    on each row's path; speedscope_note says why."""
+    on each row's path; speedscope_note says why. ``graph`` "cpu" or "offcpu":
+    `sampled` profiles of the samples' CPU time or the sched stacks' off-CPU
+    time, per thread."""
     frames: dict[tuple, int] = {}
     profiles = []
-    if speedscope_note(a) is None:
+    if graph != "calls":
+        for (pid, tid), stacks in _graph_stacks(a, graph):
+            samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
+            weights = [w for _path, w in stacks]
+            profiles.append({"type": "sampled", "name": thread_label(a, pid, tid),
+                             "unit": "nanoseconds", "startValue": 0, "endValue": sum(weights),
+                             "samples": samples, "weights": weights})
+    elif speedscope_note(a) is None:
         end = a.span_ns[1] - a.span_ns[0] if a.span_ns else 0
         for (pid, tid), calls in a.thread_calls:
             profiles.append({"type": "evented", "name": thread_label(a, pid, tid),
