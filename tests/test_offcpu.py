@@ -11,11 +11,12 @@ closes its stdin, so its stacks resolve.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PY311, SCOPE, GoTarget, attached, pyenv_python, rows
+from conftest import PY311, SCOPE, GoTarget, attached, program, pyenv_python, rows
 
 pytestmark = pytest.mark.kernel
 
@@ -106,5 +107,21 @@ def test_offcpu_and_gc_stacks(tmp_path: Path, sid: Path) -> None:
     assert html.returncode == 0, html.stderr
     page = (tmp_path / "r.html").read_text()
     assert "<div id=offflame>" in page and "id=cpu-flamegraph" in page
+    # the off-CPU graph exported: folded (per process) and speedscope (per thread)
+    r = subprocess.run([SCOPE, "report", str(out), "--format", "folded", "--graph", "offcpu"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    folded = [ln.rsplit(" ", 1) for ln in r.stdout.splitlines()]
+    want = sum(w for _t, ps in a.offcpu_stacks for _p, w in ps)
+    assert sum(int(w) for _s, w in folded) == want
+    assert any(";off-CPU: sleeping;" in s and s.endswith(f"b ({program('blockers.py')}:"
+                                                          f"{s.rsplit(':', 1)[1]}")
+               for s, _w in folded), folded[:5]
+    r = subprocess.run([SCOPE, "report", str(out), "--format", "speedscope", "--graph", "offcpu"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(r.stdout)["profiles"]
+    assert {p["type"] for p in prof} == {"sampled"}
+    assert sum(p["endValue"] for p in prof) == want
     if skipped:
         pytest.skip("; ".join(skipped))

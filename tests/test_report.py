@@ -501,3 +501,10 @@ def test_page_renders_in_chromium_and_the_flame_graph_zooms(trace, result, sampl
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
+
+
+def test_sampled_graphs_need_samples(trace) -> None:
+    r = scope("report", str(trace), "--format", "folded", "--graph", "cpu")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == (f"scope-ebpf: error: no stack samples in {trace}: --graph cpu "
+                                "needs a trace with --probes stacks")

@@ -171,6 +171,14 @@ def test_shares_chains_and_depth(tmp_path: Path, sid: Path) -> None:
         assert spin[data["pid"]]["self_cpu_ns"] >= 0.9 * SECONDS * 1e9 * sum(
             data["shares"].values()), data["version"]
     assert f"(from stack samples: {HZ} a second, no call rows)" in report.text(a)
+    # the export: the samples' CPU graph (no call rows), each sample 1/HZ s
+    assert report.default_graph(a) == "cpu"
+    folded = [ln.rsplit(" ", 1) for ln in report.folded_text(a, "cpu").splitlines()]
+    n = rows(out, "SELECT count(*) FROM samples WHERE oncpu AND stack_id IS NOT NULL")[0][0]
+    assert sum(int(w) for _s, w in folded) == n * (1_000_000_000 // HZ)
+    shares = program("shares.py")
+    assert any(f";f ({shares}:" in s and s.split(";")[-1].startswith(f"spin ({shares}:")
+               for s, _w in folded)
     if skipped:
         pytest.skip("not every interpreter was there: " + "; ".join(skipped))
 
