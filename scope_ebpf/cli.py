@@ -300,18 +300,20 @@ def _python_file(pid: int) -> str:
 def _stacks_line(pid: int | None, path: str, version: str | None) -> str:
     """`probes`: how the stacks probe set reads this interpreter."""
     from .interpreters.layouts import find_runtime, layout_for
+    from .interpreters.remote import in_pid_namespace
     from .kernel.stacks import offsets_record, stacks_mode
 
+    namespaced = pid is not None and in_pid_namespace(pid)
     try:
         if pid is not None:
             rt = find_runtime(pid)
             lay, runtime = rt.layout, rt.runtime
         else:
             lay, runtime = layout_for(path, version), 0
-        offsets_record(runtime, lay)
+        offsets_record(runtime, lay, namespaced)
     except ScopeError as e:
         return f"stacks: no ({e})"
-    return f"stacks: yes [{stacks_mode(lay)}] offsets: {lay.source}"
+    return f"stacks: yes [{stacks_mode(lay, namespaced)}] offsets: {lay.source}"
 
 
 def _number(text: str, option: str) -> float:

@@ -294,11 +294,12 @@ class _Reader:
         return out
 
 
-def _tids_from_pthreads(mem: _Memory, pid: int, pthreads: list[int]) -> dict[int, int]:
-    """pthread_t -> kernel tid through glibc's struct pthread (the pthread_t is its
+def _tids_from_pthreads(mem: _Memory, pthreads: list[int], tasks: set[int],
+                        main: int) -> dict[int, int]:
+    """pthread_t -> tid through glibc's struct pthread (the pthread_t is its
     address): the offset of its ``tid`` is found once, as where the main thread's
-    struct holds the pid and every other thread's struct a tid of the process."""
-    tasks = _tasks(pid)
+    struct holds ``main`` (the pid) and every other thread's struct one of
+    ``tasks``; both as the process sees them (its own PID namespace)."""
     blocks = {}
     for p in pthreads:
         try:
@@ -312,10 +313,54 @@ def _tids_from_pthreads(mem: _Memory, pid: int, pthreads: list[int]) -> dict[int
         return {}
     for off in range(0, min(map(len, blocks.values())) - 3, 4):
         tids = {p: struct.unpack_from("<i", b, off)[0] for p, b in blocks.items()}
-        if (pid in tids.values() or pid not in tasks) and all(
+        if (main in tids.values() or main not in tasks) and all(
                 t in tasks for t in tids.values()) and len(set(tids.values())) == len(tids):
             return tids
     return {}
+
+
+def _ns_tids(pid: int) -> tuple[dict[int, int], int] | None:
+    """In a PID namespace (a container): (tid as the process sees it -> tid as we
+    do, its own pid as it sees it), from the NSpid lines of /proc; None outside."""
+    own = _nspid(_task_file(pid, pid, "status"))
+    if own is None or len(own) < 2:
+        return None
+    out = {}
+    for tid in _tasks(pid):
+        ids = _nspid(_task_file(pid, tid, "status"))
+        if ids:
+            out[ids[-1]] = ids[0]
+    return out, own[-1]
+
+
+def _nspid(status: str | None) -> list[int] | None:
+    for line in (status or "").splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return None
+
+
+def _kernel_tids(mem: _Memory, pid: int, states: list[tuple]) -> list[int | None]:
+    """Each thread state's kernel tid (as this process sees it), from its native
+    thread id (3.11+) or glibc's struct pthread (before): both hold the tid of the
+    target's own PID namespace, translated here when it has one."""
+    ns = _ns_tids(pid)
+    by_pthread: dict[int, int] = {}
+    if any(native is None for _t, _p, native, _i in states):
+        tasks, main = (set(ns[0]), ns[1]) if ns else (_tasks(pid), pid)
+        by_pthread = _tids_from_pthreads(mem, [p for _t, p, _n, _i in states], tasks, main)
+    out: list[int | None] = []
+    for _t, pthread, native, _i in states:
+        tid = native if native is not None else by_pthread.get(pthread)
+        out.append(ns[0].get(tid) if ns and tid is not None else tid)
+    return out
+
+
+def in_pid_namespace(pid: int) -> bool:
+    """Whether ``pid`` lives in a PID namespace of its own (its thread states'
+    native ids then are not the kernel tids the tracer sees)."""
+    ids = _nspid(_task_file(pid, pid, "status"))
+    return bool(ids) and len(ids) > 1
 
 
 def _tasks(pid: int) -> set[int]:
@@ -355,13 +400,10 @@ def _read_threads(mem: _Memory, rt: Runtime, max_depth: int) -> list[Thread]:
             if attempt == _RETRIES - 1:
                 raise ScopeError(f"process {rt.pid}: its thread list kept changing or could "
                                  "not be read (is it shutting down?)") from None
-    tids = {}
-    if any(native is None for _t, _p, native, _i in states):
-        tids = _tids_from_pthreads(mem, rt.pid, [p for _t, p, _n, _i in states])
+    tids = _kernel_tids(mem, rt.pid, states)
     names = ThreadNames(reader, rt)
     threads = []
-    for tstate, pthread, native, interp in states:
-        tid = native if native is not None else tids.get(pthread)
+    for (tstate, pthread, _native, interp), tid in zip(states, tids, strict=True):
         th = Thread(tid, pthread, None, None, None)
         if tid is not None:
             comm = _task_file(rt.pid, tid, "comm")
@@ -392,6 +434,7 @@ class Process:
         self.rt = rt
         self.mem = _Memory(rt.pid)
         self.reader = _Reader(self.mem, rt)
+        self.namespaced = in_pid_namespace(rt.pid)  # its native thread ids are not ours
 
     def threads(self) -> dict[int, int]:
         """Kernel tid -> PyThreadState address of every thread with one now (3.8-3.10:
@@ -400,12 +443,9 @@ class Process:
             states = self.reader.tstates()
         except (_Gone, _Torn):
             return {}
-        tids: dict[int, int] = {}
-        if any(native is None for _t, _p, native, _i in states):
-            tids = _tids_from_pthreads(self.mem, self.rt.pid, [p for _t, p, _n, _i in states])
         out = {}
-        for tstate, pthread, native, _interp in states:
-            tid = native if native is not None else tids.get(pthread)
+        for (tstate, _p, _n, _i), tid in zip(states, _kernel_tids(self.mem, self.rt.pid, states),
+                                             strict=True):
             if tid:
                 out[tid] = tstate
         return out

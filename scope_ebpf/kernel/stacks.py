@@ -42,8 +42,10 @@ WALK_ALWAYS = os.environ.get("SCOPE_EBPF_STACKS_WALK") == "1"
 PER_FRAME = os.environ.get("SCOPE_EBPF_STACKS_PER_FRAME") == "1"
 
 
-def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
-    """The kernel's struct stack_offsets for a process's layout."""
+def offsets_record(rt_runtime: int, lay: Layout, namespaced: bool = False) -> np.void:
+    """The kernel's struct stack_offsets for a process's layout. ``namespaced``: the
+    process has its own PID namespace, so its native thread ids are not the
+    kernel's tids: the kernel then trusts the tid -> thread state map alone."""
     rec = np.zeros(1, events.dtypes()["stack_offsets"])[0]
     # One read per frame of just the span of the fields used (it costs by its size)
     owner = lay.frame_owner if lay.frame_owner_skip > 0 else -1
@@ -61,7 +63,7 @@ def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
     rec["interp_head"] = lay.runtime_interpreters_head
     rec["threads_head"] = lay.interp_threads_head
     rec["tstate_next"] = lay.tstate_next
-    rec["tstate_native_tid"] = lay.tstate_native_thread_id
+    rec["tstate_native_tid"] = -1 if namespaced else lay.tstate_native_thread_id
     rec["tstate_frame"] = lay.tstate_frame
     rec["cframe_frame"] = lay.cframe_current_frame
     rec["frame_previous"] = lay.frame_previous - lo
@@ -80,8 +82,11 @@ def offsets_record(rt_runtime: int, lay: Layout) -> np.void:
     return rec
 
 
-def stacks_mode(lay: Layout) -> str:
+def stacks_mode(lay: Layout, namespaced: bool = False) -> str:
     """How the sampler finds a thread's state in this version (for `probes`)."""
+    if namespaced:
+        return "tid -> thread state map read from the process, its namespace's thread " \
+               "ids translated (a PID namespace of its own)"
     if lay.tstate_native_thread_id >= 0:
         return "tid -> thread state map, checked against native_thread_id, else the " \
                "thread list walked in the kernel"
@@ -91,7 +96,7 @@ def stacks_mode(lay: Layout) -> str:
 class _Target:
     def __init__(self, proc: Process) -> None:
         self.proc = proc
-        self.native = proc.rt.layout.tstate_native_thread_id >= 0
+        self.native = proc.rt.layout.tstate_native_thread_id >= 0 and not proc.namespaced
         self.tids: set[int] = set()
         self.last_scan = 0.0
         self.stale = True           # re-read its thread list at the next chance
@@ -137,14 +142,14 @@ class Sampler:
             return
         self.pending.pop(pid, None)
         try:
-            rec = offsets_record(rt.runtime, rt.layout)
+            rec = offsets_record(rt.runtime, rt.layout, proc.namespaced)
         except ScopeError as e:
             proc.close()
             self.counts["stacks.processes_unreadable"] += 1
             self.warn(f"stacks: process {pid} not sampled: {e}")
             return
         t = self.targets[pid] = _Target(proc)
-        self.modes[pid] = f"CPython {rt.version}: {stacks_mode(rt.layout)}"
+        self.modes[pid] = f"CPython {rt.version}: {stacks_mode(rt.layout, proc.namespaced)}"
         self._scan(pid, t)
         self.program.maps["stack_offs"].update(u32(pid), rec.tobytes())
 
