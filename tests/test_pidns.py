@@ -109,4 +109,5 @@ def test_samples_have_stacks(python: str, tmp_path: Path) -> None:
     assert got[0][1] >= 100, got
     nostack = rows(out, f"SELECT count(*) FROM samples WHERE tid = {t.worker} "
                    "AND stack_id IS NULL")[0][0]
-    assert nostack <= 2, nostack  # (before the map has the thread)
+    # (taken between the target's adding and its layout's: kernel.samples_no_layout)
+    assert nostack <= got[0][1] // 50, (nostack, got[0][1])
