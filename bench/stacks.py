@@ -8,7 +8,9 @@ DEPTH frames deep (Debian's python3.11; --python for another), at --hz:
   bpf_ns_per_sample  its run time over the target's samples (every CPU's
                      invocations, idle and other processes' included)
   controller_ns_per_sample  this process's CPU while tracing (attach not
-                     included: attach_ms), per sample, at --hz on one busy thread
+                     included: attach_ms), per sample, at --hz on one busy thread,
+                     over one ~5 s run (the short runs' figure is apart: a new
+                     process's frames are resolved at its first drain)
   controller_fixed_ms_per_s and controller_ns_per_extra_sample: that CPU split
                      into a part per second and a part per sample, from one more
                      run at 10x the rate (a host with more busy threads or CPUs
@@ -175,7 +177,10 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 3000,
                   f"traced {times['traced'][-1]:.3f} s"
                   + (f", py-spy {spy[0]:.3f} s" if spy else ""), file=sys.stderr)
         kstacks.WALK_ALWAYS = False
-        fast = _controller_run(s, python, depth, work, hz * 10)
+        # the controller over runs long enough that the first drain's resolving of
+        # a new process's frames (~ms) is not most of it: ~5 s each
+        slow = _controller_run(s, python, depth, work * 8, hz)
+        fast = _controller_run(s, python, depth, work * 8, hz * 10)
         med = {k: statistics.median(v) for k, v in times.items()}
         out = {"stacks_hz": hz, "stacks_depth": depth, "stacks_runs": runs,
                "stacks_elapsed_s_median": med,
@@ -191,13 +196,16 @@ def bench_stacks(runs: int = 5, hz: int = 99, depth: int = 64, work: int = 3000,
                         "samples": samples, "samples_per_s": samples / max(
                             sum(times["traced"]), 1e-9),
                         "controller_ns_per_sample": cpu / max(samples, 1)}
-        # CPU = fixed * seconds + per_sample * samples, from the 99 Hz map runs and the fast one
-        m = per["map"]
-        t1, n1, c1 = sum(times["traced"]), m[2], m[3]
+        # CPU = fixed * seconds + per_sample * samples, from the two long runs
+        t1, n1, c1 = slow
         t2, n2, c2 = fast
         r1, r2 = n1 / max(t1, 1e-9), n2 / max(t2, 1e-9)
         extra = (c2 / t2 - c1 / t1) / max(r2 - r1, 1e-9)
         out["stacks_tstate_map"].update({
+            "controller_ns_per_sample_short_runs": out["stacks_tstate_map"][
+                "controller_ns_per_sample"],
+            "controller_ns_per_sample": c1 / max(n1, 1),
+            "controller_run_s": t1,
             "attach_ms": statistics.median(attach) / 1e6,
             "controller_ns_per_extra_sample": max(extra, 0.0),
             "controller_fixed_ms_per_s": max(c1 / t1 - extra * r1, 0.0) / 1e6,
