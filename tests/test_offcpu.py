@@ -3,7 +3,8 @@
 tests/programs/blockers.py blocks three named threads for SECONDS each in known
 stacks (a -> b -> time.sleep, c -> d -> lock.acquire, e -> os.read of a pipe),
 measuring the blocked time itself (the oracle), then runs gc.collect() in
-f -> g. One `trace --pid` session traces one target per interpreter at once:
+f -> g, which then raises the audit event scope.test: the gc and audit rows
+carry that stack. One `trace --pid` session traces one target per interpreter at once:
 Debian's 3.11 (USDT: gc rows), the sid root's 3.15 (chrooted, USDT) and pyenv's
 3.12 (no USDT probes: sched rows only). Each target keeps living until the test
 closes its stdin, so its stacks resolve.
@@ -60,6 +61,10 @@ def _check(out: Path, data: dict, gc: bool) -> None:
         got = rows(out, "SELECT st.path FROM gc JOIN stacks st ON gc.pid = st.pid AND "
                    f"gc.stack_id = st.stack_id WHERE gc.pid = {pid} AND gc.tid = {data['main']}")
         assert ["<module>", "main", "f", "g"] in [r[0] for r in got], got
+        got = rows(out, "SELECT st.path FROM audit a JOIN stacks st ON a.pid = st.pid AND "
+                   f"a.stack_id = st.stack_id WHERE a.pid = {pid} AND a.tid = {data['main']} "
+                   "AND a.event = 'scope.test'")
+        assert [r[0] for r in got] == [["<module>", "main", "f", "g"]], got
 
 
 def test_offcpu_and_gc_stacks(tmp_path: Path, sid: Path) -> None:
@@ -73,7 +78,7 @@ def test_offcpu_and_gc_stacks(tmp_path: Path, sid: Path) -> None:
     targets = [Blockers(py, root) for _n, py, root, _gc in pythons]
     out = tmp_path / "out"
     try:
-        args = [SCOPE, "trace", "--probes", "stacks,sched,gc", "-o", str(out)]
+        args = [SCOPE, "trace", "--probes", "stacks,sched,gc,audit", "-o", str(out)]
         for t in targets:
             args += ["--pid", str(t.pid)]
         tracer = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)

@@ -4,7 +4,8 @@ argv: GO RESULT SECONDS. Prints its pid, waits until the file GO exists, then,
 in three named threads at once: a -> b -> time.sleep(SECONDS); c -> d ->
 lock.acquire() on a lock main holds for SECONDS; e -> os.read of a pipe main
 writes to after SECONDS. Each thread measures its own blocked time with
-time.monotonic (the oracle). Then f -> g -> gc.collect() in main. Writes RESULT
+time.monotonic (the oracle). Then f -> g -> gc.collect() in main, and there
+the audit event scope.test (sys.audit, 3.8+). Writes RESULT
 (JSON, by rename: tids, blocked seconds) and exits when its stdin closes (the
 tracer resolves stacks from the living process's memory).
 """
@@ -49,6 +50,7 @@ def e():
 
 def g():
     gc.collect()
+    sys.audit("scope.test", 1)
 
 
 def f():
