@@ -167,10 +167,12 @@ def analyze(con: duckdb.DuckDBPyConnection, exact_rows: bool = False) -> Analysi
     if not tables["sched"]:
         a.missing.append("no off-CPU intervals were recorded (sched probes off?)")
     if not tables["session"]:
-        a.missing.append("no session table: the trace was not closed (tracer killed?)")
+        a.missing.append("no session table: the trace was not closed (tracer killed?)"
+                         + _COUNTERS_KEPT)
     elif len(a.sessions) > 1:
         a.missing += [f"session {s['session_id']}: no session table: it was not closed "
-                      "(tracer killed?)" for s in a.sessions if s["stop_reason"] is None]
+                      "(tracer killed?)" + _COUNTERS_KEPT
+                      for s in a.sessions if s["stop_reason"] is None]
     if tables["session"]:
         a.lost = _losses(con)
     a.path_prefix = path_prefix([f for f, in con.execute(
@@ -468,6 +470,9 @@ def cpu_stacks(con: duckdb.DuckDBPyConnection, hz: int) -> ThreadStacks:
     return _weighted(con, f"""
         SELECT pid, tid, stack_id, count(*) * {1_000_000_000 // max(hz, 1)} FROM samples
         WHERE oncpu AND stack_id IS NOT NULL GROUP BY ALL ORDER BY ALL""")
+
+
+_COUNTERS_KEPT = "; its counters up to its last rotation are in the counters table"
 
 
 def sampled_functions(stacks: ThreadStacks) -> dict[tuple, dict]:

@@ -144,6 +144,7 @@ class Session:
         self._totals = aggregates.Totals.empty()      # at the last functions snapshot
         self._control_totals = aggregates.Totals.empty()  # at the last sampling decision
         self._last_control = self._last_snapshot = self._last_limits = time.monotonic()
+        self._last_counters = time.monotonic()
         self._last_lost = 0
         self._cpu_window = (time.monotonic(), _cpu_seconds())
         self._over_cpu = 0
@@ -437,6 +438,9 @@ class Session:
         self._breaker()
         if now - self._last_snapshot >= self.opts.snapshot_interval:
             self._snapshot(now)
+        if now - self._last_counters >= self.opts.rotate_seconds:
+            self._last_counters = now
+            self._write_counters(self._counts(self.program.stats()))
         if now - self._last_limits >= 0.25:
             self._limits(now)
             try:
@@ -820,7 +824,9 @@ class Session:
             if self.out is not None and self.program is not None:
                 # (a session that failed before loading traced nothing: it leaves
                 # no trace, and its -o can be used again without --append)
-                self._write_session(self._session_rows(reason, stats))
+                counts = self._counts(stats)  # the same figures in both tables
+                self._write_counters(counts)
+                self._write_session(self._session_rows(reason, counts))
         finally:
             from .activate import remove
 
@@ -855,7 +861,7 @@ class Session:
                 facts[r["key"]] = r["value_int"] if r.get("value_int") is not None else r["value"]
         self.status("session table not written: " + json.dumps(facts))
 
-    def _session_rows(self, reason: str, stats: dict[str, int]) -> list[dict]:
+    def _session_rows(self, reason: str, counts: dict[str, int]) -> list[dict]:
         meta = {
             "session_id": self.session_id,
             "host": socket.gethostname(),
@@ -876,6 +882,15 @@ class Session:
         rows += [{"key": "warning", "value": w} for w in self.warnings]
         if self._output_error is not None:
             rows.append({"key": "output_error", "value": str(self._output_error)})
+        if self.stacks is not None and self.stacks.modes:
+            rows.append({"key": "stacks_mode", "value": "; ".join(
+                f"pid {pid} {mode}" for pid, mode in list(self.stacks.modes.items())[:20])})
+        rows += [{"key": k, "count": v, "value": str(v), "value_int": v}
+                 for k, v in counts.items()]
+        return rows
+
+    def _counts(self, stats: dict[str, int]) -> dict[str, int]:
+        """Every counter of the session (the kernel's ``stats`` among them)."""
         counts = {f"kernel.{k}": v for k, v in stats.items()}
         counts["functions_interned"] = self.decoder.functions.count
         counts["processes_traced"] = self.traced_count
@@ -887,17 +902,26 @@ class Session:
         counts["detach_ns"] = self.detach_ns  # removing every probe, at the end
         if self.stacks is not None:
             counts.update(self.stacks.counts)
-            if self.stacks.modes:
-                rows.append({"key": "stacks_mode", "value": "; ".join(
-                    f"pid {pid} {mode}" for pid, mode in list(self.stacks.modes.items())[:20])})
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes",
                       "threads", "samples", "stacks"):
             w = self.out.writers.get(table) if self.out is not None else None
             # after a failed write: the rows in the parts that were finished
             counts[f"rows.{table}"] = w.rows_finished if w and w.failed else self.written[table]
-        rows += [{"key": k, "count": v, "value": str(v), "value_int": v}
-                 for k, v in counts.items()]
-        return rows
+        return counts
+
+    def _write_counters(self, counts: dict[str, int]) -> None:
+        """A snapshot of every counter into the counters table, as a finished part
+        of its own: what a SIGKILL cannot take back."""
+        ts = time.time_ns()
+        rows = [{"ts_ns": ts, "key": k, "count": v} for k, v in counts.items()]
+        try:
+            w = self.out.writer("counters")
+            w.write(rows_to_batch("counters", rows))
+            w.finish_part()
+        except OutputError as e:
+            self._output_error = self._output_error or e
+            if not self._closed:
+                raise
 
     @property
     def calls_completed(self) -> int:

@@ -320,6 +320,18 @@ _TABLE_LIST = (
         ),
     ),
     Table(
+        "counters",
+        "Every counter of the session table, written every rotate_seconds (each snapshot "
+        "a finished Parquet part of its own) and at stop: a tracer killed with SIGKILL "
+        "leaves its counters up to its last rotation. Cumulative since the session "
+        "started; the last snapshot of a stopped session equals its session table.",
+        (
+            _req("ts_ns", INSTANT, "ns since the Unix epoch (UTC) of the snapshot"),
+            _req("key", pa.string(), "the counter, as in the session table"),
+            _req("count", pa.int64(), "its value then"),
+        ),
+    ),
+    Table(
         "session",
         "Key/value facts about the trace: host, kernel, version, targets, probes, "
         "start_ns/end_ns and every counter (events seen, records written, records lost). "

@@ -214,6 +214,13 @@ class TableWriter:
                 self._tmp = None
             self._release()
 
+    def finish_part(self) -> None:
+        """Close the open part now (it appears under its final name); the next
+        write opens another."""
+        with self._lock:
+            if not self._closed and self._writer is not None:
+                self._close_part()
+
     def tick(self) -> None:
         """Close the open part if it is due by age or partition, or write the waiting
         rows as a row group once they are ROW_GROUP_SECONDS old; even with no new rows."""

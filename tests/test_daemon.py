@@ -352,6 +352,7 @@ def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     try:
         with running(tmp_path, cfg) as d:
             time.sleep(3.5)  # a few rotations
+            killed_ns = time.time_ns()
             d.proc.kill()
             d.proc.wait(timeout=10)
     finally:
@@ -376,6 +377,12 @@ def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     assert r.stdout.startswith("note: 2 sessions in this directory")
     assert f"  session {killed}: " in r.stdout and f"  session {closed}: " in r.stdout
     assert f"session {killed}: no session table: it was not closed" in r.stdout
+    # its counters survive up to its last rotation (1 s; a poll's lateness allowed)
+    (snaps, last, gcs), = query(root, "SELECT count(DISTINCT ts_ns), max(ts_ns), max(count) "
+                                f"FILTER (key = 'kernel.gc') FROM counters WHERE session_id = "
+                                f"'{killed}'")
+    assert snaps >= 2 and killed_ns - last <= 2.5e9, (snaps, (killed_ns - last) / 1e9)
+    assert gcs > 0  # the target's collections, counted in the kernel
 
 
 def test_bad_config_on_reload_keeps_the_running_one(tmp_path):

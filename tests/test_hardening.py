@@ -306,7 +306,7 @@ def test_session_facts_go_to_stderr_when_its_table_cannot_be_written(tmp_path):
 
     s.out = Broken()
     s.warn("first warning")
-    s._write_session(s._session_rows("error: disk full", {"calls_lost": 3}))
+    s._write_session(s._session_rows("error: disk full", {"kernel.calls_lost": 3}))
     assert said[-1].startswith("session table not written: {")
     facts = json.loads(said[-1].removeprefix("session table not written: "))
     assert facts["session_id"] == s.session_id and facts["stop_reason"] == "error: disk full"

@@ -77,7 +77,7 @@ def test_schema_types_and_describe() -> None:
     assert not s.field("pid").nullable and s.field("duration_ns").nullable
     assert set(TABLES) == {"calls", "functions", "sampling", "breaker", "gc", "sched",
                            "imports", "audit", "processes", "threads", "session", "stacks",
-                           "samples"}
+                           "samples", "counters"}
     text = describe()
     assert "runq_ns" in text and "ctx_switches_involuntary" in text
     assert "session:" in text
