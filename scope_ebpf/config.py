@@ -22,7 +22,7 @@ from .safefs import group_id
 from .units import parse_size
 
 # The cheap probe sets every matching process gets unless its selector says otherwise.
-DEFAULT_PROBES = frozenset({"gc", "sched", "imports", "audit"})
+DEFAULT_PROBES = frozenset({"stacks", "gc", "sched", "imports", "audit"})  # no calls
 PROBE_SETS = ("calls", "gc", "sched", "imports", "audit", "stacks")
 DEFAULT_MAX_RATE = 50_000       # call rows/s, when a calls selector names none
 DEFAULT_BREAKER_RATE = 500_000  # probe hits/s

@@ -72,7 +72,9 @@ class Daemon:
                     f"writing to {self.cfg.root}")
 
     def _open_session(self, cfg: Config) -> Session:
-        probes = CHEAP | (frozenset({"calls"}) & cfg.probes)
+        # calls and stacks only when a selector asks (calls cost per call; stacks
+        # compiles the walker and starts a timer per CPU)
+        probes = CHEAP | (frozenset({"calls", "stacks"}) & cfg.probes)
         opts = Options(
             output=cfg.root, probes=probes, host=cfg.host, watch_exec=True,
             rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
@@ -228,7 +230,7 @@ class Daemon:
         old, self.cfg = self.cfg, new
         self.reloads += 1
         notify.notify("RELOADING=1")
-        restart = (("calls" in old.probes) != ("calls" in new.probes)
+        restart = (any((k in old.probes) != (k in new.probes) for k in ("calls", "stacks"))
                    or (old.root, old.host, old.rotate_seconds, old.rotate_bytes,
                        old.max_targets, old.max_threads)
                    != (new.root, new.host, new.rotate_seconds, new.rotate_bytes,

@@ -435,3 +435,51 @@ def test_daemon_drops_capabilities_and_still_reloads_into_a_new_session(sid, tmp
         time.sleep(0.3)
         d.stop()
     assert query(root, "SELECT count(*) FROM calls WHERE function = 'work'") == [(7,)]
+
+
+SPIN = """
+import sys, time
+def inner(end):
+    x = 0
+    while time.time() < end:
+        x += 1
+def outer():
+    inner(time.time() + float(sys.argv[2]))
+print("ready", flush=True)
+outer()
+"""
+
+
+def test_default_probes_sample_stacks_of_adopted_processes(tmp_path):
+    """A selector without `probes` gets the default sets, stacks among them: a
+    process started after the daemon has its CPU samples' full stacks; an
+    unselected one has no rows."""
+    root = tmp_path / "root"
+    prog = tmp_path / "spin.py"
+    prog.write_text(SPIN)
+    cfg = write_config(tmp_path / "stacks.toml", f"""
+host = "stacks"
+[output]
+root = "{root}"
+[[select]]
+exe = "*python3.11"
+cmdline = "re:scope-stacks-yes"
+""")
+    with running(tmp_path, cfg) as d:
+        yes = subprocess.Popen([PY311, str(prog), "scope-stacks-yes", "3"], stdout=subprocess.PIPE)
+        no = subprocess.Popen([PY311, str(prog), "scope-stacks-no", "3"], stdout=subprocess.PIPE)
+        try:
+            for p in (yes, no):
+                assert p.stdout.readline() == b"ready\n"
+                assert p.wait(timeout=60) == 0
+        finally:
+            for p in (yes, no):
+                p.kill()
+                p.wait()
+        d.stop()
+    got = query(root, "SELECT st.path[-2:], count(*) FROM samples s JOIN stacks st "
+                      f"USING (pid, stack_id) WHERE s.pid = {yes.pid} GROUP BY ALL ORDER BY 2 DESC")
+    assert got and got[0][0] == ["outer", "inner"] and got[0][1] >= 100, got  # 99 Hz, 3 s
+    assert query(root, f"SELECT count(*) FROM samples WHERE pid = {no.pid}") == [(0,)]
+    (probes,), = query(root, "SELECT value FROM session WHERE key = 'probes'")
+    assert probes == "audit,gc,imports,sched,stacks"
