@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -522,7 +523,12 @@ def trace(pids: tuple[int, ...], exes: tuple[str, ...], all_python: bool,
 @click.option("--check", is_flag=True,
               help="Run every check start-up runs (the config, root privileges, kernel "
                    "headers, tracefs, the output root) and exit.")
-def daemon(config_path: Path, check: bool) -> None:
+@click.option("--status", "show_status", is_flag=True,
+              help="Print what the daemon running with this config traces now: processes "
+                   "per selector, row rates, losses, breaker, output, shipping, its CPU "
+                   "and RSS (from the status file it rewrites every 2 s).")
+@click.option("--json", "as_json", is_flag=True, help="With --status: the status as JSON.")
+def daemon(config_path: Path, check: bool, show_status: bool, as_json: bool) -> None:
     """Trace every Python process the config selects, now and started later.
 
     Meant for a systemd unit (packaging/scope-ebpf.service, Type=notify).
@@ -536,6 +542,7 @@ def daemon(config_path: Path, check: bool) -> None:
     Examples:
       sudo scope-ebpf daemon --config /etc/scope-ebpf/config.toml
       sudo scope-ebpf daemon --config ./config.toml --check
+      sudo scope-ebpf daemon --status                 # what the running one traces
       scope-ebpf query /var/lib/scope-ebpf --host web-17 --date 2026-11-26 \\
           "SELECT count(*) FROM gc"
     """
@@ -543,6 +550,15 @@ def daemon(config_path: Path, check: bool) -> None:
     from .daemon import check as check_config
 
     try:
+        if show_status:
+            from . import status
+            from .daemon import load_config
+
+            st = status.read(load_config(config_path).root)
+            click.echo(json.dumps(st, indent=2) if as_json else status.text(st))
+            return
+        if as_json:
+            raise ScopeError("--json goes with --status")
         if check:
             cfg = check_config(config_path)
             _status(f"{config_path}: ok ({len(cfg.selectors)} selector(s), probes "

@@ -51,6 +51,15 @@ class Selector:
     probes: frozenset[str] = DEFAULT_PROBES
     max_rate: float = 0
     breaker_rate: float = 0
+    cmdline_text: str | None = field(default=None, compare=False)  # as written
+
+    def describe(self) -> str:
+        """What it matches, as the config says it: 'exe *python3*, cmdline re:x'."""
+        parts = [f"exe {self.exe}"]
+        if self.cmdline is not None:
+            parts.append(f"cmdline {self.cmdline_text or 're:' + self.cmdline.pattern}")
+        parts += [f"{k} {v}" for k, v in (("user", self.user), ("cgroup", self.cgroup)) if v]
+        return ", ".join(parts)
 
     def matches(self, p: ProcInfo) -> bool:
         if not p.exe or not fnmatch.fnmatchcase(p.exe, self.exe):
@@ -108,6 +117,10 @@ class Config:
             if s.matches(p):
                 out |= s.probes
         return out
+
+    def matching(self, p: ProcInfo) -> tuple[int, ...]:
+        """Indices of the selectors that match a process."""
+        return tuple(i for i, s in enumerate(self.selectors) if s.matches(p))
 
     def exe_may_match(self, exe: str) -> bool:
         """Whether any selector's exe glob matches: decided before reading /proc."""
@@ -281,4 +294,5 @@ def _selector(s: dict, where: str, fail, number) -> Selector:
     max_rate = number(s, "max_rate", where, DEFAULT_MAX_RATE if calls else 0, 1 if calls else 0)
     breaker = number(s, "breaker_rate", where, DEFAULT_BREAKER_RATE if calls else 0,
                      1 if calls else 0)
-    return Selector(exe, cmdline, user, cgroup, frozenset(probes), max_rate, breaker)
+    return Selector(exe, cmdline, user, cgroup, frozenset(probes), max_rate, breaker,
+                    s.get("cmdline"))

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
-from . import notify, privileges, procs, retention
+from . import events, notify, privileges, procs, retention, safety
+from . import status as status_file
 from .config import Config, ConfigError
 from .controller import Options, Session
 from .errors import ScopeError
@@ -34,7 +35,9 @@ from .writer import OutputDir, OutputError
 CHEAP = frozenset({"gc", "sched", "imports", "audit"})  # always attached: they fire rarely
 EXEC_RETRY_S = 1.0      # an exec'd process whose Python is not mapped yet is retried this long
 RETENTION_EVERY_S = 5.0
-STATUS_EVERY_S = 10.0
+STATUS_EVERY_S = 10.0   # sd_notify STATUS
+STATUS_FILE_EVERY_S = 2.0  # the status file (`daemon --status`)
+OUTPUT_SCAN_EVERY_S = 10.0  # the output tree's size, for the status file
 
 
 class Daemon:
@@ -46,6 +49,10 @@ class Daemon:
         self.session: Session | None = None
         self.shipper: Shipper | None = None
         self.matched: dict[int, frozenset[str]] = {}   # pid -> probe sets it is traced with
+        self.selected: dict[int, tuple[int, ...]] = {}  # pid -> the selectors it matches
+        self.started = time.time()
+        self._status_at = (time.monotonic(), 0.0, {})  # last status file: when, CPU, rows
+        self._output = (0.0, 0, 0)                      # last scan: when, bytes, parts
         self._pending: dict[int, float] = {}           # exec'd pids to look at again
         self._stop = False
         self._reload = False
@@ -129,6 +136,8 @@ class Daemon:
             if watchdog and now - last_dog >= watchdog:
                 last_dog = now
                 notify.notify("WATCHDOG=1")
+            if now - self._status_at[0] >= STATUS_FILE_EVERY_S:
+                self.write_status(now)
             if now - last_status >= STATUS_EVERY_S:
                 last_status = now
                 # the session forgets exited processes at its snapshots: so do we
@@ -204,6 +213,7 @@ class Daemon:
             s.warn(f"process {pid} ({info.exe}) matched but cannot be traced: {e}")
             return True
         self.matched[pid] = probes
+        self.selected[pid] = self.cfg.matching(info)
         self.status(f"tracing process {pid} ({binary}) with {','.join(sorted(probes))}")
         return True
 
@@ -253,10 +263,76 @@ class Daemon:
         self.status(f"config reloaded ({len(self.matched)} process(es) traced)")
         notify.notify("READY=1\nSTATUS=config reloaded")
 
+    def status_dict(self, now: float) -> dict:
+        """What `daemon --status` prints (status.py): now, and rates since the last."""
+        s = self.session
+        then, cpu0, rows0 = self._status_at
+        cpu = _cpu_seconds()
+        rows = dict(s.written)
+        dt = max(now - then, 1e-3)
+        if now - self._output[0] >= OUTPUT_SCAN_EVERY_S:
+            parts, total = retention.scan(self.cfg.root)
+            self._output = (now, total, len(parts))
+        alive = {p for p in self.matched if p in s.targets and p not in s.exited}
+        stats = s.program.stats()
+        ship = None
+        if self.shipper is not None:
+            ship = dict(self.shipper.stats, last_upload=self.shipper.last_upload)
+        return {
+            "pid": os.getpid(), "started": self.started, "updated": time.time(),
+            "config": str(self.cfg.path), "host": self.cfg.host, "root": str(self.cfg.root),
+            "session_id": s.session_id, "probes": ",".join(sorted(s.opts.probes)),
+            "processes": len(alive),
+            "selectors": [{"index": i + 1, "match": sel.describe(),
+                           "probes": sorted(sel.probes),
+                           "processes": sum(i in self.selected.get(p, ()) for p in alive)}
+                          for i, sel in enumerate(self.cfg.selectors)],
+            "interval_s": dt,
+            "rates": {t: (n - rows0.get(t, 0)) / dt for t, n in sorted(rows.items())},
+            "rows": rows,
+            "lost": {f"kernel.{k}": stats[k] for k in events.LOSSES},
+            "breaker": {"state": _breaker_state(s.breaker),
+                        "trips": s.breaker.trips if s.breaker else 0},
+            "output_bytes": self._output[1], "parts": self._output[2],
+            "ship": ship,
+            "cpu_percent": 100 * (cpu - cpu0) / dt if rows0 else 0.0,
+            "rss_bytes": _rss(), "reloads": self.reloads,
+        }
+
+    def write_status(self, now: float) -> None:
+        try:
+            st = self.status_dict(now)
+            status_file.write(self.cfg.root, st)
+        except (OSError, ScopeError) as e:
+            self.session.warn(f"status file not written: {e}")
+            st = {"rows": dict(self.session.written)}
+        self._status_at = (now, _cpu_seconds(), st["rows"])
+
     def enforce_retention(self) -> None:
         gone = retention.enforce(self.cfg.root, self.cfg.retain_bytes, self.cfg.retain_days)
         if gone:
             self.status(f"retention: deleted {len(gone)} oldest part(s)")
+
+
+def _breaker_state(b: safety.Breaker | None) -> str:
+    """'off' (no calls selector: nothing to trip), else closed, open or half-open."""
+    if b is None or not b.rate:
+        return "off"
+    return {safety.CLOSED: "closed", safety.OPEN: "open",
+            safety.HALF_OPEN: "half-open"}.get(b.state, str(b.state))
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def daemon_owner(cfg: Config) -> Ownership:

@@ -11,6 +11,7 @@ environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), never the config.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -41,6 +42,7 @@ class Shipper:
         self.root = root
         self.warn = warn
         self.stats = {"files": 0, "bytes": 0, "failures": 0}
+        self.last_upload: float | None = None  # epoch s of the last confirmed upload
         self.last_error: str | None = None
         self._fs = None
         self._stop = threading.Event()
@@ -89,6 +91,7 @@ class Shipper:
                 retention.prune_empty_dirs(part.path.parent, self.root)
             self.stats["files"] += 1
             self.stats["bytes"] += part.size
+            self.last_upload = time.time()
             shipped += 1
         return shipped
 

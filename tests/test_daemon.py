@@ -4,6 +4,7 @@ Hive-partitioned output, reload, shutdown, retention, shipping and its unit."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -471,12 +472,33 @@ cmdline = "re:scope-stacks-yes"
         try:
             for p in (yes, no):
                 assert p.stdout.readline() == b"ready\n"
+            # the status file, rewritten every 2 s: the selected process, sampled
+            deadline = time.monotonic() + 30
+            while True:
+                r = scope("daemon", "--status", "--json", "-c", str(cfg))
+                st = json.loads(r.stdout) if r.returncode == 0 else {}
+                if st.get("processes") == 1 and st["rates"].get("samples", 0) > 0:
+                    break
+                assert time.monotonic() < deadline, (r.stdout, r.stderr)
+                time.sleep(0.5)
+            assert st["selectors"] == [{"index": 1, "match": "exe *python3.11, cmdline "
+                                        "re:scope-stacks-yes", "processes": 1,
+                                        "probes": ["audit", "gc", "imports", "sched", "stacks"]}]
+            assert st["breaker"] == {"state": "off", "trips": 0} and st["pid"] == d.proc.pid
+            r = scope("daemon", "--status", "-c", str(cfg))
+            assert r.returncode == 0 and "tracing 1 process (probe sets: " in r.stdout
+            assert "  selector 1 (exe *python3.11, cmdline re:scope-stacks-yes): 1 process," \
+                in r.stdout
+            for p in (yes, no):
                 assert p.wait(timeout=60) == 0
         finally:
             for p in (yes, no):
                 p.kill()
                 p.wait()
         d.stop()
+    r = scope("daemon", "--status", "-c", str(cfg))
+    assert r.returncode != 0 and r.stderr.startswith(
+        f"scope-ebpf: error: no running daemon: the last status in {root} is from pid "), r.stderr
     got = query(root, "SELECT st.path[-2:], count(*) FROM samples s JOIN stacks st "
                       f"USING (pid, stack_id) WHERE s.pid = {yes.pid} GROUP BY ALL ORDER BY 2 DESC")
     assert got and got[0][0] == ["outer", "inner"] and got[0][1] >= 100, got  # 99 Hz, 3 s
