@@ -150,6 +150,7 @@ class Daemon:
 
     def close(self, reason: str = "stopped") -> None:
         notify.notify("STOPPING=1")
+        status_file.remove(self.cfg.root)
         try:
             if self.session is not None:
                 self.session.close(reason)

@@ -1,7 +1,8 @@
 """What a running daemon traces now: the file it keeps, and `daemon --status`.
 
-The daemon rewrites ``ROOT/.scope-ebpf-status.json`` (root only, by rename)
-every few seconds: its pid, config, processes per selector, row rates over
+The daemon rewrites ``/run/scope-ebpf/status-<hash of its output root>.json``
+(root only, by rename; outside the output tree, which tools walk) every few
+seconds and removes it when it stops: its pid, config, processes per selector, row rates over
 the last interval, losses, breaker, output size, shipping, and its own CPU and
 RSS. ``daemon --status`` reads it (the config names the root) and prints it;
 a file whose daemon is gone, or that stopped being rewritten, is said to be so.
@@ -9,6 +10,7 @@ a file whose daemon is gone, or that stopped being rewritten, is said to be so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -18,22 +20,36 @@ from typing import Any
 from .errors import ScopeError
 from .units import human_bytes
 
-FILE = ".scope-ebpf-status.json"
+RUN_DIR = Path(os.environ.get("SCOPE_EBPF_RUN_DIR", "/run/scope-ebpf"))
 STALE_S = 30.0     # a status older than this: the daemon is stuck or gone
 
 
 def path(root: Path) -> Path:
-    return Path(root) / FILE
+    """The status file of the daemon writing to ``root`` (one per output root)."""
+    key = hashlib.sha256(str(Path(root).absolute()).encode()).hexdigest()[:16]
+    return RUN_DIR / f"status-{key}.json"
 
 
 def write(root: Path, status: dict[str, Any]) -> None:
     """Replace the status file (0600; never a half-written one)."""
     final = path(root)
-    tmp = final.with_name(f"{FILE}.{os.getpid()}.tmp")
+    RUN_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = RUN_DIR.lstat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not RUN_DIR.is_dir():
+        raise OSError(f"{RUN_DIR} is not a directory only we can write")
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(status, f)
     os.replace(tmp, final)
+
+
+def remove(root: Path) -> None:
+    """At a clean stop: no status, no daemon."""
+    try:
+        path(root).unlink()
+    except OSError:
+        pass
 
 
 def read(root: Path) -> dict[str, Any]:
@@ -43,12 +59,12 @@ def read(root: Path) -> dict[str, Any]:
         with open(p) as f:
             st = json.load(f)
     except FileNotFoundError:
-        raise ScopeError(f"no daemon status in {root}: no daemon has run with this "
-                         "config's output root") from None
+        raise ScopeError(f"no running daemon writes to {root} (no status in {RUN_DIR})"
+                         ) from None
     except (OSError, ValueError) as e:
         raise ScopeError(f"cannot read {p}: {e}") from None
     if not _alive(st.get("pid")):
-        raise ScopeError(f"no running daemon: the last status in {root} is from pid "
+        raise ScopeError(f"no running daemon writes to {root}: its last status is from pid "
                          f"{st.get('pid')}, which is gone ({_ago(st.get('updated'))})")
     return st
 

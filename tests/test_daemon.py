@@ -359,6 +359,9 @@ def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     finally:
         target.kill()
         target.wait()
+    r = scope("daemon", "--status", "-c", str(cfg))  # its status file outlives it
+    assert r.returncode != 0 and f"its last status is from pid {d.proc.pid}, which is gone" \
+        in r.stderr, r.stderr
     closed = list(root.rglob("part-*.parquet"))
     assert closed, "no part was closed before the kill"
     for f in closed:
@@ -497,8 +500,8 @@ cmdline = "re:scope-stacks-yes"
                 p.wait()
         d.stop()
     r = scope("daemon", "--status", "-c", str(cfg))
-    assert r.returncode != 0 and r.stderr.startswith(
-        f"scope-ebpf: error: no running daemon: the last status in {root} is from pid "), r.stderr
+    assert r.returncode != 0 and r.stderr == (f"scope-ebpf: error: no running daemon writes to "
+                                              f"{root} (no status in /run/scope-ebpf)\n"), r.stderr
     got = query(root, "SELECT st.path[-2:], count(*) FROM samples s JOIN stacks st "
                       f"USING (pid, stack_id) WHERE s.pid = {yes.pid} GROUP BY ALL ORDER BY 2 DESC")
     assert got and got[0][0] == ["outer", "inner"] and got[0][1] >= 100, got  # 99 Hz, 3 s
