@@ -34,6 +34,7 @@ import sys
 
 CACHE_DIR = os.environ.get("SCOPE_EBPF_BPF_CACHE", "/var/cache/scope-ebpf/bpf")  # "off": none
 _FORMAT = 1
+CACHE_ENTRIES = 64                # entries kept (~200 KB each), the least recently used go
 _NR_BPF = 321                     # x86-64
 _MAP_CREATE, _PROG_LOAD, _OBJ_GET_INFO_BY_FD = 0, 5, 15
 _LD_IMM64 = 0x18
@@ -197,8 +198,26 @@ def _store(key: str, req: dict, b, meta: dict, fds: list[int]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(entry, f)
         os.replace(tmp, path)
+        _prune(CACHE_DIR)
     except (OSError, ValueError, KeyError) as e:
         print(f"bpf cache: not stored: {e}", file=sys.stderr)
+
+
+def _prune(directory: str, keep: int = CACHE_ENTRIES) -> None:
+    """Remove all but the ``keep`` entries used last (a hit touches its entry):
+    every new version or checkout of the program adds one."""
+    entries = []
+    for name in os.listdir(directory):
+        if name.endswith(".json"):
+            try:
+                entries.append((os.stat(os.path.join(directory, name)).st_mtime, name))
+            except OSError:
+                continue
+    for _mtime, name in sorted(entries, reverse=True)[keep:]:
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
 
 
 def _load_cached(req: dict, key: str) -> tuple[dict, list[int]] | None:
@@ -243,6 +262,7 @@ def _load_cached(req: dict, key: str) -> tuple[dict, list[int]] | None:
             struct.pack_into("<I", attr, 68, max(p["attach_type"], 0))
             prog_fds[name] = _bpf(_PROG_LOAD, attr)
             made.append(prog_fds[name])
+        os.utime(path)  # used: kept by _prune
         meta = entry["meta"]
         fds: list[int] = []
         for name in list(meta["progs"]):

@@ -10,8 +10,10 @@ write is not used at all. Each test has its own cache directory
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,18 @@ def test_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert not s.program.cached
     finally:
         s.close()
+
+
+def test_old_entries_are_pruned(cache: Path, tmp_path: Path) -> None:
+    """Each new version or checkout adds an entry: all but the 64 used last go."""
+    cache.mkdir(mode=0o700)
+    old = time.time() - 3600
+    for i in range(70):
+        f = cache / f"{i:064x}.json"
+        f.write_text("{}")
+        f.chmod(0o600)
+        os.utime(f, (old + i, old + i))
+    _open(tmp_path / "a").close()  # a miss: compiled, stored, pruned
+    left = sorted(p.name for p in cache.iterdir())
+    assert len(left) == 64
+    assert f"{0:064x}.json" not in left and f"{69:064x}.json" in left  # the oldest went
