@@ -291,6 +291,10 @@ def main() -> None:
         from stacks import bench_stacks
 
         results.update(bench_stacks(runs=args.runs, work=3000))
+        # what a process no daemon selector matches pays (bench/nonselected.py)
+        from nonselected import bench_nonselected
+
+        results.update(bench_nonselected(runs=args.runs))
     if args.soak_seconds > 0:
         results.update(_soak(args.soak_seconds, tmp / "soak"))
     shutil.rmtree(tmp, ignore_errors=True)
@@ -359,6 +363,10 @@ def _print(r: dict) -> None:
         from stacks import print_targets
 
         print_targets(r)
+    if "nonselected_gc_ns" in r:
+        from nonselected import print_figures
+
+        print_figures(r)
     m = r["machine"]
     print(f"\n{m['cpus']} CPUs ({m['cpu']}), kernel {m['kernel']}, {m['python']}")
 
