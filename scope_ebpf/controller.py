@@ -157,7 +157,7 @@ class Session:
         self.decoder = Decoder(_mono_to_wall())
         # With watch_exec: called with (pid, filename) for every exec on the host,
         # before its row is written; the daemon decides there what becomes a target.
-        self.on_exec: Callable[[int, str], None] | None = None
+        self.on_exec: Callable[[int, str, int], None] | None = None  # pid, exe, ts_ns
 
     # -- set-up -------------------------------------------------------------
 
@@ -268,7 +268,8 @@ class Session:
         act.check_version(pid, version)
 
     def add_pid(self, pid: int, *, activate: bool = False,
-                probes: frozenset[str] | None = None, binary: str | None = None) -> None:
+                probes: frozenset[str] | None = None, binary: str | None = None,
+                exec_ns: int | None = None) -> None:
         """Trace a running process from now on.
 
         ``activate`` turns the perf trampoline on in a 3.14 target (it runs code
@@ -276,10 +277,14 @@ class Session:
         ``probes`` narrows the session's probe sets for this process (daemon
         selectors); the session must have attached them. ``binary``: what
         check_pid() already returned for ``pid``, not to check it twice.
+        ``exec_ns``: when the kernel saw it exec (daemon adoption), for its start
+        row's adopt_ns.
         """
         assert self.program is not None
         binary = binary or self.check_pid(pid)
+        known = len(self.binaries)
         b = self.attach_binary(binary)
+        new_binary = len(self.binaries) > known
         probes = self.opts.probes if probes is None else probes & self.opts.probes
         ok, why = capabilities.of_file(binary).calls(launched=False)
         if activate and "calls" in probes and b.calls_mode == "eval":
@@ -295,7 +300,10 @@ class Session:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
                       "gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes))
-        self._started(pid, binary)
+        adopted = {"new_binary": new_binary}
+        if exec_ns is not None:
+            adopted["adopt_ns"] = max(time.time_ns() - exec_ns, 0)
+        self._started(pid, binary, adopted=adopted)
 
     def set_probes(self, pid: int, probes: frozenset[str]) -> None:
         """Change a target's probe sets; none at all stops tracing it."""
@@ -677,12 +685,14 @@ class Session:
             self._add("processes", rows_to_batch("processes", rows))
         self._thread_rows()
 
-    def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None) -> None:
+    def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None,
+                 adopted: dict | None = None) -> None:
         self._new_target(pid)
         info = self.targets[pid] = procs.info(pid, binary, self.redactor,
                                               self.opts.net_addresses or None)
         self._add("processes", rows_to_batch("processes", [{
-            "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row()}]))
+            "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row(),
+            **(adopted or {})}]))
         self.threads.add_process(pid, info.python_version, ts_ns)
         self._thread_rows()
         if self.stacks is not None:
@@ -711,7 +721,7 @@ class Session:
                 continue
             if row["event"] == "exec" and self.on_exec is not None:
                 traced = row["pid"] in self.targets
-                self.on_exec(row["pid"], row.get("exe") or "")
+                self.on_exec(row["pid"], row.get("exe") or "", row["ts_ns"])
                 if not traced:  # the whole host's execs: only targets' are rows
                     continue
             if row["event"] == "rename":  # the threads table's, not a process event

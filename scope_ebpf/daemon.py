@@ -53,7 +53,8 @@ class Daemon:
         self.started = time.time()
         self._status_at = (time.monotonic(), 0.0, {})  # last status file: when, CPU, rows
         self._output = (0.0, 0, 0)                      # last scan: when, bytes, parts
-        self._pending: dict[int, float] = {}           # exec'd pids to look at again
+        self._pending: dict[int, tuple[float, int]] = {}  # exec'd pids to look at again:
+        #                                                   since, exec ts_ns
         self._stop = False
         self._reload = False
         self.reloads = 0
@@ -171,17 +172,17 @@ class Daemon:
         s = self.session
         return pid in self.matched and pid in s.targets and pid not in s.exited
 
-    def _on_exec(self, pid: int, filename: str) -> None:
+    def _on_exec(self, pid: int, filename: str, ts_ns: int) -> None:
         self._pending.pop(pid, None)
-        if not self.consider(pid, after_exec=True) and not self._traced(pid):
-            self._pending[pid] = time.monotonic()
+        if not self.consider(pid, after_exec=True, exec_ns=ts_ns) and not self._traced(pid):
+            self._pending[pid] = (time.monotonic(), ts_ns)
 
     def _retry_pending(self, now: float) -> None:
-        for pid, since in list(self._pending.items()):
-            if self.consider(pid, after_exec=True) or now - since > EXEC_RETRY_S:
+        for pid, (since, exec_ns) in list(self._pending.items()):
+            if self.consider(pid, after_exec=True, exec_ns=exec_ns) or now - since > EXEC_RETRY_S:
                 self._pending.pop(pid, None)
 
-    def consider(self, pid: int, after_exec: bool = False) -> bool:
+    def consider(self, pid: int, after_exec: bool = False, exec_ns: int | None = None) -> bool:
         """Trace ``pid`` if a selector matches it and it runs a CPython with probes.
 
         True when the question is settled (traced, or certainly not), False when
@@ -209,7 +210,7 @@ class Daemon:
         except ScopeError:
             return not after_exec  # exec'd: its libpython may not be mapped yet
         try:
-            s.add_pid(pid, probes=probes, binary=binary)
+            s.add_pid(pid, probes=probes, binary=binary, exec_ns=exec_ns)
         except ScopeError as e:
             s.warn(f"process {pid} ({info.exe}) matched but cannot be traced: {e}")
             return True

@@ -300,6 +300,12 @@ _TABLE_LIST = (
             _opt(
                 "ctx_switches_involuntary", pa.int64(), "cumulative involuntary context switches"
             ),
+            _opt("adopt_ns", pa.int64(), "'start' rows of processes adopted at their exec "
+                 "(daemon): ns from the exec, as the kernel saw it, to their tracing; NULL "
+                 "otherwise"),
+            _opt("new_binary", pa.bool_(), "'start' rows: true if this process's "
+                 "interpreter file had no probes until it was adopted (a new binary: its "
+                 "events before adoption are missing), false if the file was attached before"),
         ),
     ),
     Table(

@@ -508,3 +508,33 @@ cmdline = "re:scope-stacks-yes"
     assert query(root, f"SELECT count(*) FROM samples WHERE pid = {no.pid}") == [(0,)]
     (probes,), = query(root, "SELECT value FROM session WHERE key = 'probes'")
     assert probes == "audit,gc,imports,sched,stacks"
+
+
+def test_a_new_interpreter_file_is_attached_at_exec(tmp_path):
+    """A copy of python3.11 the daemon has never seen (a virtualenv's or a
+    container's binary): the first process that runs it is adopted at its exec
+    and its start row says the file was new and how long after the exec it was
+    traced; the second finds it attached. Both have their gc rows."""
+    copy = tmp_path / "venv" / "bin" / "python3.11"
+    copy.parent.mkdir(parents=True)
+    shutil.copy2(PY311, copy)
+    root = tmp_path / "root"
+    cfg = write_config(tmp_path / "new.toml", gc_config(root, "newbin", "scope-newbin",
+                                                        exe=str(copy)))
+    with running(tmp_path, cfg) as d:
+        pids = []
+        for _ in range(2):  # one after the other: DELAY 1 s then 5 collections
+            p = subprocess.Popen([str(copy), TARGET, "scope-newbin", "1.0", "5"],
+                                 stdout=subprocess.PIPE)
+            assert p.stdout.readline() == b"done\n" and p.wait(timeout=60) == 0
+            pids.append(p.pid)
+        d.stop()
+    got = dict(query(root, "SELECT pid, [new_binary, adopt_ns IS NOT NULL] FROM processes "
+                           "WHERE event = 'start'"))
+    assert got == {pids[0]: [True, True], pids[1]: [False, True]}, got
+    (adopt_ns,), = query(root, f"SELECT adopt_ns FROM processes WHERE pid = {pids[0]} "
+                               "AND event = 'start'")
+    assert 0 < adopt_ns < 1e9, adopt_ns  # within the 1 s before its first collection
+    # its 5 explicit collections, and any automatic one since its adoption
+    gcs = dict(query(root, "SELECT pid, count(*) FILTER (generation = 0) FROM gc GROUP BY pid"))
+    assert gcs.keys() == set(pids) and min(gcs.values()) >= 5, gcs
