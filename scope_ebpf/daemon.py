@@ -25,7 +25,7 @@ from . import config as cfgmod
 from . import events, notify, privileges, procs, retention, safety
 from . import status as status_file
 from .config import Config, ConfigError
-from .controller import Options, Session
+from .controller import Options, Session, _cpu_seconds
 from .errors import ScopeError
 from .program import Limits, check_environment
 from .safefs import Ownership, group_id
@@ -143,6 +143,7 @@ class Daemon:
                 last_status = now
                 # the session forgets exited processes at its snapshots: so do we
                 self.matched = {p: v for p, v in self.matched.items() if p in s.targets}
+                self.selected = {p: v for p, v in self.selected.items() if p in self.matched}
                 alive = sum(p not in s.exited for p in self.matched)
                 notify.notify(f"STATUS=tracing {alive} process(es), "
                               f"{sum(s.written.values()):,} rows written")
@@ -201,7 +202,7 @@ class Daemon:
             return True
         probes = self.cfg.probes_for(info)
         if after_exec and traced and probes != self.matched[pid]:
-            self._retarget(pid, probes)
+            self._retarget(pid, probes, self.cfg.matching(info))
             return True
         if not probes or traced:
             return True
@@ -219,12 +220,14 @@ class Daemon:
         self.status(f"tracing process {pid} ({binary}) with {','.join(sorted(probes))}")
         return True
 
-    def _retarget(self, pid: int, probes: frozenset[str]) -> None:
+    def _retarget(self, pid: int, probes: frozenset[str], selectors: tuple[int, ...]) -> None:
         self.session.set_probes(pid, probes)  # none: no longer traced
         if probes:
             self.matched[pid] = probes
+            self.selected[pid] = selectors
         else:
             self.matched.pop(pid, None)
+            self.selected.pop(pid, None)
 
     # -- reload ---------------------------------------------------------------
 
@@ -249,7 +252,7 @@ class Daemon:
                        new.max_targets, new.max_threads))
         if restart:
             # The new session is live before the old one detaches: no gap.
-            previous, self.matched = self.session, {}
+            previous, self.matched, self.selected = self.session, {}, {}
             self.session = self._open_session(new)
             self.scan()
             previous.close("config reloaded")
@@ -257,7 +260,8 @@ class Daemon:
             for pid in list(self.matched):
                 if not self._traced(pid):
                     continue
-                self._retarget(pid, new.probes_for(procs.info(pid, addresses=False)))
+                info = procs.info(pid, addresses=False)
+                self._retarget(pid, new.probes_for(info), new.matching(info))
             self.scan()
         if self.shipper is None and new.ship:
             self.shipper = Shipper(new.ship, new.root, self.session.warn)
@@ -272,7 +276,7 @@ class Daemon:
         cpu = _cpu_seconds()
         rows = dict(s.written)
         dt = max(now - then, 1e-3)
-        if now - self._output[0] >= OUTPUT_SCAN_EVERY_S:
+        if now - self._output[0] >= OUTPUT_SCAN_EVERY_S:  # (retention's walk, if recent)
             parts, total = retention.scan(self.cfg.root)
             self._output = (now, total, len(parts))
         alive = {p for p in self.matched if p in s.targets and p not in s.exited}
@@ -311,7 +315,14 @@ class Daemon:
         self._status_at = (now, _cpu_seconds(), st["rows"])
 
     def enforce_retention(self) -> None:
-        gone = retention.enforce(self.cfg.root, self.cfg.retain_bytes, self.cfg.retain_days)
+        if self.cfg.retain_bytes <= 0 and self.cfg.retain_days <= 0:
+            return  # no limits: no need to walk the tree every few seconds
+        parts, total = retention.scan(self.cfg.root)
+        gone = retention.enforce(self.cfg.root, self.cfg.retain_bytes, self.cfg.retain_days,
+                                 scanned=(parts, total))
+        # what is left: the status file's figures, without a walk of its own
+        self._output = (time.monotonic(), total - sum(p.size for p in gone),
+                        len(parts) - len(gone))
         if gone:
             self.status(f"retention: deleted {len(gone)} oldest part(s)")
 
@@ -322,11 +333,6 @@ def _breaker_state(b: safety.Breaker | None) -> str:
         return "off"
     return {safety.CLOSED: "closed", safety.OPEN: "open",
             safety.HALF_OPEN: "half-open"}.get(b.state, str(b.state))
-
-
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def _rss() -> int:

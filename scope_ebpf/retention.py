@@ -38,13 +38,15 @@ def scan(root: Path) -> tuple[list[Part], int]:
 
 
 def enforce(root: Path, retain_bytes: int, retain_days: float,
-            now: float | None = None) -> list[Part]:
+            now: float | None = None,
+            scanned: tuple[list[Part], int] | None = None) -> list[Part]:
     """Delete closed parts older than ``retain_days``, then the oldest until the
-    root holds at most ``retain_bytes`` (0 = no limit). Returns what was deleted."""
+    root holds at most ``retain_bytes`` (0 = no limit). Returns what was deleted.
+    ``scanned``: scan(root) if the caller has just made it."""
     if retain_bytes <= 0 and retain_days <= 0:
         return []  # no limits: no need to walk the tree every few seconds
     now = time.time() if now is None else now
-    parts, total = scan(root)
+    parts, total = scanned if scanned is not None else scan(root)
     deleted: list[Part] = []
     for p in parts:
         too_old = retain_days > 0 and now - p.mtime > retain_days * 86400

@@ -80,7 +80,6 @@ def _alive(pid: object) -> bool:
     return b"scope-ebpf" in cmdline or b"scope_ebpf" in cmdline
 
 
-
 def _ago(ts: object) -> str:
     if not isinstance(ts, (int, float)):
         return "time unknown"
