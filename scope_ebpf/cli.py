@@ -701,8 +701,7 @@ def report(directory: Path, output: Path | None, fmt: str, graph: str | None, fo
         finally:
             con.close()
         graph = graph or rep.default_graph(a)
-        if fmt != "html" and graph != "calls" and not (
-                a.cpu_stacks if graph == "cpu" else a.offcpu_stacks):
+        if fmt != "html" and graph != "calls" and not rep.graph_stacks(a, graph):
             raise ScopeError(f"no {'stack samples' if graph == 'cpu' else 'off-CPU stacks'} "
                              f"in {directory}: --graph {graph} needs a trace with --probes "
                              f"{'stacks' if graph == 'cpu' else 'stacks,sched'}")

@@ -156,9 +156,6 @@ def text(a: Analysis) -> str:
 
 # -- exports ----------------------------------------------------------------
 
-GRAPHS = ("calls", "cpu", "offcpu")  # the exact graph, the sampled CPU one, the off-CPU one
-
-
 def default_graph(a: Analysis) -> str:
     """The graph an export shows unless told: the exact one where there are call
     rows, else the samples' CPU graph, else the off-CPU one."""
@@ -166,8 +163,10 @@ def default_graph(a: Analysis) -> str:
         "offcpu" if a.offcpu_stacks else "calls"
 
 
-def _graph_stacks(a: Analysis, graph: str):
-    return a.cpu_stacks if graph == "cpu" else a.offcpu_stacks
+def graph_stacks(a: Analysis, graph: str):
+    """The paths and weights of a graph: the exact calls', the samples' or the
+    sched stacks'."""
+    return {"calls": a.thread_stacks, "cpu": a.cpu_stacks}.get(graph, a.offcpu_stacks)
 
 
 def folded_text(a: Analysis, graph: str = "calls") -> str:
@@ -177,7 +176,7 @@ def folded_text(a: Analysis, graph: str = "calls") -> str:
     sched stacks' off-CPU time ("offcpu"), weights in ns either way."""
     if graph == "calls":
         return "".join(f"{safe(stack)} {w}\n" for stack, w in a.folded)
-    stacks = _graph_stacks(a, graph)
+    stacks = graph_stacks(a, graph)
     multi = len({pid for (pid, _tid), _paths in stacks}) > 1
     total: dict[str, int] = {}
     for (pid, _tid), paths in stacks:
@@ -219,21 +218,14 @@ def speedscope(a: Analysis, name: str, graph: str = "calls") -> str:
     time, per thread."""
     frames: dict[tuple, int] = {}
     profiles = []
-    if graph != "calls":
-        for (pid, tid), stacks in _graph_stacks(a, graph):
-            samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
-            weights = [w for _path, w in stacks]
-            profiles.append({"type": "sampled", "name": thread_label(a, pid, tid),
-                             "unit": "nanoseconds", "startValue": 0, "endValue": sum(weights),
-                             "samples": samples, "weights": weights})
-    elif speedscope_note(a) is None:
+    if graph == "calls" and speedscope_note(a) is None:
         end = a.span_ns[1] - a.span_ns[0] if a.span_ns else 0
         for (pid, tid), calls in a.thread_calls:
             profiles.append({"type": "evented", "name": thread_label(a, pid, tid),
                              "unit": "nanoseconds", "startValue": 0, "endValue": end,
                              "events": _events(calls, frames)})
     else:
-        for (pid, tid), stacks in a.thread_stacks:
+        for (pid, tid), stacks in graph_stacks(a, graph):
             samples = [[frames.setdefault(f, len(frames)) for f in path] for path, _w in stacks]
             weights = [w for _path, w in stacks]
             profiles.append({"type": "sampled", "name": thread_label(a, pid, tid),
