@@ -39,7 +39,7 @@ _NR_BPF = 321                     # x86-64
 _MAP_CREATE, _PROG_LOAD, _OBJ_GET_INFO_BY_FD = 0, 5, 15
 _LD_IMM64 = 0x18
 _PSEUDO_MAP_FD = 1
-_PROG_TYPES = {"kprobe": 2, "tracepoint": 5, "perf_event": 7}  # BPF_PROG_TYPE_*
+_PROG_TYPES = {"kprobe": 2, "tracepoint": 5, "perf_event": 7}  # BPF_PROG_TYPE_*, bcc's too
 
 
 def main() -> None:
@@ -60,16 +60,9 @@ def main() -> None:
         sys.exit(f"compile failed: {e}")
     fds: list[int] = []
     meta: dict = {"progs": {}, "maps": {}}
-    for name in req["kprobes"]:
+    for name, kind, fn, attach in _programs(req):
         meta["progs"][name] = len(fds)
-        fds.append(b.load_func(name.encode(), BPF.KPROBE, attach_type=req["attach_type"]).fd)
-    for name in req.get("perf_events", ()):
-        meta["progs"][name] = len(fds)
-        fds.append(b.load_func(name.encode(), BPF.PERF_EVENT).fd)
-    for tp in req["tracepoints"]:
-        fn = "tracepoint__" + tp.replace(":", "__")
-        meta["progs"][tp] = len(fds)
-        fds.append(b.load_func(fn.encode(), BPF.TRACEPOINT).fd)
+        fds.append(b.load_func(fn.encode(), _PROG_TYPES[kind], attach_type=attach).fd)
     for name in req["maps"]:
         t = b.get_table(name)
         meta["maps"][name] = {
@@ -81,6 +74,15 @@ def main() -> None:
     if key:
         _store(key, req, b, meta, fds)
     socket.send_fds(sock, [json.dumps(meta).encode()], fds)
+
+
+def _programs(req: dict) -> list[tuple[str, str, str, int]]:
+    """(name the tracer knows it by, kind, function in the source, expected attach
+    type or -1) of every program a request asks for."""
+    return ([(n, "kprobe", n, req["attach_type"]) for n in req["kprobes"]]
+            + [(n, "perf_event", n, -1) for n in req.get("perf_events", ())]
+            + [(tp, "tracepoint", "tracepoint__" + tp.replace(":", "__"), -1)
+               for tp in req["tracepoints"]])
 
 
 # -- the cache ---------------------------------------------------------------
@@ -159,11 +161,7 @@ def _store(key: str, req: dict, b, meta: dict, fds: list[int]) -> None:
         maps: list[dict] = []
         by_fd: dict[int, int] = {}
         progs = {}
-        kinds = [(n, "kprobe", req["attach_type"]) for n in req["kprobes"]] + [
-            (n, "perf_event", -1) for n in req.get("perf_events", ())] + [
-            (tp, "tracepoint", -1) for tp in req["tracepoints"]]
-        for name, kind, attach in kinds:
-            fn = "tracepoint__" + name.replace(":", "__") if kind == "tracepoint" else name
+        for name, kind, fn, attach in _programs(req):
             insns = bytearray(b.dump_func(fn.encode()))
             fixups = []
             for i in range(0, len(insns), 8):
@@ -272,8 +270,8 @@ def _load_cached(req: dict, key: str) -> tuple[dict, list[int]] | None:
             m["fd"] = len(fds)
             fds.append(map_fds[entry["named"][name]])
         meta["cached"] = True
-        if set(meta["progs"]) != set(req["kprobes"]) | set(req.get("perf_events", ())) | set(
-                req["tracepoints"]) or set(meta["maps"]) != set(req["maps"]):
+        if set(meta["progs"]) != {name for name, *_ in _programs(req)} or (
+                set(meta["maps"]) != set(req["maps"])):
             raise ValueError("entry does not answer the request")
         return meta, fds
     except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as e:
