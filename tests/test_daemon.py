@@ -445,10 +445,10 @@ SPIN = """
 import sys, time
 def inner(end):
     x = 0
-    while time.time() < end:
+    while time.thread_time() < end:
         x += 1
-def outer():
-    inner(time.time() + float(sys.argv[2]))
+def outer():  # seconds of its own CPU: as many samples on a busy machine
+    inner(time.thread_time() + float(sys.argv[2]))
 print("ready", flush=True)
 outer()
 """
