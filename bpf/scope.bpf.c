@@ -12,6 +12,9 @@
 #ifndef CALLS_RB_PAGES
 #define CALLS_RB_PAGES 2048
 #endif
+#ifndef FUNCS_RB_PAGES
+#define FUNCS_RB_PAGES 256
+#endif
 #ifndef SCHED_RB_PAGES
 #define SCHED_RB_PAGES 256
 #endif
@@ -29,6 +32,9 @@
 #endif
 #ifndef MAX_SPECS
 #define MAX_SPECS 256
+#endif
+#ifndef MAX_IGNORED
+#define MAX_IGNORED 16384
 #endif
 
 /* k of a frame pushed only to keep the eval function's entries and exits paired
@@ -65,14 +71,18 @@ struct offcpu_state {
 };
 
 BPF_RINGBUF_OUTPUT(calls_rb, CALLS_RB_PAGES);
-BPF_RINGBUF_OUTPUT(funcs_rb, 256);
+BPF_RINGBUF_OUTPUT(funcs_rb, FUNCS_RB_PAGES);
 BPF_RINGBUF_OUTPUT(gc_rb, 16);
 BPF_RINGBUF_OUTPUT(sched_rb, SCHED_RB_PAGES);
 BPF_RINGBUF_OUTPUT(proc_rb, 64);
 BPF_RINGBUF_OUTPUT(imports_rb, 64);
 BPF_RINGBUF_OUTPUT(audit_rb, 256);
 
-BPF_HASH(targets, __u32, __u32, MAX_TARGETS);         /* tgid -> 1 */
+BPF_HASH(targets, __u32, __u32, MAX_TARGETS);         /* tgid -> PROBE_* mask */
+/* tgid -> 1: processes user space decided not to trace (the daemon's selectors),
+ * so that probes attached for any process do not adopt them again; least
+ * recently used forgotten first, which costs only a second decision */
+BPF_TABLE("lru_hash", __u32, __u8, ignored, MAX_IGNORED);
 BPF_ARRAY(specs, struct probe_spec, MAX_SPECS);       /* cookie -> argument locations */
 BPF_ARRAY(frame_offs, struct frame_offsets, MAX_SPECS); /* cookie -> CPython struct offsets */
 BPF_HASH(funcs, struct func_key, struct func_info, MAX_FUNCS); /* interned functions */
@@ -423,6 +433,44 @@ static __always_inline void proc_event(__u32 kind, __u32 pid, __u32 tid, __u32 o
         proc_rb.ringbuf_submit(e, 0);
 }
 
+/* Make ``pid`` a target with ``mask`` and tell user space, which then decides
+ * (the daemon: confirm with its selectors' sets, or ignore it). The event goes
+ * first: without it user space would never hear of the process, so a full
+ * buffer leaves it unadopted (counted) until its next probe hit. ``sp_reg``:
+ * the stack pointer at the program's entry point (argv is read there), or 0. */
+static __always_inline __u32 adopt(__u32 pid, __u32 mask, __u32 cookie, __u64 sp_reg)
+{
+    struct proc_event *e = proc_reserve(PROC_ATTACH, pid, pid, cookie);
+    __u64 argv0 = 0, argc = 0;
+
+    if (!e) {
+        stat_add(STAT_ADOPT_LOST);
+        return 0;
+    }
+    if (targets.insert(&pid, &mask)) {  /* another CPU was first, or the map is full */
+        proc_rb.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+        return 0;
+    }
+    e->uid = bpf_get_current_uid_gid();
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    e->argc = 0;
+    if (sp_reg) {
+        /* At the ELF entry point the stack is argc, argv[0..], NULL, envp: the
+         * argument strings lie side by side, as /proc/PID/cmdline reads them. */
+        bpf_probe_read_user(&argc, 8, (void *)sp_reg);
+        bpf_probe_read_user(&argv0, 8, (void *)(sp_reg + 8));
+        if (!argv0)
+            ;
+        else if (bpf_probe_read_user(e->filename, sizeof(e->filename), (void *)argv0) == 0)
+            e->argc = argc;
+        else if (bpf_probe_read_user_str(e->filename, sizeof(e->filename), (void *)argv0) > 0)
+            e->argc = 1;  /* near the top of the stack: the first one only */
+    }
+    stat_add(STAT_ADOPTED);
+    proc_rb.ringbuf_submit(e, 0);
+    return mask;
+}
+
 /* The probe sets (PROBE_*) a process is traced with; 0 if it is not a target. */
 static __always_inline __u32 is_target(__u32 pid, struct probe_spec *sp)
 {
@@ -436,12 +484,29 @@ static __always_inline __u32 is_target(__u32 pid, struct probe_spec *sp)
         return 0;
     self = tracer_pid.lookup(&zero);
     c = config.lookup(&zero);
-    if (!self || *self == pid || !c)
+    if (!self || *self == pid || !c || ignored.lookup(&pid))
         return 0;
-    /* First hit of a process on a binary attached in exe mode. */
-    if (targets.insert(&pid, &c->any_pid_mask) == 0)
-        proc_event(PROC_ATTACH, pid, pid, 0);
-    return c->any_pid_mask;
+    /* First hit of a process on a binary attached in exe mode (or, in the
+     * daemon, of one running before its interpreter file was attached). */
+    return adopt(pid, c->any_pid_mask, NO_COOKIE, 0);
+}
+
+/* The ELF entry point of an interpreter file the daemon watches: the first
+ * instruction of every process that runs it, before any Python. The process
+ * is adopted with the sets any selector might give it (spec adopt_mask) and
+ * its rows wait in the ring buffers until user space has decided. */
+int on_start(struct pt_regs *ctx)
+{
+    __u32 zero = 0, pid = bpf_get_current_pid_tgid() >> 32;
+    __u32 cookie = bpf_get_attach_cookie(ctx);
+    struct probe_spec *sp = specs.lookup(&cookie);
+    __u32 *self = tracer_pid.lookup(&zero);
+
+    if (!sp || !sp->adopt_mask || !self || *self == pid || targets.lookup(&pid)
+        || ignored.lookup(&pid))
+        return 0;
+    adopt(pid, sp->adopt_mask, cookie, PT_REGS_SP(ctx));
+    return 0;
 }
 
 static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
@@ -1328,9 +1393,14 @@ TRACEPOINT_PROBE(task, task_newtask)
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tid = id, pid = id >> 32, child = args->pid;
     __u32 *mask = targets.lookup(&pid);
+    __u8 one = 1;
 
-    if (!mask)
+    if (!mask) {
+        /* a child of a process the daemon ignores runs the same program */
+        if (!(args->clone_flags & 0x00010000) && ignored.lookup(&pid))
+            ignored.update(&child, &one);
         return 0;
+    }
     if (args->clone_flags & 0x00010000 /* CLONE_THREAD */) {
         proc_event(PROC_THREAD, pid, tid, child);
         return 0;
@@ -1366,15 +1436,21 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     struct proc_event *e;
 
     /* The daemon hears of every exec: it decides in user space (globs,
-     * regexes, users, cgroups) whether the new program becomes a target. */
-    if (!targets.lookup(&pid) && !(c && c->watch_exec))
+     * regexes, users, cgroups) whether the new program becomes a target. A
+     * new program of a process it ignored is decided afresh. */
+    __u32 target = targets.lookup(&pid) != 0;
+
+    if (!target && !(c && c->watch_exec))
         return 0;
+    ignored.delete(&pid);
     e = proc_reserve(PROC_EXEC, pid, args->pid, args->old_pid);
     if (!e)
         return 0;
     bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
                               (void *)args + (args->data_loc_filename & 0xFFFF));
-    proc_rb.ringbuf_submit(e, 0);
+    /* the host's execs wake no one: they wait for the next poll (an adoption,
+     * which must be decided promptly, wakes the daemon) */
+    proc_rb.ringbuf_submit(e, target ? 0 : BPF_RB_NO_WAKEUP);
     return 0;
 }
 
@@ -1385,8 +1461,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     __u32 tid = id, pid = id >> 32;
     struct thread_stack *st;
 
-    if (!targets.lookup(&pid))
+    if (!targets.lookup(&pid)) {
+        if (tid == pid)
+            ignored.delete(&pid);  /* its pid may be reused by anyone */
         return 0;
+    }
     st = stacks.lookup(&tid);
     if (st && st->pid == pid) {
         /* Calls still open when the thread dies (os._exit, a signal): the

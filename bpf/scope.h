@@ -31,7 +31,8 @@
 #define PROC_EXEC 2
 #define PROC_EXIT 3
 #define PROC_THREAD 4
-#define PROC_ATTACH 5        /* an exe-mode probe found a new process and made it a target */
+#define PROC_ATTACH 5        /* the kernel adopted a process (other_pid: the cookie of the
+                              * entry probe that did, NO_COOKIE for another probe) */
 #define PROC_RENAME 6        /* a target thread's kernel name (comm) changed: comm is the new one */
 
 /* The value of the `targets` map: which probe sets a process is traced with
@@ -87,7 +88,11 @@
 #define STAT_EVENT_STACKS 38    /* stacks walked at gc__start and audit */
 #define STAT_OFFCPU_RATE_SKIPPED 39 /* blocking switches not walked: over the thread's
                                        walk budget (SCOPE_OFFCPU_WALK_NS, _BURST) */
-#define STAT_COUNT 40
+#define STAT_ADOPTED 40          /* processes adopted by the kernel at their first
+                                   instruction or probe hit (exe mode, daemon) */
+#define STAT_ADOPT_LOST 41       /* adoptions put off: proc ring buffer full (retried
+                                   at the next probe hit) */
+#define STAT_COUNT 42
 #define SCOPE_OFFCPU_WALK_NS 1000000 /* a thread that blocks earns one walk of its stack a ms, */
 #define SCOPE_OFFCPU_BURST 16        /* up to this many saved (the rest: no stack, counted) */
 
@@ -233,8 +238,12 @@ struct proc_event {
     __u32 tid;
     __u32 other_pid;     /* fork: the child; thread: the new tid */
     char comm[SCOPE_COMM_LEN];
-    char filename[SCOPE_FILE_LEN];
+    char filename[SCOPE_FILE_LEN]; /* exec: the file; attach at entry: argv, NUL-separated */
+    __u32 uid;           /* attach: who runs it, so that a process gone before user */
+    __u32 argc;          /* space looks can still be matched against selectors */
+    __u64 cgroup_id;     /* attach: its cgroup v2 (the directory's inode) */
 };
+#define NO_COOKIE 0xffffffff
 
 /* Exact per-function aggregates, kept per CPU whatever rows are kept.
  * count = calls rows sent + dropped + lost, for every function. */
@@ -323,6 +332,9 @@ struct probe_spec {
                           * _PyInterpreterFrame (found by disassembly); 0 = unknown */
     __u8 exit_cond;      /* an eval-function exit probed on a conditional branch:
                           * 2 * code + negated (see branch_taken); 0 = always */
+    __u32 adopt_mask;    /* entry probe (on_start): the probe sets a process of this
+                          * file is adopted with until user space decides */
+    __u32 pad;
 };
 
 /* Where a CPython build keeps what the programs read of its frames and code

@@ -122,6 +122,15 @@ class Config:
         """Indices of the selectors that match a process."""
         return tuple(i for i, s in enumerate(self.selectors) if s.matches(p))
 
+    def exe_probes(self, exe: str) -> frozenset[str]:
+        """What a process of ``exe`` may get: the union over the selectors whose
+        exe glob matches (the kernel adopts it with these until we decide)."""
+        out: frozenset[str] = frozenset()
+        for s in self.selectors:
+            if fnmatch.fnmatchcase(exe, s.exe):
+                out |= s.probes
+        return out
+
     def exe_may_match(self, exe: str) -> bool:
         """Whether any selector's exe glob matches: decided before reading /proc."""
         return any(fnmatch.fnmatchcase(exe, s.exe) for s in self.selectors)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import __version__, aggregates, capabilities, events, procs, safety, spawn, usdt
 from .decode import Decoder, rows_to_batch
@@ -91,6 +92,9 @@ class Options:
     rotate_bytes: int = 0             # ... or this big (0: no size limit)
     host: str | None = None           # set: Hive partitions host=H/date=D/hour=HH (daemon)
     watch_exec: bool = False          # hear of every exec on the host (see on_exec)
+    adopt: bool = False               # interpreter files are attached for any process,
+                                      # which the kernel adopts at its first instruction
+                                      # until on_adopt decides (daemon)
     owner: Ownership = AS_CREATED     # who owns the output, and whether a group shares it
     redact: tuple[str, ...] = ()      # extra regexes masked in command lines
     no_redact: bool = False           # keep command lines as they are
@@ -158,6 +162,14 @@ class Session:
         # With watch_exec: called with (pid, filename) for every exec on the host,
         # before its row is written; the daemon decides there what becomes a target.
         self.on_exec: Callable[[int, str, int], None] | None = None  # pid, exe, ts_ns
+        # With adopt: called with the kernel's "start" row of every process it
+        # adopted, before any of its rows is written; answers with confirm()
+        # or ignore(). Until then its rows wait in the ring buffers.
+        self.on_adopt: Callable[[dict], None] | None = None
+        self._ignored: dict[int, None] = {}  # pids ignored whose rows may still come
+        self._ignored_pids: pa.Array | None = None
+        self._exec_ns: dict[int, int] = {}  # pid -> its last exec (adopt), for adopt_ns
+        self.adoption: Counter[str] = Counter()  # adopt.* counters
 
     # -- set-up -------------------------------------------------------------
 
@@ -206,7 +218,86 @@ class Session:
         """Attach the selected probes of an interpreter file, once per file
         (see ProbeLinks.attach_binary)."""
         assert self.links is not None
-        return self.links.attach_binary(path, any_pid=any_pid)
+        return self.links.attach_binary(path, any_pid=any_pid or self.opts.adopt)
+
+    def watch_exe(self, exe: str, probes: frozenset[str]) -> bool:
+        """Adopt: every process that runs the executable ``exe`` is adopted in
+        the kernel at its first instruction with ``probes``, for on_adopt to
+        decide (none: not adopted). True if it was not watched yet."""
+        assert self.opts.adopt and self.links is not None
+        return self.links.attach_entry(exe, probe_mask(probes & self.opts.probes))
+
+    def confirm(self, row: dict, probes: frozenset[str], binary: str | None = None) -> None:
+        """Adopt: trace the process of a kernel "start" row with ``probes``
+        (on_adopt's answer). A process that has exited meanwhile keeps its rows."""
+        pid = row["pid"]
+        self._ignored.pop(pid, None)
+        self._ignored_pids = None
+        self.program.unignore(pid)
+        alive = self.program.confirm_target(pid, probe_mask(probes & self.opts.probes))
+        info = self.adopted_info(row, binary, redact=True)
+        exec_ns = self._exec_ns.pop(pid, None)
+        adopted = {"new_binary": False}
+        if exec_ns is not None:
+            adopted["adopt_ns"] = max(row["ts_ns"] - exec_ns, 0)
+        self.adoption["confirmed"] += 1
+        self._started(pid, binary, ts_ns=row["ts_ns"], adopted=adopted, info=info,
+                      alive=alive and procs.alive(pid))
+
+    def ignore(self, pid: int) -> None:
+        """Adopt: not a target (on_adopt's answer, or a process a scan did not
+        select): the kernel stops tracing it and will not adopt it again until
+        it execs; rows it sent meanwhile are dropped, counted."""
+        if pid in self.targets and pid not in self.exited:
+            raise ValueError(f"process {pid} is traced: set_probes() stops that")
+        self.program.ignore(pid)
+        self._exec_ns.pop(pid, None)
+        self._ignored[pid] = None
+        self._ignored_pids = None
+        self._reap.add(pid)  # what the kernel interned of it goes after the snapshots
+        self.adoption["ignored"] += 1
+
+    def adopted_info(self, row: dict, binary: str | None = None,
+                     redact: bool = False) -> procs.ProcInfo:
+        """What /proc tells of a process the kernel adopted, completed with what
+        the kernel saw (a process that has exited, even a zombie not yet reaped,
+        has no command line or executable there any more)."""
+        info = procs.info(row["pid"], binary, self.redactor if redact else None,
+                          self.opts.net_addresses or None if redact else False)
+        if info.exe is None or info.cmdline is None:
+            seen = self.kernel_info(row, redact)
+            for name in ("exe", "cmdline", "python_version", "uid", "user", "cgroup"):
+                if getattr(info, name) is None:
+                    setattr(info, name, getattr(seen, name))
+        return info
+
+    def kernel_info(self, row: dict, redact: bool = False) -> procs.ProcInfo:
+        """A process as the kernel saw it at adoption (its executable, argv, uid
+        and cgroup): for a process gone before /proc could be read."""
+        exe = self.links.entry_paths.get(row.get("cookie")) if self.links else None
+        argv = row.get("argv") or []
+        if redact and self.redactor.active:
+            argv = self.redactor.argv(argv)
+        uid = row.get("uid")
+        cg = procs.cgroup_path(row["cgroup_id"]) if row.get("cgroup_id") else None
+        return procs.ProcInfo(row["pid"], exe, " ".join(argv)[:procs.MAX_CMDLINE] or None,
+                              procs.python_version(exe), None, uid,
+                              procs.user_name(uid) if uid is not None else None, cg)
+
+    def _adoptions(self, rows: list[dict]) -> None:
+        """Adopt: decide on the processes the kernel adopted, before any of
+        their rows is written; a child of an ignored process is ignored."""
+        for row in rows:
+            ev, pid = row["event"], row["pid"]
+            if ev == "exec":
+                if len(self._exec_ns) >= _EXEC_KEPT:  # the host's execs, most not Python
+                    self._exec_ns.clear()
+                self._exec_ns[pid] = row["ts_ns"]
+            elif ev == "start":
+                self.adoption["adopted"] += 1
+                self.on_adopt(row)
+            elif ev == "fork" and row["parent_pid"] in self._ignored:
+                self.ignore(pid)
 
     def check_pid(self, pid: int) -> str:
         """Validate a running target before anything is loaded; return its probe file."""
@@ -300,6 +391,10 @@ class Session:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
                       "gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes))
+        if self.opts.adopt and self._ignored.pop(pid, None) is not None:
+            self._ignored_pids = None
+        if self.opts.adopt:
+            self.program.unignore(pid)
         adopted = {"new_binary": new_binary}
         if exec_ns is not None:
             adopted["adopt_ns"] = max(time.time_ns() - exec_ns, 0)
@@ -399,10 +494,18 @@ class Session:
         funcs = p.rings["funcs_rb"].drain()
         gc = p.rings["gc_rb"].drain()
         sched = p.rings["sched_rb"].drain()
-        proc = p.rings["proc_rb"].drain()
         imports = p.rings["imports_rb"].drain()
         audit = p.rings["audit_rb"].drain()
-        nsamples = self._samples() if self.stacks is not None else 0
+        if self.stacks is not None:
+            samples, new = p.rings["samples_rb"].drain(), p.rings["pystacks_rb"].drain()
+        # Process events last: a process the kernel adopted sent its adoption
+        # before any of its rows, so each row drained above has its process's
+        # adoption in this batch, and that is decided before any row is written.
+        proc = p.rings["proc_rb"].drain()
+        prows = self.decoder.proc_events(proc) if len(proc) else []
+        if self.on_adopt is not None and prows:
+            self._adoptions(prows)
+        nsamples = self._samples(samples, new) if self.stacks is not None else 0
         self._learn(funcs)
         self._paths(paths)
         ncalls = 0
@@ -431,8 +534,8 @@ class Session:
         if hooked is not None and not hooked.all():
             self._add("audit", self.decoder.audit(audit[~hooked],
                                                   self._stack_ids(audit[~hooked])))
-        if len(proc):
-            self._proc_events(self.decoder.proc_events(proc))
+        if prows:
+            self._proc_events(prows)
         if hooked is not None and hooked.any():
             # after the proc events: a thread's creation comes before its hook's report
             self._hook_names(audit[hooked])
@@ -465,12 +568,9 @@ class Session:
         """The stack_id column of gc, sched or audit records (stacks set), else None."""
         return self.stacks.resolve(r) if self.stacks is not None else None
 
-    def _samples(self) -> int:
-        """Samples, then the stacks they carry (each sent before its first sample),
-        resolved now while their processes live."""
-        p = self.program
-        samples = p.rings["samples_rb"].drain()
-        new = p.rings["pystacks_rb"].drain()
+    def _samples(self, samples: np.ndarray, new: np.ndarray) -> int:
+        """Samples, then the stacks they carry (each sent before its first sample,
+        and drained after it), resolved now while their processes live."""
         if len(new):
             batch = self.stacks.stacks(new, self.decoder.offset)
             if batch is not None:
@@ -604,6 +704,8 @@ class Session:
         for pid in pids:
             self.targets.pop(pid, None)
             self.exited.discard(pid)
+            if self._ignored.pop(pid, None) is not None:
+                self._ignored_pids = None
 
     def _limits(self, now: float) -> None:
         """Self-limits, four times a second: kernel buffer loss, controller CPU, output size."""
@@ -686,16 +788,17 @@ class Session:
         self._thread_rows()
 
     def _started(self, pid: int, binary: str | None = None, ts_ns: int | None = None,
-                 adopted: dict | None = None) -> None:
+                 adopted: dict | None = None, info: procs.ProcInfo | None = None,
+                 alive: bool = True) -> None:
         self._new_target(pid)
-        info = self.targets[pid] = procs.info(pid, binary, self.redactor,
-                                              self.opts.net_addresses or None)
+        info = self.targets[pid] = info or procs.info(pid, binary, self.redactor,
+                                                      self.opts.net_addresses or None)
         self._add("processes", rows_to_batch("processes", [{
             "ts_ns": ts_ns or time.time_ns(), "event": "start", **info.row(),
             **(adopted or {})}]))
         self.threads.add_process(pid, info.python_version, ts_ns)
         self._thread_rows()
-        if self.stacks is not None:
+        if self.stacks is not None and alive:
             self.stacks.add(pid)
 
     def _new_target(self, pid: int) -> bool:
@@ -716,8 +819,9 @@ class Session:
     def _proc_events(self, rows: list[dict]) -> None:
         other = []
         for row in rows:
-            if row["event"] == "start":  # found by an exe-mode probe
-                self._started(row["pid"], ts_ns=row["ts_ns"])
+            if row["event"] == "start":  # adopted by the kernel (exe mode, daemon)
+                if self.on_adopt is None:  # (else decided by _adoptions)
+                    self._started(row["pid"], ts_ns=row["ts_ns"])
                 continue
             if row["event"] == "exec" and self.on_exec is not None:
                 traced = row["pid"] in self.targets
@@ -733,6 +837,8 @@ class Session:
                     self.stacks.thread_started(row["pid"])
             elif row["event"] == "fork":
                 child = row["pid"]
+                if child in self._ignored:
+                    continue
                 if self._new_target(child):
                     self.targets[child] = procs.info(child)
                     self.threads.add_process(child, self.targets[child].python_version,
@@ -794,6 +900,10 @@ class Session:
     # -- output -------------------------------------------------------------
 
     def _add(self, table: str, batch: pa.RecordBatch) -> None:
+        if self._ignored and table not in _NO_PID:
+            batch = self._gate(table, batch)
+            if batch is None:
+                return
         # The writer groups batches into large row groups itself.
         try:
             self.out.writer(table).write(batch)
@@ -803,6 +913,18 @@ class Session:
                 raise  # tracing stops: close() then keeps what it can
             return
         self.written[table] += batch.num_rows
+
+    def _gate(self, table: str, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        """Rows of processes ignored after the kernel adopted them: dropped, counted."""
+        if self._ignored_pids is None:
+            self._ignored_pids = pa.array(list(self._ignored), pa.int64())
+        drop = pc.is_in(batch.column("pid").cast(pa.int64()), value_set=self._ignored_pids)
+        n = pc.sum(drop).as_py() or 0
+        if not n:
+            return batch
+        self.adoption[f"discarded_rows.{table}"] += n
+        self.adoption["discarded_rows"] += n
+        return batch.filter(pc.invert(drop)) if n < batch.num_rows else None
 
     # -- shutdown -----------------------------------------------------------
 
@@ -912,6 +1034,8 @@ class Session:
         counts["detach_ns"] = self.detach_ns  # removing every probe, at the end
         if self.stacks is not None:
             counts.update(self.stacks.counts)
+        if self.opts.adopt:
+            counts.update({f"adopt.{k}": v for k, v in self.adoption.items()})
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes",
                       "threads", "samples", "stacks"):
             w = self.out.writers.get(table) if self.out is not None else None
@@ -955,6 +1079,8 @@ def hive_partition(host: str) -> Callable[[], str]:
 _BATCH_SLOTS = np.arange(events.const("CALL_BATCH"))
 _BATCHES_PER_DECODE = 512  # 32k calls
 _TRACED_LISTED = 1000  # pids named in the session row
+_EXEC_KEPT = 4096  # execs remembered for adopt_ns
+_NO_PID = frozenset({"breaker", "counters", "session"})  # tables without a pid column
 _CALL = events.dtypes()["call_event"]
 _CALL_OPEN = events.const("CALL_OPEN")
 _CALL_BYTES = np.dtype((np.void, _CALL.itemsize))

@@ -3,9 +3,17 @@
 The daemon drives the same Session as ``run``/``trace``. Probes are attached
 per interpreter file, so the kernel covers every process that maps it; which
 processes count is the kernel's ``targets`` map, with a probe-set mask per
-process. The daemon fills it from a psutil scan at start and from every exec
-on the host (the exec tracepoint reports them all), matching selectors in
-user space: a non-matching process costs one map lookup per probe hit.
+process.
+
+Every interpreter file a selector may match (by its exe glob) is *watched*:
+a uprobe on its ELF entry point adopts each new process in the kernel at its
+first instruction, with the probe sets any selector might give it, and
+reports what the kernel saw (argv, uid, cgroup). The daemon decides at its
+next poll, before any row of that process is written: confirmed with its
+selectors' sets, or ignored (dropped in the kernel, its rows discarded and
+counted). A running process is found by a psutil scan at start; a process
+of a file not watched yet by its exec (the exec tracepoint reports them
+all), which watches the file from then on.
 
 Output is Hive-partitioned (``ROOT/<table>/host=H/date=D/hour=HH/``), rotated,
 kept under the retention limits and optionally shipped to object storage.
@@ -16,13 +24,14 @@ the old one kept).
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from . import config as cfgmod
-from . import events, notify, privileges, procs, retention, safety
+from . import events, notify, privileges, procs, retention, safety, usdt
 from . import status as status_file
 from .config import Config, ConfigError
 from .controller import Options, Session, _cpu_seconds
@@ -38,6 +47,7 @@ RETENTION_EVERY_S = 5.0
 STATUS_EVERY_S = 10.0   # sd_notify STATUS
 STATUS_FILE_EVERY_S = 2.0  # the status file (`daemon --status`)
 OUTPUT_SCAN_EVERY_S = 10.0  # the output tree's size, for the status file
+WAKE_GAP_S = 0.005      # polls woken by process events come at most this often
 
 
 class Daemon:
@@ -55,6 +65,8 @@ class Daemon:
         self._output = (0.0, 0, 0)                      # last scan: when, bytes, parts
         self._pending: dict[int, tuple[float, int]] = {}  # exec'd pids to look at again:
         #                                                   since, exec ts_ns
+        self.watched: dict[str, str] = {}  # executable -> its interpreter file (with probes)
+        self._waker: tuple[Session, select.epoll] | None = None  # proc_rb, for _wait
         self._stop = False
         self._reload = False
         self.reloads = 0
@@ -84,18 +96,23 @@ class Daemon:
         # compiles the walker and starts a timer per CPU)
         probes = CHEAP | (frozenset({"calls", "stacks"}) & cfg.probes)
         opts = Options(
-            output=cfg.root, probes=probes, host=cfg.host, watch_exec=True,
+            output=cfg.root, probes=probes, host=cfg.host, watch_exec=True, adopt=True,
             rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
             max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate, max_cpu=cfg.max_cpu,
             owner=daemon_owner(cfg), redact=cfg.redact, no_redact=cfg.no_redact,
             net_addresses=True, append=True,  # restarts and reloads add sessions
-            limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads))
+            # a Python start-up interns ~1,000 functions: a few starting at once
+            limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads,
+                          funcs_rb_pages=1024))
         s = Session(opts, status=self.status)
         try:
             s.open()
             s.meta["daemon_config"] = str(cfg.path)
             s.meta["host_label"] = cfg.host
             s.on_exec = self._on_exec
+            s.on_adopt = self._on_adopt
+            for exe, binary in list(self.watched.items()):  # (a restarting reload)
+                self._watch(s, cfg, exe, binary)
         except BaseException:
             s.close("error")
             raise
@@ -148,10 +165,29 @@ class Daemon:
                 notify.notify(f"STATUS=tracing {alive} process(es), "
                               f"{sum(s.written.values()):,} rows written")
             if rb.pending_bytes() < rb.size // 4:
-                time.sleep(s.opts.poll_interval)
+                self._wait(s)
+
+    def _wait(self, s: Session) -> None:
+        """Sleep until the next poll: a poll_interval, or sooner (but not within
+        WAKE_GAP_S) when a process event comes, so that a process the kernel
+        adopted is confirmed or ignored within milliseconds, not a whole interval
+        (an ignored one is traced, and its rows decoded then discarded, until
+        then), or new function names, which come in bursts at start-ups."""
+        if self._waker is None or self._waker[0] is not s:
+            if self._waker is not None:
+                self._waker[1].close()
+            ep = select.epoll()
+            for name in ("proc_rb", "funcs_rb", "paths_rb"):  # (names come in bursts)
+                ep.register(s.program.maps[name].fd, select.EPOLLIN)
+            self._waker = (s, ep)
+        time.sleep(WAKE_GAP_S)
+        self._waker[1].poll(max(s.opts.poll_interval - WAKE_GAP_S, 0))
 
     def close(self, reason: str = "stopped") -> None:
         notify.notify("STOPPING=1")
+        if self._waker is not None:
+            self._waker[1].close()
+            self._waker = None
         status_file.remove(self.cfg.root)
         try:
             if self.session is not None:
@@ -175,8 +211,51 @@ class Daemon:
 
     def _on_exec(self, pid: int, filename: str, ts_ns: int) -> None:
         self._pending.pop(pid, None)
+        if not self._traced(pid) and self._entry_watched(pid):
+            return  # the kernel adopts it at its first instruction: _on_adopt decides
         if not self.consider(pid, after_exec=True, exec_ns=ts_ns) and not self._traced(pid):
             self._pending[pid] = (time.monotonic(), ts_ns)
+
+    def _entry_watched(self, pid: int) -> bool:
+        try:
+            st = os.stat(f"/proc/{pid}/exe")
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in self.session.links.entries
+
+    def _on_adopt(self, row: dict) -> None:
+        """The kernel adopted a process (see Session.on_adopt): confirm or ignore."""
+        s, pid = self.session, row["pid"]
+        info = s.adopted_info(row)
+        probes = self.cfg.probes_for(info) if info.parent_pid != os.getpid() else frozenset()
+        if not probes:
+            s.ignore(pid)
+            return
+        exe = s.links.entry_paths.get(row.get("cookie"))
+        binary = self.watched.get(exe) if exe else None
+        if binary is None:
+            try:
+                binary = usdt.find_python_binary(pid)
+            except usdt.ProbeError:
+                binary = None
+        s.confirm(row, probes, binary)
+        self.matched[pid] = probes
+        self.selected[pid] = self.cfg.matching(info)
+
+    def _watch(self, s: Session, cfg: Config, exe: str, binary: str) -> None:
+        """Adopt every later process of ``exe`` at its first instruction, with what
+        the selectors whose exe glob matches may give it (none: not watched)."""
+        probes = cfg.exe_probes(exe) & s.opts.probes
+        if not probes and exe not in self.watched:
+            return
+        try:
+            s.attach_binary(binary)
+            if s.watch_exe(exe, probes):
+                self.status(f"watching {exe}: its new processes are adopted at exec")
+        except ScopeError as e:
+            s.warn(f"{exe}: new processes are adopted after exec only: {e}")
+            return
+        self.watched[exe] = binary
 
     def _retry_pending(self, now: float) -> None:
         for pid, (since, exec_ns) in list(self._pending.items()):
@@ -200,21 +279,28 @@ class Daemon:
         info = procs.info(pid, addresses=False)
         if info.exe is None:
             return True
-        probes = self.cfg.probes_for(info)
+        probes = self.cfg.probes_for(info) if info.parent_pid != os.getpid() else frozenset()
         if after_exec and traced and probes != self.matched[pid]:
             self._retarget(pid, probes, self.cfg.matching(info))
             return True
-        if not probes or traced:
+        if traced:
             return True
         try:
             binary = s.check_pid(pid)
         except ScopeError:
             return not after_exec  # exec'd: its libpython may not be mapped yet
+        if not probes:
+            self._watch(s, self.cfg, info.exe, binary)  # its later processes may match
+            if pid in s.targets and pid not in s.exited:
+                s.set_probes(pid, frozenset())
+            s.ignore(pid)  # not adopted by the probes just attached for any process
+            return True
         try:
             s.add_pid(pid, probes=probes, binary=binary, exec_ns=exec_ns)
         except ScopeError as e:
             s.warn(f"process {pid} ({info.exe}) matched but cannot be traced: {e}")
             return True
+        self._watch(s, self.cfg, info.exe, binary)
         self.matched[pid] = probes
         self.selected[pid] = self.cfg.matching(info)
         self.status(f"tracing process {pid} ({binary}) with {','.join(sorted(probes))}")
@@ -262,6 +348,8 @@ class Daemon:
                     continue
                 info = procs.info(pid, addresses=False)
                 self._retarget(pid, new.probes_for(info), new.matching(info))
+            for exe, binary in list(self.watched.items()):  # what new processes get
+                self._watch(self.session, new, exe, binary)
             self.scan()
         if self.shipper is None and new.ship:
             self.shipper = Shipper(new.ship, new.root, self.session.warn)
@@ -297,6 +385,8 @@ class Daemon:
             "rates": {t: (n - rows0.get(t, 0)) / dt for t, n in sorted(rows.items())},
             "rows": rows,
             "lost": {f"kernel.{k}": stats[k] for k in events.LOSSES},
+            "adoption": dict(s.adoption),
+            "watched": sorted(self.watched),
             "breaker": {"state": _breaker_state(s.breaker),
                         "trips": s.breaker.trips if s.breaker else 0},
             "output_bytes": self._output[1], "parts": self._output[2],

@@ -372,6 +372,13 @@ class Decoder:
                 row["comm"] = _text(bytes(rec["comm"]).split(b"\0", 1)[0])
             elif kind == "exec":
                 row["exe"] = _text(bytes(rec["filename"]))
+            elif kind == "start":  # adopted by the kernel: what it saw of the process
+                cookie, argc = int(rec["other_pid"]), int(rec["argc"])
+                row.update(cookie=None if cookie == _C["NO_COOKIE"] else cookie,
+                           uid=int(rec["uid"]), cgroup_id=int(rec["cgroup_id"]))
+                if argc:  # (the last one may be cut, and what follows it is not ours)
+                    args = bytes(rec["filename"]).split(b"\0")[:min(argc, 4096)]
+                    row["argv"] = [_text(a) or "" for a in args]
             rows.append(row)
         return rows
 

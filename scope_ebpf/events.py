@@ -98,6 +98,7 @@ STAT_NAMES = (
     "paths_lost", "samples", "samples_lost", "sample_stacks_lost", "samples_truncated",
     "samples_no_thread", "samples_no_layout", "samples_empty", "tstate_walks",
     "offcpu_stacks", "offcpu_unwalked", "event_stacks", "offcpu_rate_skipped",
+    "adopted", "adopt_lost",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -111,6 +112,7 @@ LOSSES = {
     "threads_untraced": "threads not traced: thread map full",
     "functions_uninterned": "calls not attributed to a function: function map full",
     "funcs_lost": "function names lost: names ring buffer full",
+    "adopt_lost": "processes adopted after their first instruction: proc ring buffer full",
     "paths_lost": "call paths not written to stacks: paths ring buffer full (sent again "
                   "at the path's next call)",
     "gc_lost": "gc rows lost: buffer full",

@@ -64,11 +64,11 @@ class Map:
             raise
         return out.raw
 
-    def update(self, key: bytes, value: bytes) -> None:
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
         if self.percpu and len(value) == self.cpu_size:  # same value on every CPU
             value = value * possible_cpus()
         buf = ctypes.create_string_buffer(value, self.value_size)
-        self._call(_UPDATE, key, buf)
+        self._call(_UPDATE, key, buf, flags)
 
     def delete(self, key: bytes) -> None:
         try:

@@ -160,6 +160,40 @@ def cgroup(pid: int) -> str | None:
     return chosen[:MAX_CGROUP] if chosen else None
 
 
+_cgroups: dict[int, str] = {}  # cgroup v2 id (directory inode) -> path
+
+
+def cgroup_path(cgroup_id: int, root: str | None = None) -> str | None:
+    """The cgroup v2 path ("/system.slice/x.service") of a cgroup id, as
+    /proc/PID/cgroup names it; None if there is no such cgroup (any more)."""
+    root = root or _cgroup2_root()
+    if root and cgroup_id not in _cgroups:
+        if len(_cgroups) > 65536:
+            _cgroups.clear()
+        for dirpath, _dirs, _files in os.walk(root):
+            try:
+                ino = os.stat(dirpath).st_ino
+            except OSError:
+                continue
+            rel = dirpath[len(root):] or "/"
+            _cgroups[ino] = rel[:MAX_CGROUP]
+    return _cgroups.get(cgroup_id)
+
+
+def _cgroup2_root() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified
+    on a hybrid host)."""
+    try:
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "cgroup2":
+                    return fields[1]
+    except OSError:
+        pass
+    return None
+
+
 _addresses: dict[int, list[str]] = {}  # netns inode -> addresses (few namespaces per host)
 _addresses_lock = threading.Lock()
 

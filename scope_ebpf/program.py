@@ -8,6 +8,7 @@ distribution headers are enough (``packaging/setup.sh`` links them).
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import platform
@@ -62,6 +63,7 @@ class Limits:
 
     calls_rb_pages: int = 2048  # 8 MiB: ~170k calls, about 170 ms at 1M calls/s
     sched_rb_pages: int = 256
+    funcs_rb_pages: int = 256   # 1 MiB: ~1,900 new function names between two drains
     max_threads: int = 4096
     max_funcs: int = 65536
     max_targets: int = 1024
@@ -95,17 +97,19 @@ def _mount_tracefs() -> None:
 # Programs loaded for the controller to attach: uprobes, then tracepoints.
 UPROBE_PROGS = ("on_entry", "on_return", "on_eval_entry", "on_eval_return", "on_inline_push",
                 "on_inline_return", "on_inline_unwind", "on_gc_start", "on_gc_done",
-                "on_import_start", "on_import_done", "on_audit", "on_gil_wait", "on_gil_done")
+                "on_import_start", "on_import_done", "on_audit", "on_gil_wait", "on_gil_done",
+                "on_start")
 SCHED_TRACEPOINTS = ("sched:sched_switch", "sched:sched_wakeup")
 TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "task:task_rename",
                "sched:sched_process_exec",
                "sched:sched_process_exit")
-MAPS = (*RINGS, "targets", "specs", "frame_offs", "funcs", "stacks", "exited_stacks", "stats",
-        "tracer_pid",
+MAPS = (*RINGS, "targets", "ignored", "specs", "frame_offs", "funcs", "stacks", "exited_stacks",
+        "stats", "tracer_pid",
         "config", "breaker", "tids", "fstats")
 
 # struct func_key is private to scope.bpf.c (the controller writes verdicts by
 # key); struct thread_stack is in scope.h: the controller reads stacks at stop.
+BPF_EXIST = 2  # update only an existing entry
 NOT_A_CALL = 0xFFFFFFFF  # k of a shadow frame that is no call (see scope.bpf.c)
 _FUNC_KEY = struct.Struct("<QQIi")
 
@@ -196,6 +200,28 @@ class Program:
 
     def remove_target(self, pid: int) -> None:
         self.maps["targets"].delete(u32(pid))
+
+    def confirm_target(self, pid: int, mask: int) -> bool:
+        """Set the probe sets of a process the kernel adopted; False if it has
+        exited meanwhile (its entry is gone, and must not come back)."""
+        try:
+            self.maps["targets"].update(u32(pid), u32(mask), flags=BPF_EXIST)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def ignore(self, pid: int) -> None:
+        """Not a target, and not to be adopted again by probes attached for any
+        process (until it execs or exits)."""
+        # in this order: a probe hit in between must not find it in neither map
+        # (it would be adopted again, with every probe set)
+        self.maps["ignored"].update(u32(pid), b"\1")
+        self.maps["targets"].delete(u32(pid))
+
+    def unignore(self, pid: int) -> None:
+        self.maps["ignored"].delete(u32(pid))
 
     def set_spec(self, index: int, spec: np.void) -> None:
         """Write one probe_spec record (events.dtypes()['probe_spec']) at a cookie."""
@@ -355,6 +381,7 @@ def start_loading(limits: Limits | None = None) -> tuple:
         f"-I{events.BPF_DIR}",
         f"-DCALLS_RB_PAGES={limits.calls_rb_pages}",
         f"-DSCHED_RB_PAGES={limits.sched_rb_pages}",
+        f"-DFUNCS_RB_PAGES={limits.funcs_rb_pages}",
         f"-DMAX_THREADS={limits.max_threads}",
         f"-DMAX_FUNCS={limits.max_funcs}",
         f"-DMAX_TARGETS={limits.max_targets}",

@@ -102,6 +102,11 @@ def text(st: dict[str, Any]) -> str:
         k = sel["processes"]
         lines.append(f"  selector {sel['index']} ({sel['match']}): {k} "
                      f"process{'es' * (k != 1)}, {','.join(sel['probes'])}")
+    ad = st.get("adoption") or {}
+    lines.append(f"adopted at exec: {ad.get('adopted', 0):,} processes, "
+                 f"{ad.get('confirmed', 0):,} confirmed, {ad.get('ignored', 0):,} ignored "
+                 f"({ad.get('discarded_rows', 0):,} rows discarded); "
+                 f"{len(st.get('watched') or ())} interpreter file(s) watched")
     rates = ", ".join(f"{t} {r:,.0f}" for t, r in st["rates"].items() if r) or "none"
     lines.append(f"rows/s over the last {st['interval_s']:.0f} s: {rates}")
     lost = ", ".join(f"{k} {v:,}" for k, v in st["lost"].items() if v) or "none"

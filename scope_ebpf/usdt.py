@@ -180,7 +180,7 @@ class _Layout:
         if elf.size < 4 or elf.read(0, 4, "ELF magic") != b"\x7fELF":
             raise ProbeError(f"{path} is not an ELF file")
         hdr = _EHDR.unpack(elf.read(0, _EHDR.size, "ELF header"))
-        ident, self.machine = hdr[0], hdr[2]
+        ident, self.machine, self.entry = hdr[0], hdr[2], hdr[4]
         phoff, shoff, phentsize, phnum, shentsize, shnum, shstrndx = (
             hdr[5], hdr[6], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13],
         )  # fmt: skip
@@ -247,6 +247,19 @@ def find_symbol(path: str, name: str) -> tuple[int, int, int]:
     except OSError as e:
         raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
     raise ProbeError(f"{path} does not export {name}")
+
+
+def entry_offset(path: str) -> int:
+    """File offset of the ELF entry point (``_start``): where a uprobe sees a
+    process's first instruction of its own, its argv on the stack."""
+    try:
+        with open(path, "rb") as f:
+            layout = _Layout(_Elf(f, os.fstat(f.fileno()).st_size), path)
+            if not layout.entry:
+                raise ProbeError(f"{path} has no entry point")
+            return layout.to_offset(layout.entry, "entry point")
+    except OSError as e:
+        raise ProbeError(f"cannot read {path}: {e.strerror or e}") from e
 
 
 def load_segments(path: str) -> list[tuple[int, int, int]]:

@@ -113,6 +113,10 @@ class ProbeLinks:
         self.warn = warn
         self.blocked = blocked  # the breaker is open: function probes stay off
         self.binaries: dict[tuple[int, int], Binary] = {}
+        # executables whose entry point adopts processes (daemon): inode ->
+        # (path, cookie, link), and cookie -> path for the adoption events
+        self.entries: dict[tuple[int, int], tuple[str, int, Link]] = {}
+        self.entry_paths: dict[int, str] = {}
         self._next_cookie = 0
 
     def attach_binary(self, path: str, *, any_pid: bool = False) -> Binary:
@@ -277,8 +281,38 @@ class ProbeLinks:
                                self._cookie(_spec((frame_arg,), any_pid))))
         return links
 
+    def attach_entry(self, exe: str, mask: int) -> bool:
+        """Adopt every process that runs ``exe`` at its first instruction with
+        the probe sets ``mask`` (a uprobe on the ELF entry point; see on_start),
+        or, attached already, change that mask. False if it was attached already."""
+        try:
+            st = os.stat(exe)
+        except OSError as e:
+            raise ScopeError(f"cannot read {exe}: {e.strerror}") from None
+        key = (st.st_dev, st.st_ino)
+        spec = _spec(())
+        spec["adopt_mask"] = mask
+        if key in self.entries:
+            self.program.set_spec(self.entries[key][1], spec)
+            return False
+        try:
+            offset = usdt.entry_offset(exe)
+        except usdt.ProbeError as e:
+            raise ScopeError(str(e)) from None
+        cookie = self._cookie(spec)
+        try:
+            link = _open(self.program, [_Link("on_start", exe, offset, 0, cookie)])[0]
+        except AttachError as e:
+            raise ScopeError(str(e)) from None
+        self.entries[key] = (exe, cookie, link)
+        self.entry_paths[cookie] = exe
+        return True
+
     def close(self) -> None:
-        """Detach everything: function probes first, entries before returns."""
+        """Detach everything: entry points first (no process is adopted while
+        the rest goes), then function probes, entries before returns."""
+        close_all([link for _path, _cookie, link in self.entries.values()])
+        self.entries.clear()
         self.detach_calls()
         links = [link for b in self.binaries.values() for link in b.links]
         for b in self.binaries.values():

@@ -1,0 +1,141 @@
+"""Fleet mode under churn: processes the daemon adopts in the kernel at their
+first instruction, confirmed or ignored by its selectors before any of their
+rows is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PROGRAMS, PY311, scope
+from test_daemon import query, running, write_config
+
+pytestmark = pytest.mark.kernel
+
+PID_TABLES = ("calls", "functions", "gc", "sched", "imports", "audit", "processes",
+              "threads", "samples", "stacks", "sampling")
+
+
+def daemon_status(cfg: Path) -> dict | None:
+    r = scope("daemon", "--status", "--json", "-c", str(cfg))
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def wait_status(cfg: Path, what: str, pred, timeout: float = 120) -> dict:
+    """The daemon's status once ``pred`` holds (a handshake, not a time window)."""
+    deadline = time.monotonic() + timeout
+    st = None
+    while time.monotonic() < deadline:
+        st = daemon_status(cfg)
+        if st is not None and pred(st):
+            return st
+        time.sleep(0.2)
+    pytest.fail(f"the daemon's status never showed {what}: {st}")
+
+
+def churn_config(root: Path) -> str:
+    return f"""
+host = "churn"
+[output]
+root = "{root}"
+[[select]]
+exe = "*python3*"
+cmdline = "re:churn-yes"
+probes = ["gc", "sched", "imports", "audit", "stacks"]
+[[select]]
+exe = "*python3.15"
+cmdline = "re:churn-yes"
+probes = ["calls"]
+"""
+
+
+def test_churn_selected_processes_are_traced_from_their_first_instruction(sid, tmp_path):
+    """50 programs of ~50 ms (Debian 3.11 and a chrooted 3.15, alternating; half
+    selected by their command line) started while the daemon runs, five at a
+    time. Each selected one has its explicit collections of every generation,
+    on 3.15 its exact call counts including the interpreter's very first Python
+    frame; the others have no row anywhere, and their discards are counted."""
+    root = tmp_path / "root"
+    cfg = write_config(tmp_path / "churn.toml", churn_config(root))
+
+    def start(kind: str, tag: str, calls: int) -> subprocess.Popen:
+        if kind == "3.11":
+            argv = [PY311, str(PROGRAMS / "churn.py"), tag, str(calls)]
+        else:
+            argv = ["chroot", str(sid), "python3.15", "/tmp/scope-tests/churn.py", tag,
+                    str(calls)]
+        return subprocess.Popen(argv)
+
+    with running(tmp_path, cfg) as d:
+        # The daemon watches a file once it has seen a process run it (here
+        # these, until it says so; for 3.11 also this test's own interpreter).
+        warm = [subprocess.Popen(argv + ["-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE)
+                for argv in ([PY311], ["chroot", str(sid), "python3.15"])]
+        before = wait_status(cfg, "both files watched", lambda st: len(st["watched"]) == 2)
+        for p in warm:
+            p.stdin.close()
+            assert p.wait(timeout=60) == 0
+        confirmed0 = before["adoption"].get("confirmed", 0)
+        churn: list[tuple[str, bool, int, subprocess.Popen]] = []
+        live: list[subprocess.Popen] = []
+        for i in range(50):
+            kind, selected = ("3.11", "3.15")[i % 2], i % 4 in (1, 2)  # the last one too
+            calls = 100 + i
+            p = start(kind, f"churn-{'yes' if selected else 'no'}-{i}", calls)
+            churn.append((kind, selected, calls, p))
+            live.append(p)
+            if len(live) == 5:
+                assert live.pop(0).wait(timeout=60) == 0
+        for p in live:
+            assert p.wait(timeout=60) == 0
+        # every selected one adopted in the kernel (a lost one never is) and
+        # confirmed, the last one last: everything before it is decided too
+        wait_status(cfg, "25 confirmed",
+                    lambda st: st["adoption"].get("confirmed", 0) - confirmed0 >= 25)
+        d.stop()
+
+    selected = {p.pid: (kind, calls) for kind, sel, calls, p in churn if sel}
+    others = [p.pid for _kind, sel, _calls, p in churn if not sel]
+    assert len(selected) == len(others) == 25
+
+    starts = {pid: (nb, a) for pid, nb, a in query(
+        root, "SELECT pid, new_binary, adopt_ns FROM processes WHERE event = 'start'")}
+    assert set(selected) <= starts.keys()
+    for pid in selected:
+        new_binary, adopt_ns = starts[pid]
+        assert new_binary is False and adopt_ns is not None, (pid, starts[pid])
+
+    gens = {pid: set(g) for pid, g in query(
+        root, "SELECT pid, list(DISTINCT generation) FROM gc GROUP BY pid")}
+    for pid in selected:
+        assert {0, 1, 2} <= gens.get(pid, set()), (pid, selected[pid], gens.get(pid))
+
+    # 3.15: exact counts (the functions table's, whatever rows sampling kept),
+    # from the interpreter's first Python frame on
+    counts = {(pid, file, fn): n for pid, file, fn, n in query(root, """
+        SELECT pid, file, function, sum(calls) FROM functions GROUP BY ALL""")}
+    for pid, (kind, calls) in selected.items():
+        if kind != "3.15":
+            continue
+        assert counts.get((pid, "/tmp/scope-tests/churn.py", "f")) == calls, pid
+        assert counts.get((pid, "/tmp/scope-tests/churn.py", "<module>")) == 1, pid
+        assert counts.get((pid, "<frozen importlib._bootstrap>", "<module>")) == 1, pid
+
+    # the others: not a row, anywhere
+    listed = ",".join(map(str, others))
+    for table in PID_TABLES:
+        if (root / table).is_dir():
+            n = query(root, f"SELECT count(*) FROM {table} WHERE pid IN ({listed})")[0][0]
+            assert n == 0, table
+
+    # ... and what was discarded of them is counted
+    c = dict(query(root, "SELECT key, count FROM session WHERE key LIKE 'adopt.%' "
+                         "OR key LIKE 'kernel.adopt%'"))
+    assert c["adopt.adopted"] - c["adopt.confirmed"] >= 25, c
+    assert c["kernel.adopted"] >= c["adopt.adopted"] - 0 and c["kernel.adopt_lost"] == 0, c
+    per_table = sum(v for k, v in c.items() if k.startswith("adopt.discarded_rows."))
+    assert c["adopt.discarded_rows"] == per_table > 0, c
