@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PY = "/usr/bin/python3.11"
@@ -67,6 +68,15 @@ def _workload() -> dict[str, float]:
     return json.loads(r.stdout)
 
 
+def _startups(n: int = 20) -> float:
+    """Seconds per start of a Python that does nothing: what adoption at exec
+    (the entry probe, then tracing until the daemon has decided) adds to it."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        subprocess.run([PY, "-c", "pass", "scope-bench-not-selected"], check=True)
+    return (time.perf_counter() - t0) / n
+
+
 def bench_nonselected(runs: int = 5) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="scope-bench-nonsel-"))
     cfg = tmp / "config.toml"
@@ -77,13 +87,13 @@ def bench_nonselected(runs: int = 5) -> dict:
                                 "scope-bench-selected"])
     try:
         for i in range(runs):
-            times["no_daemon"].append(_workload())
+            times["no_daemon"].append(dict(_workload(), start=_startups()))
             d = subprocess.Popen([SCOPE, "daemon", "-c", str(cfg)], stderr=subprocess.PIPE,
                                  text=True)
             for line in d.stderr:  # attached to the sleeper's interpreter file
                 if "tracing process" in line:
                     break
-            times["daemon"].append(_workload())
+            times["daemon"].append(dict(_workload(), start=_startups()))
             d.terminate()
             d.wait(timeout=60)
             print(f"  run {i + 1}/{runs}: no daemon {times['no_daemon'][-1]}, "
@@ -92,12 +102,21 @@ def bench_nonselected(runs: int = 5) -> dict:
         sleeper.kill()
         sleeper.wait()
     out: dict = {"nonselected_runs": runs}
-    for k in ("import", "gc", "switch"):  # per event: the added ns
+    for k in ("import", "gc", "switch", "start"):  # per event: the added ns
         base = statistics.median(t[k] for t in times["no_daemon"])
         with_d = statistics.median(t[k] for t in times["daemon"])
         out[f"nonselected_{k}_ns"] = {"untraced": base * 1e9, "added": (with_d - base) * 1e9}
     cpu = [statistics.median(t["cpu"] for t in times[m]) for m in ("no_daemon", "daemon")]
     out["nonselected_cpu_slowdown"] = cpu[1] / cpu[0]
+    # how long a process ran adopted before the daemon's decision reached the kernel
+    import duckdb
+
+    c = dict(duckdb.sql(f"""SELECT key, sum(count) FROM read_parquet(
+        '{tmp / "out"}/session/**/*.parquet', union_by_name=true)
+        WHERE key LIKE 'adopt.%' GROUP BY key""").fetchall())
+    if c.get("adopt.adopted"):
+        out["adopt_decide_ms"] = {"mean": c["adopt.decide_ns_total"] / c["adopt.adopted"] / 1e6,
+                                  "adopted": int(c["adopt.adopted"])}
     return out
 
 
@@ -116,10 +135,15 @@ def main() -> None:
 def print_figures(r: dict) -> None:
     print("\na process no selector matches, under the daemon (default probe sets):")
     for k, what in (("import", "import"), ("gc", "gen-0 collection"),
-                    ("switch", "sleep (two context switches)")):
+                    ("switch", "sleep (two context switches)"),
+                    ("start", "start-up (python -c pass)")):
         v = r[f"nonselected_{k}_ns"]
         print(f"  {what:<30} {v['untraced']:>10,.0f} ns untraced, {v['added']:>+8,.0f} ns")
     print(f"  CPU-bound loop                 {r['nonselected_cpu_slowdown']:.3f}x")
+    if "adopt_decide_ms" in r:
+        a = r["adopt_decide_ms"]
+        print(f"  adopted at exec until decided  {a['mean']:.1f} ms on average "
+              f"({a['adopted']} processes)")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ BPF_PERCPU_ARRAY(call_stage, struct call_batch, 1);   /* calls waiting for their
 BPF_ARRAY(tracer_pid, __u32, 1);                      /* never trace ourselves in exe mode */
 BPF_ARRAY(config, struct config, 1);
 BPF_ARRAY(breaker, struct breaker, 1);
+BPF_ARRAY(budgets, struct budget, MAX_GROUPS);        /* group -> a selector's budget */
+BPF_HASH(proc_budgets, __u32, struct budget, MAX_TARGETS); /* pid -> its own budget */
 BPF_HASH(tids, __u32, __u32, MAX_THREADS);            /* --tid / --thread-name selection */
 BPF_F_TABLE("percpu_hash", __u32, struct fstat, fstats, MAX_FUNCS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(zero_fstat, struct fstat, 1);        /* template for new fstats entries */
@@ -629,9 +631,131 @@ static __always_inline void count_call(struct fstat *fs, __u64 duration, __u64 s
     fs->hist[log2_bucket(duration) & (SCOPE_HIST_BUCKETS - 1)]++;
 }
 
+/* A row guard over GUARD_WINDOW_NS windows: once ``limit`` rows went in t of
+ * the window's W, 1 in 4 (W - t) / t of the rest is kept, which ends the
+ * window near 1.25 times the limit, with weights no larger than that needs
+ * (each row's k is the one it was drawn with, so sums stay unbiased whatever
+ * k a window takes). The row's new k, or 0 if it is sampled out. */
+static __always_inline __u32 guard(__u64 *window_ns, __u64 *rows, __u32 *window_k,
+                                   __u64 limit, __u32 guard_k, __u32 k, __u64 duration,
+                                   __u64 keep_ns, __u64 now)
+{
+    if (now - *window_ns >= GUARD_WINDOW_NS) {
+        *window_ns = now;
+        *rows = 0;
+        *window_k = 0;
+    }
+    if (*rows >= limit) {
+        __u32 wk = *window_k;
+        if (!wk) {
+            __u64 t = now - *window_ns;
+            __u64 want = t ? 4 * (GUARD_WINDOW_NS - t) / t + 1 : guard_k;
+            wk = want < 2 ? 2 : want > guard_k ? guard_k : want;
+            *window_k = wk;
+        }
+        if (wk > k && duration < keep_ns) {
+            /* keep with probability k / wk: the row then stands for wk calls */
+            if (bpf_get_prandom_u32() % wk >= k)
+                return 0;
+            k = wk;
+        }
+    }
+    __sync_fetch_and_add(rows, 1);
+    return k;
+}
+
+/* Per-selector budgets (daemon): a target's group is in its mask's upper bits;
+ * the group and each of its processes have a breaker and a row guard of their
+ * own, decided here. */
+struct budgets_of {
+    struct budget *g;
+    struct budget *p;
+};
+
+static __always_inline void budgets_find(__u32 pid, struct budgets_of *bc)
+{
+    __u32 *mask = targets.lookup(&pid);
+    __u32 g;
+
+    bc->g = 0;
+    bc->p = 0;
+    if (!mask)
+        return;
+    g = (*mask >> TARGET_GROUP_SHIFT) & (MAX_GROUPS - 1);
+    if (!g)
+        return;
+    bc->g = budgets.lookup(&g);
+    if (!bc->g)
+        return;
+    bc->p = proc_budgets.lookup(&pid);
+    if (!bc->p && bc->g->proc_hit_limit | bc->g->proc_row_limit) {
+        struct budget fresh = {};
+        fresh.hit_limit = bc->g->proc_hit_limit;
+        fresh.row_limit = bc->g->proc_row_limit;
+        fresh.group = g;
+        proc_budgets.insert(&pid, &fresh);
+        bc->p = proc_budgets.lookup(&pid);
+    }
+}
+
+/* One budget's breaker: count this probe hit; 1 if it is open. It re-admits
+ * on its own BUDGET_COOLDOWN_NS after tripping (epoch bumped: the shadow
+ * stacks of its threads, which missed hits meanwhile, restart). */
+static __always_inline int budget_blocks(struct budget *bu, struct budget *group, __u64 now)
+{
+    if (!bu || !bu->hit_limit)
+        return 0;
+    if (bu->state == BREAKER_OPEN) {
+        if (now - bu->opened_ns < BUDGET_COOLDOWN_NS) {
+            __sync_fetch_and_add(&bu->skipped, 1);
+            if (group)  /* (a process's budget goes with it: its group keeps the sums) */
+                __sync_fetch_and_add(&group->skipped, 1);
+            stat_add(STAT_BUDGET_SKIPPED);
+            return 1;
+        }
+        bu->state = BREAKER_CLOSED;
+        bu->epoch++;
+        bu->window_start_ns = now;
+        bu->count = 0;
+    }
+    if (now - bu->window_start_ns >= BUDGET_WINDOW_NS) {
+        bu->window_start_ns = now;  /* racy between CPUs: at worst a window restarts twice */
+        bu->count = 0;
+    }
+    __sync_fetch_and_add(&bu->count, 1);
+    if (bu->count > bu->hit_limit) {
+        bu->state = BREAKER_OPEN;
+        bu->opened_ns = now;
+        __sync_fetch_and_add(&bu->trips, 1);
+        __sync_fetch_and_add(&bu->skipped, 1);
+        if (group) {  /* the group counts its processes' trips too */
+            __sync_fetch_and_add(&group->trips, 1);
+            __sync_fetch_and_add(&group->skipped, 1);
+        }
+        stat_add(STAT_BUDGET_SKIPPED);
+        return 1;
+    }
+    return 0;
+}
+
+/* Both budgets of a probe hit of a target thread: the process's first, so that
+ * a noisy process, once tripped, no longer counts against its selector's. */
+static __always_inline int budgets_block(struct budgets_of *bc, __u64 now)
+{
+    return bc->g && (budget_blocks(bc->p, bc->g, now) || budget_blocks(bc->g, 0, now));
+}
+
+/* What a shadow stack must have been built in to be current: the host
+ * breaker's generation plus the epochs of its process's budgets. */
+static __always_inline __u32 stack_generation(struct control *ctl, struct budgets_of *bc)
+{
+    return ctl->b->generation + (bc->g ? bc->g->epoch : 0) + (bc->p ? bc->p->epoch : 0);
+}
+
 /* Whether a completed call becomes a row, and with which weight (0 = no). */
 static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
-                                        __u64 now, struct control *ctl)
+                                        __u64 now, struct control *ctl,
+                                        struct budgets_of *bc)
 {
     struct config *c = ctl->c;
     struct breaker *b = ctl->b;
@@ -658,33 +782,26 @@ static __always_inline __u32 row_weight(__u32 k, __u32 tid, __u64 duration,
         /* The row guard: the controller's per-function k follows measured rates a
          * control interval late; between its decisions (a function turning hot)
          * rows over budget are sampled further here, weight kept unbiased. */
-        if (now - b->rows_window_ns >= GUARD_WINDOW_NS) {
-            b->rows_window_ns = now;
-            b->rows = 0;
-            b->window_k = 0;
+        k = guard(&b->rows_window_ns, &b->rows, &b->window_k, c->row_limit, c->guard_k,
+                  k, duration, c->keep_ns, now);
+        if (!k) {
+            stat_add(STAT_GUARD_SAMPLED);
+            return 0;
         }
-        if (b->rows >= c->row_limit) {
-            /* The budget went in t of the window's W: at that rate, 1 in
-             * 4 (W - t) / t of the rest ends the window near 1.25 times the budget,
-             * with weights no larger than that needs (each row's k is the one it
-             * was drawn with, so sums stay unbiased whatever k a window takes). */
-            __u32 wk = b->window_k;
-            if (!wk) {
-                __u64 t = now - b->rows_window_ns;
-                __u64 want = t ? 4 * (GUARD_WINDOW_NS - t) / t + 1 : c->guard_k;
-                wk = want < 2 ? 2 : want > c->guard_k ? c->guard_k : want;
-                b->window_k = wk;
-            }
-            if (wk > k && duration < c->keep_ns) {
-                /* keep with probability k / wk: the row then stands for wk calls */
-                if (bpf_get_prandom_u32() % wk >= k) {
-                    stat_add(STAT_GUARD_SAMPLED);
-                    return 0;
-                }
-                k = wk;
-            }
+    }
+    for (int i = 0; i < 2; i++) {  /* the selector's guard, then the process's */
+        struct budget *bu = i ? bc->p : bc->g;
+        if (!bu || !bu->row_limit)
+            continue;
+        k = guard(&bu->rows_window_ns, &bu->rows, &bu->window_k, bu->row_limit, c->guard_k,
+                  k, duration, c->keep_ns, now);
+        if (!k) {
+            __sync_fetch_and_add(&bu->sampled, 1);
+            if (i && bc->g)
+                __sync_fetch_and_add(&bc->g->sampled, 1);
+            stat_add(STAT_BUDGET_SAMPLED);
+            return 0;
         }
-        __sync_fetch_and_add(&b->rows, 1);
     }
     return k;
 }
@@ -797,14 +914,18 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     struct call_event *e;
     __u32 depth, weight;
 
+    struct budgets_of bc;
+
     if (!st || st->pid != pid)
         return 0;
-    if (breaker_blocks(ctl->b, ctl->c, now))
+    budgets_find(pid, &bc);
+    if (budgets_block(&bc, now) || breaker_blocks(ctl->b, ctl->c, now))
         return 0;
     stat_add(STAT_RETURNS);
-    if (st->generation != ctl->b->generation) {
-        st->depth = 0;  /* entered before the probes were last detached */
-        st->generation = ctl->b->generation;
+    if (st->generation != stack_generation(ctl, &bc)) {
+        st->depth = 0;  /* entered before the probes were last detached, or before
+                         * its budget last re-admitted it */
+        st->generation = stack_generation(ctl, &bc);
     }
     depth = st->depth;
     if (depth == 0) {
@@ -877,7 +998,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     struct fstat *fs = fstat_of(func_id);
     if (fs)
         count_call(fs, duration, self_ns, self_off_ns, self_gil_ns);
-    weight = row_weight(k, tid, duration, now, ctl);
+    weight = row_weight(k, tid, duration, now, ctl, &bc);
     if (!weight) {
         if (fs)
             fs->dropped++;
@@ -914,9 +1035,19 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
 
     if (!sp || !control_of(&ctl))
         return 0;
-    st = stack_of(tid, pid, sp, ctl.b->generation);
-    if (!st || breaker_blocks(ctl.b, ctl.c, bpf_ktime_get_ns()))
+    __u64 now = bpf_ktime_get_ns();
+    struct budgets_of bc;
+
+    budgets_find(pid, &bc);
+    st = stack_of(tid, pid, sp, stack_generation(&ctl, &bc));  /* 0: not a target */
+    /* its own budgets first: the host's breaker (the last resort, which
+     * detaches everything) counts only what they admit */
+    if (!st || budgets_block(&bc, now) || breaker_blocks(ctl.b, ctl.c, now))
         return 0;
+    if (st->generation != stack_generation(&ctl, &bc)) {
+        st->depth = 0;  /* its budget re-admitted it just now */
+        st->generation = stack_generation(&ctl, &bc);
+    }
     stat_add(STAT_ENTRIES);
     return st;
 }
@@ -1487,6 +1618,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         stack_offs.delete(&pid);
 #endif
     if (tid == pid) {
+        proc_budgets.delete(&pid);
         proc_event(PROC_EXIT, pid, tid, 0);
         /* Its pid may be reused by anyone: and exe mode adopts processes for
          * as long as it runs, so the set must not fill with the dead. */

@@ -92,13 +92,23 @@
                                    instruction or probe hit (exe mode, daemon) */
 #define STAT_ADOPT_LOST 41       /* adoptions put off: proc ring buffer full (retried
                                    at the next probe hit) */
-#define STAT_COUNT 42
+#define STAT_BUDGET_SKIPPED 42   /* function probe hits ignored: their selector's or
+                                   process's own breaker was open (daemon budgets) */
+#define STAT_BUDGET_SAMPLED 43   /* calls skipped by a selector's or process's row guard */
+#define STAT_COUNT 44
 #define SCOPE_OFFCPU_WALK_NS 1000000 /* a thread that blocks earns one walk of its stack a ms, */
 #define SCOPE_OFFCPU_BURST 16        /* up to this many saved (the rest: no stack, counted) */
 
 #define SCOPE_HIST_BUCKETS 32   /* log2 latency: bucket i holds 2^i <= ns < 2^(i+1); last open */
 #define BREAKER_WINDOW_NS 10000000 /* the breaker counts probe hits in 10 ms windows */
 #define GUARD_WINDOW_NS 100000000  /* the row guard counts rows in 100 ms windows */
+#define BUDGET_WINDOW_NS 100000000   /* a selector's or process's breaker counts hits in 100 ms
+                                      * windows: a start-up's burst of a few ms does not trip it */
+#define BUDGET_COOLDOWN_NS 1000000000 /* a selector's or process's tripped breaker re-admits
+                                        * its calls after this long (decided in the kernel) */
+#define TARGET_GROUP_SHIFT 8 /* targets value: PROBE_* bits, then the budget group (the
+                              * daemon's selector index + 1; 0 = the host's budget only) */
+#define MAX_GROUPS 64
 #define BREAKER_CLOSED 0
 #define BREAKER_OPEN 1
 #define BREAKER_HALF_OPEN 2     /* re-attached on probation: trips again at once */
@@ -282,6 +292,29 @@ struct config {
     __u32 watch_exec;        /* 1: report every exec on the host, not only targets' (daemon) */
     __u64 keep_ns;           /* calls this long are never sampled out (weight 1): a rare
                               * slow call would otherwise stand for k calls */
+};
+
+/* The budget of one daemon selector (`budgets`, by group) or of one process
+ * (`proc_budgets`, by pid, its limits copied from its group's proc_* ones):
+ * a breaker and a row guard of its own, so that a noisy selector or process
+ * trips or is sampled alone. */
+struct budget {
+    __u64 hit_limit;         /* probe hits per BUDGET_WINDOW_NS that trip it; 0 = off */
+    __u64 row_limit;         /* call rows per GUARD_WINDOW_NS before its guard samples */
+    __u64 proc_hit_limit;    /* group: the same for each of its processes */
+    __u64 proc_row_limit;
+    __u64 window_start_ns;
+    __u64 count;
+    __u64 opened_ns;
+    __u64 trips;             /* times it opened (a group: its own and its processes') */
+    __u64 skipped;           /* probe hits ignored while open */
+    __u64 sampled;           /* rows its guard sampled out */
+    __u64 rows_window_ns;
+    __u64 rows;
+    __u32 state;             /* BREAKER_* */
+    __u32 epoch;             /* bumped when it re-admits: its threads' shadow stacks restart */
+    __u32 window_k;
+    __u32 group;
 };
 
 struct breaker {

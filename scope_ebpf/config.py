@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import budgets
 from .errors import ScopeError
 from .procs import ProcInfo
 from .redact import Redactor
@@ -30,7 +31,8 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _TOP = {"host", "output", "select", "budget", "ship", "limits", "redact", "no_redact"}
 _OUTPUT = {"root", "rotate_seconds", "rotate_bytes", "retain_bytes", "retain_days", "group"}
-_SELECT = {"exe", "cmdline", "user", "cgroup", "probes", "max_rate", "breaker_rate"}
+_SELECT = {"exe", "cmdline", "user", "cgroup", "probes", "max_rate", "breaker_rate",
+           "process_max_rate", "process_breaker_rate"}
 _BUDGET = {"max_cpu"}
 _SHIP = {"endpoint", "bucket", "prefix", "region", "interval_seconds", "delete_after_upload"}
 _LIMITS = {"max_targets", "max_threads"}
@@ -49,8 +51,10 @@ class Selector:
     user: str | None = None               # name or numeric uid
     cgroup: str | None = None             # glob on the cgroup path
     probes: frozenset[str] = DEFAULT_PROBES
-    max_rate: float = 0
-    breaker_rate: float = 0
+    max_rate: float = 0                   # calls: rows/s, and probe hits/s that trip
+    breaker_rate: float = 0               # its breaker, for the selector as a whole ...
+    process_max_rate: float = 0           # ... and for each process it selects
+    process_breaker_rate: float = 0
     cmdline_text: str | None = field(default=None, compare=False)  # as written
 
     def describe(self) -> str:
@@ -136,17 +140,31 @@ class Config:
         return any(fnmatch.fnmatchcase(exe, s.exe) for s in self.selectors)
 
     def _calls(self, attr: str) -> float:
-        rates = [getattr(s, attr) for s in self.selectors if "calls" in s.probes]
-        return min(rates) if rates else 0
+        return sum(getattr(s, attr) for s in self.selectors if "calls" in s.probes)
 
     @property
     def max_rate(self) -> float:
-        """The host's call row budget: the strictest of the calls selectors'."""
+        """The host's call row budget: the sum of the calls selectors' (each has
+        its own in the kernel; see budgets.py)."""
         return self._calls("max_rate")
 
     @property
     def breaker_rate(self) -> float:
+        """The host-wide breaker, the last resort that detaches: the sum too."""
         return self._calls("breaker_rate")
+
+    def budget_rates(self) -> dict[int, budgets.Rates]:
+        """Budget group (selector index + 1) -> its rates, for the calls selectors."""
+        return {i + 1: budgets.Rates(s.breaker_rate, s.max_rate, s.process_breaker_rate,
+                                     s.process_max_rate)
+                for i, s in enumerate(self.selectors) if "calls" in s.probes}
+
+    def budget_group(self, p: ProcInfo) -> int:
+        """The budget group of a process: its first matching selector with calls."""
+        for i, s in enumerate(self.selectors):
+            if "calls" in s.probes and s.matches(p):
+                return i + 1
+        return 0
 
 
 def load(path: str | Path) -> Config:
@@ -232,6 +250,8 @@ def parse(raw: dict, path: Path = Path("<config>")) -> Config:
     sels = raw.get("select", [])
     if not isinstance(sels, list) or not sels:
         raise fail("select", "at least one [[select]] table is needed (which processes to trace)")
+    if len(sels) >= budgets.MAX_GROUPS:  # each may be a budget group of its own
+        raise fail("select", f"at most {budgets.MAX_GROUPS - 1} [[select]] tables")
     selectors = []
     for i, s in enumerate(sels):
         where = f"select[{i}]"
@@ -303,5 +323,7 @@ def _selector(s: dict, where: str, fail, number) -> Selector:
     max_rate = number(s, "max_rate", where, DEFAULT_MAX_RATE if calls else 0, 1 if calls else 0)
     breaker = number(s, "breaker_rate", where, DEFAULT_BREAKER_RATE if calls else 0,
                      1 if calls else 0)
+    pmax = number(s, "process_max_rate", where, max_rate, 1 if calls else 0)
+    pbreaker = number(s, "process_breaker_rate", where, breaker, 1 if calls else 0)
     return Selector(exe, cmdline, user, cgroup, frozenset(probes), max_rate, breaker,
-                    s.get("cmdline"))
+                    pmax, pbreaker, s.get("cmdline"))

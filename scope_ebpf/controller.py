@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, aggregates, capabilities, events, procs, safety, spawn, usdt
+from .budgets import Budgets, group_mask
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
 from .kernel.links import PROBE_SETS, Binary, ProbeLinks
@@ -144,6 +145,7 @@ class Session:
         self.sampler = (Sampler(options.max_rate * PLAN_HEADROOM) if options.max_rate > 0
                         else None)
         self.breaker: safety.Breaker | None = None
+        self.budgets: Budgets | None = None  # per daemon selector and process (budgets.py)
         self._rng = np.random.default_rng()
         self._totals = aggregates.Totals.empty()      # at the last functions snapshot
         self._control_totals = aggregates.Totals.empty()  # at the last sampling decision
@@ -201,6 +203,7 @@ class Session:
         self.links = ProbeLinks(self.program, o.probes, o.limits.max_specs, self.warn,
                                 blocked=lambda: self.breaker is not None
                                 and self.breaker.state == safety.OPEN)
+        self.budgets = Budgets(self.program)
         self.breaker = safety.Breaker(self.program, o.breaker_rate,
                                       detach=self.links.detach_calls,
                                       attach=self.links.attach_calls)
@@ -227,14 +230,16 @@ class Session:
         assert self.opts.adopt and self.links is not None
         return self.links.attach_entry(exe, probe_mask(probes & self.opts.probes))
 
-    def confirm(self, row: dict, probes: frozenset[str], binary: str | None = None) -> None:
+    def confirm(self, row: dict, probes: frozenset[str], binary: str | None = None,
+                group: int = 0) -> None:
         """Adopt: trace the process of a kernel "start" row with ``probes``
         (on_adopt's answer). A process that has exited meanwhile keeps its rows."""
         pid = row["pid"]
         self._ignored.pop(pid, None)
         self._ignored_pids = None
         self.program.unignore(pid)
-        alive = self.program.confirm_target(pid, probe_mask(probes & self.opts.probes))
+        alive = self.program.confirm_target(pid, probe_mask(probes & self.opts.probes)
+                                            | group_mask(group))
         info = self.adopted_info(row, binary, redact=True)
         exec_ns = self._exec_ns.pop(pid, None)
         adopted = {"new_binary": False}
@@ -296,6 +301,10 @@ class Session:
             elif ev == "start":
                 self.adoption["adopted"] += 1
                 self.on_adopt(row)
+                # how long it ran adopted before the decision reached the kernel
+                wait = max(time.time_ns() - row["ts_ns"], 0)
+                self.adoption["decide_ns_total"] += wait
+                self.adoption["decide_ns_max"] = max(self.adoption["decide_ns_max"], wait)
             elif ev == "fork" and row["parent_pid"] in self._ignored:
                 self.ignore(pid)
 
@@ -360,7 +369,7 @@ class Session:
 
     def add_pid(self, pid: int, *, activate: bool = False,
                 probes: frozenset[str] | None = None, binary: str | None = None,
-                exec_ns: int | None = None) -> None:
+                exec_ns: int | None = None, group: int = 0) -> None:
         """Trace a running process from now on.
 
         ``activate`` turns the perf trampoline on in a 3.14 target (it runs code
@@ -369,7 +378,7 @@ class Session:
         selectors); the session must have attached them. ``binary``: what
         check_pid() already returned for ``pid``, not to check it twice.
         ``exec_ns``: when the kernel saw it exec (daemon adoption), for its start
-        row's adopt_ns.
+        row's adopt_ns. ``group``: its budget group (budgets.py), 0 for none.
         """
         assert self.program is not None
         binary = binary or self.check_pid(pid)
@@ -390,7 +399,7 @@ class Session:
                 pid not in self._fallback_pids):
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
                       "gc, sched and process data are recorded either way")
-        self.program.add_target(pid, probe_mask(probes))
+        self.program.add_target(pid, probe_mask(probes) | group_mask(group))
         if self.opts.adopt and self._ignored.pop(pid, None) is not None:
             self._ignored_pids = None
         if self.opts.adopt:
@@ -400,14 +409,15 @@ class Session:
             adopted["adopt_ns"] = max(time.time_ns() - exec_ns, 0)
         self._started(pid, binary, adopted=adopted)
 
-    def set_probes(self, pid: int, probes: frozenset[str]) -> None:
-        """Change a target's probe sets; none at all stops tracing it."""
+    def set_probes(self, pid: int, probes: frozenset[str], group: int = 0) -> None:
+        """Change a target's probe sets (and budget group); none at all stops
+        tracing it."""
         probes &= self.opts.probes
         if not probes:
             self.program.remove_target(pid)
             self.targets.pop(pid, None)
         else:
-            self.program.add_target(pid, probe_mask(probes))
+            self.program.add_target(pid, probe_mask(probes) | group_mask(group))
 
     @staticmethod
     def check_exe(path: str) -> str:
@@ -636,10 +646,18 @@ class Session:
             self.program.set_verdicts([(fid, key, ks[fid]) for fid, key in keys])
 
     def _breaker(self) -> None:
-        """Every loop: the kernel may have tripped it; detach without delay."""
+        """Every loop: the kernel may have tripped it; detach without delay. The
+        budgets of selectors and processes trip and re-admit in the kernel: their
+        trips are written as they are seen."""
         for t in self.breaker.poll() if self.breaker is not None else ():
             self._breaker_row(t)
             self.status(f"breaker {t.state}: {t.reason}")
+        rows = self.budgets.poll() if self.budgets is not None else []
+        if rows:
+            ts = time.time_ns()
+            self._add("breaker", rows_to_batch("breaker", [dict(r, ts_ns=ts) for r in rows]))
+            for r in rows:
+                self.status("breaker open: " + r["reason"])
 
     def _breaker_row(self, t: safety.Transition) -> None:
         self._add("breaker", rows_to_batch("breaker", [{
@@ -700,6 +718,8 @@ class Session:
             self.stacks.forget(pids)
         if self.sampler is not None:
             self.sampler.forget(ids)
+        if self.budgets is not None:
+            self.budgets.forget(pids)
         self.threads.forget(pids)
         for pid in pids:
             self.targets.pop(pid, None)
@@ -1027,6 +1047,8 @@ class Session:
         counts["functions_interned"] = self.decoder.functions.count
         counts["processes_traced"] = self.traced_count
         counts["breaker_trips"] = self.breaker.trips if self.breaker else 0
+        if self.budgets is not None and self.budgets.rates:
+            counts.update({f"budget.{k}": v for k, v in self.budgets.totals.items()})
         counts["controller_cpu_ns"] = int(_cpu_seconds() * 1e9)  # ours, not the target's
         # CPU of the event path alone: since the program was compiled and loaded
         counts["tracing_cpu_ns"] = counts["controller_cpu_ns"] - self._cpu_at_open

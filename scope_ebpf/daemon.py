@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import budgets, events, notify, privileges, procs, retention, safety, usdt
 from . import config as cfgmod
-from . import events, notify, privileges, procs, retention, safety, usdt
 from . import status as status_file
 from .config import Config, ConfigError
-from .controller import Options, Session, _cpu_seconds
+from .controller import Options, Session, _cpu_seconds, _has_python_probes
 from .errors import ScopeError
 from .program import Limits, check_environment
 from .safefs import Ownership, group_id
@@ -47,6 +47,7 @@ RETENTION_EVERY_S = 5.0
 STATUS_EVERY_S = 10.0   # sd_notify STATUS
 STATUS_FILE_EVERY_S = 2.0  # the status file (`daemon --status`)
 OUTPUT_SCAN_EVERY_S = 10.0  # the output tree's size, for the status file
+STATUS_MAPS = ("targets", "ignored", "funcs")  # kernel maps that grow with processes
 WAKE_GAP_S = 0.005      # polls woken by process events come at most this often
 
 
@@ -63,9 +64,11 @@ class Daemon:
         self.started = time.time()
         self._status_at = (time.monotonic(), 0.0, {})  # last status file: when, CPU, rows
         self._output = (0.0, 0, 0)                      # last scan: when, bytes, parts
+        self._maps: tuple[float, dict] = (0.0, {})      # last count: map -> [entries, max]
         self._pending: dict[int, tuple[float, int]] = {}  # exec'd pids to look at again:
         #                                                   since, exec ts_ns
         self.watched: dict[str, str] = {}  # executable -> its interpreter file (with probes)
+        self._not_python: set[tuple[int, int]] = set()  # exec'd files without probes
         self._waker: tuple[Session, select.epoll] | None = None  # proc_rb, for _wait
         self._stop = False
         self._reload = False
@@ -98,7 +101,8 @@ class Daemon:
         opts = Options(
             output=cfg.root, probes=probes, host=cfg.host, watch_exec=True, adopt=True,
             rotate_seconds=cfg.rotate_seconds, rotate_bytes=cfg.rotate_bytes,
-            max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate, max_cpu=cfg.max_cpu,
+            max_rate=cfg.max_rate, breaker_rate=cfg.breaker_rate * budgets.HOST_FACTOR,
+            max_cpu=cfg.max_cpu,
             owner=daemon_owner(cfg), redact=cfg.redact, no_redact=cfg.no_redact,
             net_addresses=True, append=True,  # restarts and reloads add sessions
             # a Python start-up interns ~1,000 functions: a few starting at once
@@ -107,6 +111,7 @@ class Daemon:
         s = Session(opts, status=self.status)
         try:
             s.open()
+            s.budgets.configure(cfg.budget_rates())
             s.meta["daemon_config"] = str(cfg.path)
             s.meta["host_label"] = cfg.host
             s.on_exec = self._on_exec
@@ -213,8 +218,31 @@ class Daemon:
         self._pending.pop(pid, None)
         if not self._traced(pid) and self._entry_watched(pid):
             return  # the kernel adopts it at its first instruction: _on_adopt decides
+        if not os.path.exists(f"/proc/{pid}/exe"):
+            self._watch_gone(filename)
+            return
         if not self.consider(pid, after_exec=True, exec_ns=ts_ns) and not self._traced(pid):
             self._pending[pid] = (time.monotonic(), ts_ns)
+
+    def _watch_gone(self, filename: str) -> None:
+        """A process gone before we looked (shorter than a poll): if it ran an
+        interpreter file with probes a selector may match, by the path it
+        exec'd (absolute, in our root), watch that file for the next ones."""
+        if not filename.startswith("/") or filename in self.watched:
+            return
+        try:
+            st = os.stat(filename)
+        except OSError:
+            return
+        key, real = (st.st_dev, st.st_ino), os.path.realpath(filename)
+        if key in self._not_python or not self.cfg.exe_may_match(real):
+            return
+        if not _has_python_probes(real):
+            if len(self._not_python) > 4096:
+                self._not_python.clear()
+            self._not_python.add(key)  # most of a host's execs: looked at once
+            return
+        self._watch(self.session, self.cfg, real, real)
 
     def _entry_watched(self, pid: int) -> bool:
         try:
@@ -238,7 +266,7 @@ class Daemon:
                 binary = usdt.find_python_binary(pid)
             except usdt.ProbeError:
                 binary = None
-        s.confirm(row, probes, binary)
+        s.confirm(row, probes, binary, group=self.cfg.budget_group(info))
         self.matched[pid] = probes
         self.selected[pid] = self.cfg.matching(info)
 
@@ -281,7 +309,7 @@ class Daemon:
             return True
         probes = self.cfg.probes_for(info) if info.parent_pid != os.getpid() else frozenset()
         if after_exec and traced and probes != self.matched[pid]:
-            self._retarget(pid, probes, self.cfg.matching(info))
+            self._retarget(pid, probes, self.cfg.matching(info), self.cfg.budget_group(info))
             return True
         if traced:
             return True
@@ -296,7 +324,8 @@ class Daemon:
             s.ignore(pid)  # not adopted by the probes just attached for any process
             return True
         try:
-            s.add_pid(pid, probes=probes, binary=binary, exec_ns=exec_ns)
+            s.add_pid(pid, probes=probes, binary=binary, exec_ns=exec_ns,
+                      group=self.cfg.budget_group(info))
         except ScopeError as e:
             s.warn(f"process {pid} ({info.exe}) matched but cannot be traced: {e}")
             return True
@@ -306,8 +335,9 @@ class Daemon:
         self.status(f"tracing process {pid} ({binary}) with {','.join(sorted(probes))}")
         return True
 
-    def _retarget(self, pid: int, probes: frozenset[str], selectors: tuple[int, ...]) -> None:
-        self.session.set_probes(pid, probes)  # none: no longer traced
+    def _retarget(self, pid: int, probes: frozenset[str], selectors: tuple[int, ...],
+                  group: int = 0) -> None:
+        self.session.set_probes(pid, probes, group)  # none: no longer traced
         if probes:
             self.matched[pid] = probes
             self.selected[pid] = selectors
@@ -347,7 +377,9 @@ class Daemon:
                 if not self._traced(pid):
                     continue
                 info = procs.info(pid, addresses=False)
-                self._retarget(pid, new.probes_for(info), new.matching(info))
+                self._retarget(pid, new.probes_for(info), new.matching(info),
+                               new.budget_group(info))
+            self.session.budgets.configure(new.budget_rates())
             for exe, binary in list(self.watched.items()):  # what new processes get
                 self._watch(self.session, new, exe, binary)
             self.scan()
@@ -367,6 +399,10 @@ class Daemon:
         if now - self._output[0] >= OUTPUT_SCAN_EVERY_S:  # (retention's walk, if recent)
             parts, total = retention.scan(self.cfg.root)
             self._output = (now, total, len(parts))
+        if now - self._maps[0] >= OUTPUT_SCAN_EVERY_S:
+            self._maps = (now, {name: [s.program.maps[name].dump()[2],
+                                       s.program.maps[name].max_entries]
+                                for name in STATUS_MAPS})
         alive = {p for p in self.matched if p in s.targets and p not in s.exited}
         stats = s.program.stats()
         ship = None
@@ -386,9 +422,13 @@ class Daemon:
             "rows": rows,
             "lost": {f"kernel.{k}": stats[k] for k in events.LOSSES},
             "adoption": dict(s.adoption),
+            "maps": self._maps[1],
             "watched": sorted(self.watched),
             "breaker": {"state": _breaker_state(s.breaker),
                         "trips": s.breaker.trips if s.breaker else 0},
+            "budgets": {"trips_by_selector": {str(g): t for g, t in s.budgets.trips.items()},
+                        **s.budgets.totals} if s.budgets is not None and s.budgets.rates
+            else None,
             "output_bytes": self._output[1], "parts": self._output[2],
             "ship": ship,
             "cpu_percent": 100 * (cpu - cpu0) / dt if rows0 else 0.0,

@@ -98,7 +98,7 @@ STAT_NAMES = (
     "paths_lost", "samples", "samples_lost", "sample_stacks_lost", "samples_truncated",
     "samples_no_thread", "samples_no_layout", "samples_empty", "tstate_walks",
     "offcpu_stacks", "offcpu_unwalked", "event_stacks", "offcpu_rate_skipped",
-    "adopted", "adopt_lost",
+    "adopted", "adopt_lost", "budget_skipped", "budget_sampled",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -107,6 +107,7 @@ LOSSES = {
     "calls_lost": "call rows lost: calls ring buffer full",
     "too_deep": "call rows lost: deeper than the shadow stack (counted in functions)",
     "breaker_skipped": "probe hits ignored while the circuit breaker was open",
+    "budget_skipped": "probe hits ignored while a selector's or process's breaker was open",
     "unsynced_frames": "call rows lost: calls whose return was never seen (counted in "
                        "functions)",
     "threads_untraced": "threads not traced: thread map full",

@@ -104,7 +104,7 @@ TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "task:task_rename",
                "sched:sched_process_exec",
                "sched:sched_process_exit")
 MAPS = (*RINGS, "targets", "ignored", "specs", "frame_offs", "funcs", "stacks", "exited_stacks",
-        "stats", "tracer_pid",
+        "stats", "tracer_pid", "budgets", "proc_budgets",
         "config", "breaker", "tids", "fstats")
 
 # struct func_key is private to scope.bpf.c (the controller writes verdicts by

@@ -235,6 +235,10 @@ _TABLE_LIST = (
             _opt("limit", pa.float64(), "the --breaker-rate in force"),
             _opt("backoff_s", pa.float64(), "seconds until the next re-attach (for 'open')"),
             _req("reason", pa.string(), "what caused it"),
+            _opt("selector", pa.int32(), "the daemon selector (1-based) whose own budget "
+                 "tripped; null: the host-wide breaker"),
+            _opt("pid", pa.int32(), "the process whose own budget tripped; null: the "
+                 "selector's or the host's"),
         ),
     ),
     Table(

@@ -107,12 +107,21 @@ def text(st: dict[str, Any]) -> str:
                  f"{ad.get('confirmed', 0):,} confirmed, {ad.get('ignored', 0):,} ignored "
                  f"({ad.get('discarded_rows', 0):,} rows discarded); "
                  f"{len(st.get('watched') or ())} interpreter file(s) watched")
+    maps = ", ".join(f"{k} {n:,}/{m:,}" for k, (n, m) in (st.get("maps") or {}).items())
+    if maps:
+        lines.append(f"kernel maps: {maps}")
     rates = ", ".join(f"{t} {r:,.0f}" for t, r in st["rates"].items() if r) or "none"
     lines.append(f"rows/s over the last {st['interval_s']:.0f} s: {rates}")
     lost = ", ".join(f"{k} {v:,}" for k, v in st["lost"].items() if v) or "none"
     lines.append(f"lost: {lost}")
     b = st["breaker"]
-    lines.append(f"breaker: {b['state']} ({b['trips']} trip{'s' * (b['trips'] != 1)})")
+    line = f"breaker: {b['state']} ({b['trips']} trip{'s' * (b['trips'] != 1)})"
+    bu = st.get("budgets")
+    if bu:
+        by = ", ".join(f"selector {g} {t}" for g, t in bu["trips_by_selector"].items() if t)
+        line += (f"; selector budgets: {bu['trips']:,} trips ({by or 'none'}), "
+                 f"{bu['skipped']:,} hits skipped, {bu['sampled']:,} rows sampled")
+    lines.append(line)
     out = f"output: {human_bytes(st['output_bytes'])} in {st['parts']:,} parts"
     if st.get("ship") is not None:
         sh = st["ship"]

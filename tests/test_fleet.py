@@ -75,7 +75,8 @@ def test_churn_selected_processes_are_traced_from_their_first_instruction(sid, t
         warm = [subprocess.Popen(argv + ["-c", "import sys; sys.stdin.read()"],
                                  stdin=subprocess.PIPE)
                 for argv in ([PY311], ["chroot", str(sid), "python3.15"])]
-        before = wait_status(cfg, "both files watched", lambda st: len(st["watched"]) == 2)
+        files = {PY311, str(sid / "usr/bin/python3.15")}
+        before = wait_status(cfg, "both files watched", lambda st: files <= set(st["watched"]))
         for p in warm:
             p.stdin.close()
             assert p.wait(timeout=60) == 0
@@ -139,3 +140,65 @@ def test_churn_selected_processes_are_traced_from_their_first_instruction(sid, t
     assert c["kernel.adopted"] >= c["adopt.adopted"] - 0 and c["kernel.adopt_lost"] == 0, c
     per_table = sum(v for k, v in c.items() if k.startswith("adopt.discarded_rows."))
     assert c["adopt.discarded_rows"] == per_table > 0, c
+
+
+def test_budgets_per_selector_and_process(sid, tmp_path):
+    """Two noisy 3.15 processes, one tripping its own process budget within
+    selector 1 and one its selector 3's budget, beside a calm process in
+    selector 1 and one in selector 2: the kernel trips only the noisy ones
+    (breaker rows name the selector, and the pid for a process's own), while
+    the calm ones keep every call and the host-wide breaker never opens."""
+    root = tmp_path / "root"
+    cfg = write_config(tmp_path / "budgets.toml", f"""
+host = "budgets"
+[output]
+root = "{root}"
+[[select]]
+exe = "*python3.15"
+cmdline = "re:budget-one"
+probes = ["calls"]
+breaker_rate = 1000000
+process_breaker_rate = 100000
+[[select]]
+exe = "*python3.15"
+cmdline = "re:budget-two"
+probes = ["calls"]
+[[select]]
+exe = "*python3.15"
+cmdline = "re:budget-three"
+probes = ["calls"]
+breaker_rate = 100000
+process_breaker_rate = 10000000
+""")
+
+    def start(tag: str, mode: str, amount: str) -> subprocess.Popen:
+        return subprocess.Popen(["chroot", str(sid), "python3.15", "/tmp/scope-tests/budget.py",
+                                 tag, mode, amount])
+
+    with running(tmp_path, cfg) as d:
+        warm = subprocess.Popen(["chroot", str(sid), "python3.15", "-c",
+                                 "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        wait_status(cfg, "3.15 watched", lambda st: any("3.15" in w for w in st["watched"]))
+        warm.stdin.close()
+        assert warm.wait(timeout=60) == 0
+        procs = {"one-hot": start("budget-one-hot", "hot", "1.5"),
+                 "one-calm": start("budget-one-calm", "calm", "300"),
+                 "two-calm": start("budget-two-calm", "calm", "300"),
+                 "three-hot": start("budget-three-hot", "hot", "1.5")}
+        for p in procs.values():
+            assert p.wait(timeout=120) == 0
+        n = len(procs)
+        wait_status(cfg, "4 confirmed", lambda st: st["adoption"].get("confirmed", 0) >= n)
+        d.stop()
+    pid = {k: p.pid for k, p in procs.items()}
+
+    g = dict(query(root, f"""SELECT pid, sum(calls) FROM functions WHERE function = 'g'
+        AND pid IN ({pid['one-calm']}, {pid['two-calm']}) GROUP BY pid"""))
+    assert g == {pid["one-calm"]: 300, pid["two-calm"]: 300}, g
+    trips = query(root, "SELECT selector, pid, state FROM breaker")
+    assert (1, pid["one-hot"], "open") in trips, trips
+    assert (3, None, "open") in trips, trips
+    assert {(s, p) for s, p, _ in trips} <= {(1, pid["one-hot"]), (3, None)}, trips
+    c = dict(query(root, "SELECT key, count FROM session"))
+    assert c["kernel.budget_skipped"] == c["budget.skipped"] > 0 and c["budget.trips"] >= 2, c
+    assert c["kernel.breaker_skipped"] == 0 and c["breaker_trips"] == 0, c

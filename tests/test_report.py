@@ -73,11 +73,12 @@ def test_hot_function_and_self_time_match_direct_queries(trace, result):
 
 
 def test_sleep_gc_and_the_slow_window_are_named(trace, result):
-    nap = [r for r in result.offcpu if r["function"] == "nap"]
-    assert [r["state"] for r in nap] == ["sleeping"]
-    assert nap[0]["total_ns"] == rows(trace, "SELECT sum(duration_ns) FROM sched "
-                                             "WHERE function = 'nap'")[0][0]
-    assert 195e6 <= nap[0]["total_ns"] < 260e6
+    nap = {r["state"]: r for r in result.offcpu if r["function"] == "nap"}
+    # (on a shared CPU its thread may also wait to run again after a sleep)
+    assert "sleeping" in nap and set(nap) <= {"sleeping", "preempted"}, nap
+    assert sum(r["total_ns"] for r in nap.values()) == rows(
+        trace, "SELECT sum(duration_ns) FROM sched WHERE function = 'nap'")[0][0]
+    assert 195e6 <= nap["sleeping"]["total_ns"] < 260e6
     gens = {r["generation"]: r for r in result.gc_by_gen}
     assert gens[2]["collections"] == rows(trace, "SELECT count(*) FROM gc "
                                                  "WHERE generation = 2")[0][0]
