@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import __version__, aggregates, capabilities, events, procs, safety, spawn, usdt
 from .budgets import Budgets, group_mask
@@ -169,7 +168,7 @@ class Session:
         # or ignore(). Until then its rows wait in the ring buffers.
         self.on_adopt: Callable[[dict], None] | None = None
         self._ignored: dict[int, None] = {}  # pids ignored whose rows may still come
-        self._ignored_pids: pa.Array | None = None
+        self._ignored_pids: np.ndarray | None = None
         self._exec_ns: dict[int, int] = {}  # pid -> its last exec (adopt), for adopt_ns
         self.adoption: Counter[str] = Counter()  # adopt.* counters
 
@@ -605,6 +604,15 @@ class Session:
 
     def _calls(self, calls: np.ndarray) -> None:
         """Decode call records (possibly a view into the ring: nothing keeps them)."""
+        if self._ignored:  # before decoding: most rows of a busy ignored process
+            if self._ignored_pids is None:
+                self._ignored_pids = np.fromiter(self._ignored, np.int64, len(self._ignored))
+            drop = np.isin(calls["pid"], self._ignored_pids)
+            n = int(drop.sum())
+            if n:
+                self.adoption["discarded_rows.calls"] += n
+                self.adoption["discarded_rows"] += n
+                calls = calls[~drop]
         f = self.decoder.functions
         found = f.find(calls["func_id"])
         keep, weights = f.row_filter(found, calls["weight"], self._rng,
@@ -937,14 +945,17 @@ class Session:
     def _gate(self, table: str, batch: pa.RecordBatch) -> pa.RecordBatch | None:
         """Rows of processes ignored after the kernel adopted them: dropped, counted."""
         if self._ignored_pids is None:
-            self._ignored_pids = pa.array(list(self._ignored), pa.int64())
-        drop = pc.is_in(batch.column("pid").cast(pa.int64()), value_set=self._ignored_pids)
-        n = pc.sum(drop).as_py() or 0
+            self._ignored_pids = np.fromiter(self._ignored, np.int64, len(self._ignored))
+        pids = batch.column("pid")
+        if pids.null_count:
+            pids = pids.fill_null(0)
+        drop = np.isin(pids.to_numpy(zero_copy_only=False), self._ignored_pids)
+        n = int(drop.sum())
         if not n:
             return batch
         self.adoption[f"discarded_rows.{table}"] += n
         self.adoption["discarded_rows"] += n
-        return batch.filter(pc.invert(drop)) if n < batch.num_rows else None
+        return batch.filter(pa.array(~drop)) if n < batch.num_rows else None
 
     # -- shutdown -----------------------------------------------------------
 

@@ -105,6 +105,9 @@ class Daemon:
             max_cpu=cfg.max_cpu,
             owner=daemon_owner(cfg), redact=cfg.redact, no_redact=cfg.no_redact,
             net_addresses=True, append=True,  # restarts and reloads add sessions
+            # the sampling plan reads every function's aggregates: a host's worth
+            # each second, not ten times (the kernel's row guards act meanwhile)
+            control_interval=1.0,
             # a Python start-up interns ~1,000 functions: a few starting at once
             limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads,
                           funcs_rb_pages=1024))
@@ -232,7 +235,7 @@ class Daemon:
             return
         try:
             st = os.stat(filename)
-        except OSError:
+        except (OSError, ValueError):
             return
         key, real = (st.st_dev, st.st_ino), os.path.realpath(filename)
         if key in self._not_python or not self.cfg.exe_may_match(real):

@@ -370,8 +370,8 @@ class Decoder:
                 row["tid"] = int(rec["other_pid"])
                 # (a rename's name is copied as is: what follows its NUL is not zeroed)
                 row["comm"] = _text(bytes(rec["comm"]).split(b"\0", 1)[0])
-            elif kind == "exec":
-                row["exe"] = _text(bytes(rec["filename"]))
+            elif kind == "exec":  # (the kernel copies up to the NUL; after it: old bytes)
+                row["exe"] = _text(bytes(rec["filename"]).split(b"\0", 1)[0])
             elif kind == "start":  # adopted by the kernel: what it saw of the process
                 cookie, argc = int(rec["other_pid"]), int(rec["argc"])
                 row.update(cookie=None if cookie == _C["NO_COOKIE"] else cookie,

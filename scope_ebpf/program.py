@@ -264,13 +264,9 @@ class Program:
     def forget_functions(self, keys: list[tuple[int, tuple[int, int, int, int]]]) -> None:
         """Drop interned functions of exited processes (their ids and aggregates):
         the interning map is keyed by pid, so it would fill with the dead."""
-        funcs, fstats = self.maps["funcs"], self.maps["fstats"]
-        for fid, (name, file, pid, line) in keys:
-            for m, key in ((funcs, _FUNC_KEY.pack(name, file, pid, line)), (fstats, u32(fid))):
-                try:
-                    m.delete(key)
-                except OSError:
-                    pass  # already gone
+        self.maps["funcs"].delete_many([_FUNC_KEY.pack(name, file, pid, line)
+                                        for _fid, (name, file, pid, line) in keys])
+        self.maps["fstats"].delete_many([u32(fid) for fid, _key in keys])
 
     def func_keys(self, func_ids: np.ndarray) -> np.ndarray:
         """func_event records, without names, for interned ids whose name record

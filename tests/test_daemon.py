@@ -63,14 +63,19 @@ def running(tmp: Path, config: Path, env: dict | None = None):
 class Daemon:
     """A `scope-ebpf daemon` child with a NOTIFY_SOCKET the test reads."""
 
-    def __init__(self, tmp: Path, config: Path, env: dict | None = None) -> None:
+    def __init__(self, tmp: Path, config: Path, env: dict | None = None,
+                 log: Path | None = None) -> None:
         self.sock_path = tmp / f"notify-{config.stem}-{time.monotonic_ns()}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(self.sock_path))
         self.messages: list[str] = []
         e = dict(os.environ, NOTIFY_SOCKET=str(self.sock_path), **(env or {}))
+        # a long run logs more than a pipe holds: to ``log`` then, or it would block
+        self.log = log
         self.proc = subprocess.Popen([SCOPE, "daemon", "--config", str(config)], env=e,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.DEVNULL if log else subprocess.PIPE,
+                                     stderr=open(log, "w") if log else subprocess.PIPE,
+                                     text=True)
 
     def wait_for(self, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -82,12 +87,15 @@ class Daemon:
                 self.messages.append(self.sock.recv(4096).decode())
             except TimeoutError:
                 if self.proc.poll() is not None:
-                    pytest.fail(f"daemon exited: {self.proc.stderr.read()}")
+                    err = self.log.read_text() if self.log else self.proc.stderr.read()
+                    pytest.fail(f"daemon exited: {err}")
         pytest.fail(f"no {what} from the daemon within {timeout} s: {self.messages}")
 
     def stop(self, timeout: float = 20) -> str:
         self.proc.send_signal(signal.SIGTERM)
         _out, err = self.proc.communicate(timeout=timeout)
+        if self.log:
+            err = self.log.read_text()
         self.sock.close()
         assert self.proc.returncode == 0, err
         return err

@@ -100,3 +100,20 @@ def test_forgotten_functions_and_their_strings_go_and_the_rest_decode_the_same()
     # a function learnt afterwards interns its strings again
     f.add(_funcs((0x301, b"f3", b"/tmp/s3.py", 0)))
     assert d.calls(_calls((0x301, 0))).to_pydict()["function"] == ["f3"]
+
+
+def test_exec_names_end_at_their_nul_and_adoptions_carry_what_the_kernel_saw():
+    """The ring's memory is not zeroed: an exec's file name is followed by old
+    bytes, and an adoption's argv by the environment (argc says how many)."""
+    recs = np.zeros(3, events.dtypes()["proc_event"])
+    recs[0]["kind"], recs[0]["pid"] = C["PROC_EXEC"], 10
+    recs[0]["filename"] = b"/usr/bin/python3.11\0stale bytes of an older event"
+    recs[1]["kind"], recs[1]["pid"], recs[1]["other_pid"] = C["PROC_ATTACH"], 11, 3
+    recs[1]["filename"], recs[1]["argc"] = b"python3\0app.py\0--x\0HOME=/root\0", 3
+    recs[1]["uid"], recs[1]["cgroup_id"] = 1000, 77
+    recs[2]["kind"], recs[2]["pid"], recs[2]["other_pid"] = C["PROC_ATTACH"], 12, C["NO_COOKIE"]
+    rows = Decoder(0).proc_events(recs)
+    assert rows[0]["event"] == "exec" and rows[0]["exe"] == "/usr/bin/python3.11"
+    assert rows[1]["event"] == "start" and rows[1]["argv"] == ["python3", "app.py", "--x"]
+    assert (rows[1]["cookie"], rows[1]["uid"], rows[1]["cgroup_id"]) == (3, 1000, 77)
+    assert rows[2]["cookie"] is None and "argv" not in rows[2]  # adopted at another probe

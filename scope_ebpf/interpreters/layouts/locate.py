@@ -102,12 +102,30 @@ def _file_version(path: str) -> str | None:
         return None
 
 
-def _exported(path: str, symbol: str, bias: int) -> int:
-    """The address of a symbol in the process; 0 if the file does not export it."""
-    try:
-        return usdt.find_symbol(path, symbol)[0] + bias
-    except usdt.ProbeError:
-        return 0
+_TYPES = ("PyCode_Type", "PyDict_Type", "PyUnicode_Type", "PyLong_Type", "PyModule_Type")
+_facts_cache: dict[tuple[int, int, int, int], tuple] = {}
+_layouts: dict[tuple, Layout] = {}  # (file, version) -> its layout, read once
+
+
+def _facts(path: str) -> tuple[int, list[tuple[int, int, int]], str | None, list[int], tuple]:
+    """What find_runtime reads of an interpreter file (_PyRuntime's address, the
+    segments, the version it states, the type objects' addresses, 0 if not
+    exported), read once per file: the daemon looks at a process of the same
+    file every few milliseconds under churn. ProbeError if it is not CPython."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _facts_cache:
+        vaddr = usdt.find_symbol(path, "_PyRuntime")[0]
+        types = []
+        for t in _TYPES:
+            try:
+                types.append(usdt.find_symbol(path, t)[0])
+            except usdt.ProbeError:
+                types.append(0)
+        if len(_facts_cache) >= 64:
+            _facts_cache.clear()
+        _facts_cache[key] = (vaddr, usdt.load_segments(path), _file_version(path), types, key)
+    return _facts_cache[key]
 
 
 def find_runtime(pid: int) -> Runtime:
@@ -124,10 +142,12 @@ def find_runtime(pid: int) -> Runtime:
         except OSError as e:
             raise ScopeError(f"cannot open {name} of process {pid}: {e.strerror}") from None
         try:
-            vaddr = usdt.find_symbol(path, "_PyRuntime")[0]
-            loads = usdt.load_segments(path)
+            facts = _facts(path)
         except usdt.ProbeError:
             continue
+        except OSError as e:
+            raise ScopeError(f"cannot read {name} of process {pid}: {e.strerror}") from None
+        vaddr, loads, file_version, type_vaddrs, file_key = facts
         bias = None
         for m in mine:
             for seg_vaddr, _memsz, seg_offset in loads:
@@ -138,18 +158,21 @@ def find_runtime(pid: int) -> Runtime:
                 break
         if bias is None:
             raise ScopeError(f"process {pid}: cannot tell where {name} is loaded")
-        version = _file_version(path) or procs.python_version(name)
+        version = file_version or procs.python_version(name)
         if version is None:
             try:
                 version = procs.python_version(os.readlink(f"/proc/{pid}/exe"))
             except OSError:
                 version = None
         try:
-            layout = layout_for(path, version)
+            if (file_key, version) not in _layouts:
+                if len(_layouts) >= 64:
+                    _layouts.clear()
+                _layouts[(file_key, version)] = layout_for(path, version)
+            layout = _layouts[(file_key, version)]
         except ScopeError as e:
             raise ScopeError(f"process {pid}: {e}") from None
-        types = [_exported(path, t, bias) for t in
-                 ("PyCode_Type", "PyDict_Type", "PyUnicode_Type", "PyLong_Type", "PyModule_Type")]
+        types = [v + bias if v else 0 for v in type_vaddrs]
         return Runtime(pid, path, name, layout.version, bias, vaddr + bias, types[0], layout,
                        *types[1:])
     raise ScopeError(f"process {pid} is not a CPython process (no _PyRuntime in its "
