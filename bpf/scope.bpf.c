@@ -512,12 +512,19 @@ int on_start(struct pt_regs *ctx)
 }
 
 static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
-                                                     struct probe_spec *sp, __u32 generation)
+                                                     struct probe_spec *sp, __u32 generation,
+                                                     __u32 mask)
 {
     struct thread_stack *st = stacks.lookup(&tid);
     __u32 zero = 0;
 
     if (st && st->pid == pid) {
+        if (!(mask & PROBE_CALLS)) {
+            /* no longer traced for calls (the daemon ignored or retargeted it):
+             * a thread's stack must not keep it traced */
+            stacks.delete(&tid);
+            return 0;
+        }
         if (st->generation != generation) {
             /* Probes were detached meanwhile: the frames it holds are stale. */
             st->depth = 0;
@@ -672,7 +679,8 @@ struct budgets_of {
     struct budget *p;
 };
 
-static __always_inline void budgets_find(__u32 pid, struct budgets_of *bc)
+/* Returns the target's mask (0: not a target). */
+static __always_inline __u32 budgets_find(__u32 pid, struct budgets_of *bc)
 {
     __u32 *mask = targets.lookup(&pid);
     __u32 g;
@@ -680,13 +688,13 @@ static __always_inline void budgets_find(__u32 pid, struct budgets_of *bc)
     bc->g = 0;
     bc->p = 0;
     if (!mask)
-        return;
+        return 0;
     g = (*mask >> TARGET_GROUP_SHIFT) & (MAX_GROUPS - 1);
     if (!g)
-        return;
+        return *mask;
     bc->g = budgets.lookup(&g);
     if (!bc->g)
-        return;
+        return *mask;
     bc->p = proc_budgets.lookup(&pid);
     if (!bc->p && bc->g->proc_hit_limit | bc->g->proc_row_limit) {
         struct budget fresh = {};
@@ -696,6 +704,7 @@ static __always_inline void budgets_find(__u32 pid, struct budgets_of *bc)
         proc_budgets.insert(&pid, &fresh);
         bc->p = proc_budgets.lookup(&pid);
     }
+    return *mask;
 }
 
 /* One budget's breaker: count this probe hit; 1 if it is open. It re-admits
@@ -918,7 +927,10 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
 
     if (!st || st->pid != pid)
         return 0;
-    budgets_find(pid, &bc);
+    if (!(budgets_find(pid, &bc) & PROBE_CALLS)) {
+        stacks.delete(&tid);  /* no longer traced for calls (ignored, retargeted) */
+        return 0;
+    }
     if (budgets_block(&bc, now) || breaker_blocks(ctl->b, ctl->c, now))
         return 0;
     stat_add(STAT_RETURNS);
@@ -1038,8 +1050,8 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
     __u64 now = bpf_ktime_get_ns();
     struct budgets_of bc;
 
-    budgets_find(pid, &bc);
-    st = stack_of(tid, pid, sp, stack_generation(&ctl, &bc));  /* 0: not a target */
+    __u32 mask = budgets_find(pid, &bc);
+    st = stack_of(tid, pid, sp, stack_generation(&ctl, &bc), mask);  /* 0: not a target */
     /* its own budgets first: the host's breaker (the last resort, which
      * detaches everything) counts only what they admit */
     if (!st || budgets_block(&bc, now) || breaker_blocks(ctl.b, ctl.c, now))

@@ -639,8 +639,10 @@ class Session:
             f = self.decoder.functions
             kept = f.kept(totals.ids)
             # id 0 collects calls whose function could not be interned: no verdict for it
+            # (a count below the last one: the function was forgotten and interned
+            # anew meanwhile; no rate to plan from)
             counts = {int(i): int(c) for i, c, k in zip(totals.ids, count, kept, strict=True)
-                      if c and k and i != events.const("SCOPE_NO_FUNC")}
+                      if c > 0 and k and i != events.const("SCOPE_NO_FUNC")}
             changes = self.sampler.update(counts, seconds, time.time_ns())
             self._verdicts({fid: new for fid, _old, new, _r in changes})
             for fid, _old, new, _rate in changes:

@@ -18,7 +18,10 @@ def notify(state: str) -> bool:
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        # never blocking: a reader that does not keep up (a unix datagram queue
+        # holds 10) must not stop the daemon; the message is dropped instead
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                           | socket.SOCK_NONBLOCK) as s:
             s.sendto(state.encode(), addr)
     except OSError:
         return False

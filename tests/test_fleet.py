@@ -202,3 +202,53 @@ process_breaker_rate = 10000000
     c = dict(query(root, "SELECT key, count FROM session"))
     assert c["kernel.budget_skipped"] == c["budget.skipped"] > 0 and c["budget.trips"] >= 2, c
     assert c["kernel.breaker_skipped"] == 0 and c["breaker_trips"] == 0, c
+
+
+def test_notify_never_blocks_on_a_reader_that_does_not_read(tmp_path, monkeypatch):
+    """A unix datagram queue holds 10 messages: past that, a blocking send would
+    stop the daemon (it did, after two minutes of STATUS lines in the soak)."""
+    import socket
+
+    from scope_ebpf import notify
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    t0 = time.monotonic()
+    sent = [notify.notify(f"STATUS=message {i}") for i in range(100)]
+    assert time.monotonic() - t0 < 10  # (blocked forever before)
+    assert sent[0] and not all(sent)
+    assert sock.recv(4096) == b"STATUS=message 0"
+    sock.close()
+
+
+def test_a_process_no_longer_traced_for_calls_leaves_no_thread_traced(sid, tmp_path):
+    """Taking calls away from a target (the daemon ignoring a process it adopted,
+    or a reload retargeting it) stops its calls at once: a thread that already
+    had a shadow stack does not keep it traced (it did, and a process's
+    functions then came back after they were forgotten)."""
+    from scope_ebpf.controller import Options, Session
+
+    p = subprocess.Popen(["chroot", str(sid), "python3.15", "/tmp/scope-tests/budget.py",
+                          "retarget", "calm", "5000"])
+    s = Session(Options(output=tmp_path / "out", probes=frozenset({"calls", "gc"}),
+                        max_rate=0))
+    try:
+        s.open()
+        s.add_pid(p.pid)
+        deadline = time.monotonic() + 60
+        while s.program.stat("entries") < 50 and time.monotonic() < deadline:
+            s.poll()
+            time.sleep(0.05)
+        assert s.program.stat("entries") >= 50  # its calls are traced (2 ms apart)
+        s.set_probes(p.pid, frozenset({"gc"}))
+        time.sleep(0.05)  # a call in flight
+        before = s.program.stat("entries"), s.program.stat("returns")
+        time.sleep(0.5)  # ~250 more calls
+        assert (s.program.stat("entries"), s.program.stat("returns")) == before
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+        s.close()
