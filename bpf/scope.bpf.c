@@ -469,7 +469,9 @@ static __always_inline __u32 adopt(__u32 pid, __u32 mask, __u32 cookie, __u64 sp
             e->argc = 1;  /* near the top of the stack: the first one only */
     }
     stat_add(STAT_ADOPTED);
-    proc_rb.ringbuf_submit(e, 0);
+    /* forced: the host's execs before it went without a wakeup, and the
+     * default (adaptive) one is skipped while those are unread */
+    proc_rb.ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
     return mask;
 }
 

@@ -255,6 +255,8 @@ class Session:
         if pid in self.targets and pid not in self.exited:
             raise ValueError(f"process {pid} is traced: set_probes() stops that")
         self.program.ignore(pid)
+        if not os.path.exists(f"/proc/{pid}"):
+            self.program.unignore(pid)  # it exited before: the kernel's exit hook has run
         self._exec_ns.pop(pid, None)
         self._ignored[pid] = None
         self._ignored_pids = None
@@ -269,6 +271,10 @@ class Session:
         info = procs.info(row["pid"], binary, self.redactor if redact else None,
                           self.opts.net_addresses or None if redact else False)
         if info.exe is None or info.cmdline is None:
+            if not redact:  # (counted once, at the decision)
+                self.adoption["decided_by_kernel_view"] += 1
+                if not row.get("argv"):
+                    self.adoption["decided_without_argv"] += 1
             seen = self.kernel_info(row, redact)
             for name in ("exe", "cmdline", "python_version", "uid", "user", "cgroup"):
                 if getattr(info, name) is None:

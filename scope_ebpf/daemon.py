@@ -70,6 +70,7 @@ class Daemon:
         self.watched: dict[str, str] = {}  # executable -> its interpreter file (with probes)
         self._not_python: set[tuple[int, int]] = set()  # exec'd files without probes
         self._waker: tuple[Session, select.epoll] | None = None  # proc_rb, for _wait
+        self._polled_at = 0.0
         self._stop = False
         self._reload = False
         self.reloads = 0
@@ -145,6 +146,7 @@ class Daemon:
         last_dog = last_retention = last_status = 0.0
         rb = s.program.rings["calls_rb"]
         while not self._stop and s.stop_reason is None:
+            self._polled_at = time.monotonic()
             s.poll()
             now = time.monotonic()
             if self._pending:
@@ -188,8 +190,10 @@ class Daemon:
             for name in ("proc_rb", "funcs_rb", "paths_rb"):  # (names come in bursts)
                 ep.register(s.program.maps[name].fd, select.EPOLLIN)
             self._waker = (s, ep)
-        time.sleep(WAKE_GAP_S)
-        self._waker[1].poll(max(s.opts.poll_interval - WAKE_GAP_S, 0))
+        if self._waker[1].poll(s.opts.poll_interval):
+            since = time.monotonic() - self._polled_at
+            if since < WAKE_GAP_S:
+                time.sleep(WAKE_GAP_S - since)
 
     def close(self, reason: str = "stopped") -> None:
         notify.notify("STOPPING=1")
