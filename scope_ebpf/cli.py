@@ -251,8 +251,8 @@ def _options(output: Path | None, probes: str, include: tuple[str, ...],
              redact: tuple[str, ...] = (), no_redact: bool = False, append: bool = False,
              sample_hz: int = 99):
     """Validate every option before anything is attached."""
+    from .control.matchers import Matcher, check_patterns
     from .controller import Options, parse_probes
-    from .matchers import Matcher, check_patterns
     from .redact import Redactor
     from .safefs import invoking_user
     from .units import parse_duration, parse_size
@@ -546,13 +546,13 @@ def daemon(config_path: Path, check: bool, show_status: bool, as_json: bool) -> 
       scope-ebpf query /var/lib/scope-ebpf --host web-17 --date 2026-11-26 \\
           "SELECT count(*) FROM gc"
     """
-    from .daemon import Daemon
-    from .daemon import check as check_config
+    from .fleet.daemon import Daemon
+    from .fleet.daemon import check as check_config
 
     try:
         if show_status:
-            from . import status
-            from .daemon import load_config
+            from .fleet import status
+            from .fleet.daemon import load_config
 
             st = status.read(load_config(config_path).root)
             click.echo(json.dumps(st, indent=2) if as_json else status.text(st))

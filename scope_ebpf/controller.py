@@ -19,7 +19,7 @@ import resource
 import select
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +27,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import __version__, aggregates, capabilities, events, procs, safety, spawn, usdt
-from .budgets import Budgets, group_mask
+from . import __version__, capabilities, events, procs, spawn, usdt
+from .control import aggregates, safety
+from .control.budgets import Budgets, group_mask
+from .control.matchers import Matcher
+from .control.sampling import Sampler
 from .decode import Decoder, rows_to_batch
 from .errors import ScopeError
 from .kernel.links import PROBE_SETS, Binary, ProbeLinks
 from .kernel.stacks import Sampler as StackSampler
-from .matchers import Matcher
 from .program import Limits, Program, check_environment
 from .redact import Redactor
 from .safefs import AS_CREATED, Ownership
-from .sampling import Sampler
 from .threads import Threads, hook_events, hook_name
 from .writer import OutputDir, OutputError, new_session_id
 
@@ -171,6 +172,7 @@ class Session:
         self._ignored_pids: np.ndarray | None = None
         self._exec_ns: dict[int, int] = {}  # pid -> its last exec (adopt), for adopt_ns
         self.adoption: Counter[str] = Counter()  # adopt.* counters
+        self._decide_ns: deque[int] = deque(maxlen=_DECISIONS_KEPT)  # adoption -> decision
 
     # -- set-up -------------------------------------------------------------
 
@@ -310,6 +312,7 @@ class Session:
                 wait = max(time.time_ns() - row["ts_ns"], 0)
                 self.adoption["decide_ns_total"] += wait
                 self.adoption["decide_ns_max"] = max(self.adoption["decide_ns_max"], wait)
+                self._decide_ns.append(wait)
             elif ev == "fork" and row["parent_pid"] in self._ignored:
                 self.ignore(pid)
 
@@ -1077,6 +1080,9 @@ class Session:
             counts.update(self.stacks.counts)
         if self.opts.adopt:
             counts.update({f"adopt.{k}": v for k, v in self.adoption.items()})
+            if self._decide_ns:  # over the last _DECISIONS_KEPT decisions
+                p50, p99 = np.percentile(np.fromiter(self._decide_ns, np.int64), [50, 99])
+                counts["adopt.decide_ns_p50"], counts["adopt.decide_ns_p99"] = int(p50), int(p99)
         for table in ("calls", "functions", "gc", "sched", "imports", "audit", "processes",
                       "threads", "samples", "stacks"):
             w = self.out.writers.get(table) if self.out is not None else None
@@ -1121,6 +1127,7 @@ _BATCH_SLOTS = np.arange(events.const("CALL_BATCH"))
 _BATCHES_PER_DECODE = 512  # 32k calls
 _TRACED_LISTED = 1000  # pids named in the session row
 _EXEC_KEPT = 4096  # execs remembered for adopt_ns
+_DECISIONS_KEPT = 1000  # adoption decision latencies kept for the p50/p99 counters
 _NO_PID = frozenset({"breaker", "counters", "session"})  # tables without a pid column
 _CALL = events.dtypes()["call_event"]
 _CALL_OPEN = events.const("CALL_OPEN")

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import retention
-from .config import Shipping
+from .fleet.config import Shipping
 
 MAX_BACKOFF = 300.0
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import procs
-from .matchers import Matcher
+from .control.matchers import Matcher
 
 # The audit event the 3.11 ``run`` hook raises in each new thread: this prefix,
 # then the thread's name (hook/sitecustomize.py). Not an audit row.

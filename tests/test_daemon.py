@@ -425,7 +425,7 @@ def _caps(pid: int, field: str) -> int:
 
 
 def test_daemon_drops_capabilities_and_still_reloads_into_a_new_session(sid, tmp_path):
-    from scope_ebpf import privileges
+    from scope_ebpf.fleet import privileges
 
     root = tmp_path / "root"
     text = gc_config(root, "caps", "scope-caps", exe="*python3*")

@@ -209,7 +209,7 @@ def test_notify_never_blocks_on_a_reader_that_does_not_read(tmp_path, monkeypatc
     stop the daemon (it did, after two minutes of STATUS lines in the soak)."""
     import socket
 
-    from scope_ebpf import notify
+    from scope_ebpf.fleet import notify
 
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -18,7 +18,7 @@ import pytest
 from conftest import PROGRAMS, PY311
 from test_daemon import Daemon, query, write_config
 
-from scope_ebpf import status as status_file
+from scope_ebpf.fleet import status as status_file
 
 pytestmark = [pytest.mark.kernel, pytest.mark.soak]
 SECONDS = float(os.environ.get("FLEET_SOAK_SECONDS", "300"))
@@ -146,9 +146,10 @@ probes = ["calls"]
     starts = {(s, p) for s, p in query(root, "SELECT session_id, pid FROM processes "
                                              "WHERE event = 'start'")}
     started = {q for _s, q in starts}
-    # (what the killed daemon had not yet finished a part of: up to one rotation)
+    # (what the killed daemon had not yet finished a part of: up to one rotation,
+    # and the loop's lag in closing it, as asserted below)
     gap = [p.pid for sel, t, p in churn
-           if sel and kill_at - ROTATE_S - 1 <= t <= restarted_at + 1]
+           if sel and kill_at - ROTATE_S - 2.5 <= t <= restarted_at + 1]
     missed = [(p.pid, round(t - kill_at, 2)) for sel, t, p in churn
               if sel and p.pid not in started and p.pid not in gap]
     nonselected = ",".join(str(p.pid) for sel, _t, p in churn if not sel)
@@ -173,6 +174,8 @@ probes = ["calls"]
         "adoption": {k: v for k, v in counters.items() if k.startswith(("adopt.", "kernel.adopt"))},
         "decide_ms_mean": round(counters.get("adopt.decide_ns_total", 0) / max(decided, 1) / 1e6,
                                 2),
+        "decide_ms_p50_p99": [round(counters.get(f"adopt.decide_ns_{q}", 0) / 1e6, 2)
+                              for q in ("p50", "p99")],
         "missed": missed,
     }
     print("\nfleet soak figures:", json.dumps(figures, indent=2))

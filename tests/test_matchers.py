@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from scope_ebpf.control.matchers import Matcher
 from scope_ebpf.errors import ScopeError
-from scope_ebpf.matchers import Matcher
 
 VIEWS = "/srv/app/myapp/views.py"
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from scope_ebpf.sampling import BUDGET_FLOOR, Sampler, plan
+from scope_ebpf.control.sampling import BUDGET_FLOOR, Sampler, plan
 
 
 def _rows(rates: dict[int, float], ks: dict[int, int]) -> float:

@@ -15,12 +15,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import budgets
-from .errors import ScopeError
-from .procs import ProcInfo
-from .redact import Redactor
-from .safefs import group_id
-from .units import parse_size
+from ..control import budgets
+from ..errors import ScopeError
+from ..procs import ProcInfo
+from ..redact import Redactor
+from ..safefs import group_id
+from ..units import parse_size
 
 # The cheap probe sets every matching process gets unless its selector says otherwise.
 DEFAULT_PROBES = frozenset({"stacks", "gc", "sched", "imports", "audit"})  # no calls

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import events
-from .maps import u32
+from .. import events
+from ..maps import u32
 
 _BUDGET = events.dtypes()["budget"]
 MAX_GROUPS = events.const("MAX_GROUPS")

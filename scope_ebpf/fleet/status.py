@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ScopeError
-from .units import human_bytes
+from ..errors import ScopeError
+from ..units import human_bytes
 
 RUN_DIR = Path(os.environ.get("SCOPE_EBPF_RUN_DIR", "/run/scope-ebpf"))
 STALE_S = 30.0     # a status older than this: the daemon is stuck or gone

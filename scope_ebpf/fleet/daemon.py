@@ -30,16 +30,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import budgets, events, notify, privileges, procs, retention, safety, usdt
+from .. import events, procs, retention, usdt
+from ..control import budgets, safety
+from ..controller import Options, Session, _cpu_seconds, _has_python_probes
+from ..errors import ScopeError
+from ..program import Limits, check_environment
+from ..safefs import Ownership, group_id
+from ..shipping import Shipper
+from ..writer import OutputDir, OutputError
 from . import config as cfgmod
+from . import notify, privileges
 from . import status as status_file
 from .config import Config, ConfigError
-from .controller import Options, Session, _cpu_seconds, _has_python_probes
-from .errors import ScopeError
-from .program import Limits, check_environment
-from .safefs import Ownership, group_id
-from .shipping import Shipper
-from .writer import OutputDir, OutputError
 
 CHEAP = frozenset({"gc", "sched", "imports", "audit"})  # always attached: they fire rarely
 EXEC_RETRY_S = 1.0      # an exec'd process whose Python is not mapped yet is retried this long

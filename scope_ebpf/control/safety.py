@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import events
+from .. import events
 
 CLOSED = events.const("BREAKER_CLOSED")
 OPEN = events.const("BREAKER_OPEN")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from . import events
-from .decode import Functions, _schema
+from .. import events
+from ..decode import Functions, _schema
 
 
 @dataclass
