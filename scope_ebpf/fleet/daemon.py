@@ -51,6 +51,7 @@ STATUS_FILE_EVERY_S = 2.0  # the status file (`daemon --status`)
 OUTPUT_SCAN_EVERY_S = 10.0  # the output tree's size, for the status file
 STATUS_MAPS = ("targets", "ignored", "funcs")  # kernel maps that grow with processes
 WAKE_GAP_S = 0.005      # polls woken by process events come at most this often
+AWAIT_ADOPTION_S = 1.0  # a watched exec with no adoption by then is looked at
 
 
 class Daemon:
@@ -71,6 +72,8 @@ class Daemon:
         #                                                   since, exec ts_ns
         self.watched: dict[str, str] = {}  # executable -> its interpreter file (with probes)
         self._not_python: set[tuple[int, int]] = set()  # exec'd files without probes
+        self._awaiting: dict[int, tuple[float, int]] = {}  # watched execs: since, exec ts_ns
+        self._adopted_now: set[int] = set()  # decided in this poll (before their exec rows)
         self._waker: tuple[Session, select.epoll] | None = None  # proc_rb, for _wait
         self._polled_at = 0.0
         self._stop = False
@@ -149,10 +152,13 @@ class Daemon:
         rb = s.program.rings["calls_rb"]
         while not self._stop and s.stop_reason is None:
             self._polled_at = time.monotonic()
+            self._adopted_now.clear()
             s.poll()
             now = time.monotonic()
             if self._pending:
                 self._retry_pending(now)
+            if self._awaiting:
+                self._check_awaiting(now)
             if self._reload:
                 self._reload = False
                 self.reload()
@@ -226,7 +232,11 @@ class Daemon:
     def _on_exec(self, pid: int, filename: str, ts_ns: int) -> None:
         self._pending.pop(pid, None)
         if not self._traced(pid) and self._entry_watched(pid):
-            return  # the kernel adopts it at its first instruction: _on_adopt decides
+            # the kernel adopts it at its first instruction: _on_adopt decides
+            # (in this poll already, or in a later one)
+            if pid not in self._adopted_now:
+                self._awaiting[pid] = (time.monotonic(), ts_ns)
+            return
         if not os.path.exists(f"/proc/{pid}/exe"):
             self._watch_gone(filename)
             return
@@ -253,6 +263,22 @@ class Daemon:
             return
         self._watch(self.session, self.cfg, real, real)
 
+    def _check_awaiting(self, now: float) -> None:
+        """An exec of a watched file whose adoption never came (none is known to
+        be lost; this says so if it happens): looked at from user space if it
+        still runs, else counted (adopt.exec_not_adopted)."""
+        for pid, (since, exec_ns) in list(self._awaiting.items()):
+            if now - since < AWAIT_ADOPTION_S:
+                continue
+            del self._awaiting[pid]
+            if self._traced(pid) or pid in self.session._ignored:
+                continue
+            if procs.alive(pid):
+                self.session.adoption["exec_adopted_late"] += 1
+                self.consider(pid, after_exec=True, exec_ns=exec_ns)
+            else:
+                self.session.adoption["exec_not_adopted"] += 1
+
     def _entry_watched(self, pid: int) -> bool:
         try:
             st = os.stat(f"/proc/{pid}/exe")
@@ -263,6 +289,8 @@ class Daemon:
     def _on_adopt(self, row: dict) -> None:
         """The kernel adopted a process (see Session.on_adopt): confirm or ignore."""
         s, pid = self.session, row["pid"]
+        self._awaiting.pop(pid, None)
+        self._adopted_now.add(pid)
         info = s.adopted_info(row)
         probes = self.cfg.probes_for(info) if info.parent_pid != os.getpid() else frozenset()
         if not probes:
