@@ -730,7 +730,9 @@ class Session:
         dead) and here (exe mode and the daemon see processes come and go for days)."""
         f = self.decoder.functions
         ids = f.ids_of(pids)
-        self.program.forget_functions(f.kernel_keys(ids))
+        # the kernel's own list, not only the named ones: a function whose name
+        # record was lost would stay, and come back at the next snapshot
+        self.program.forget_functions(self.program.functions_of(pids))
         f.forget(ids)
         self.decoder.paths.forget(pids)
         if self.stacks is not None:

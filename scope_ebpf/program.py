@@ -268,6 +268,19 @@ class Program:
                                         for _fid, (name, file, pid, line) in keys])
         self.maps["fstats"].delete_many([u32(fid) for fid, _key in keys])
 
+    def functions_of(self, pids: set[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
+        """(id, kernel key) of every function the kernel interned for these
+        processes, named or not (a name record may have been lost or not be
+        drained yet): what forget_functions() must drop for them."""
+        keys, values, n = self.maps["funcs"].dump()
+        ks = np.frombuffer(keys, np.dtype([("name", "<u8"), ("file", "<u8"), ("pid", "<u4"),
+                                           ("line", "<i4")]), count=n)
+        ids = np.frombuffer(values, "<u4", count=n * (self.maps["funcs"].value_size // 4))
+        ids = ids[:: self.maps["funcs"].value_size // 4]
+        mine = np.isin(ks["pid"], np.fromiter(pids, np.uint32, len(pids)))
+        return [(int(i), (int(k["name"]), int(k["file"]), int(k["pid"]), int(k["line"])))
+                for i, k in zip(ids[mine], ks[mine], strict=True)]
+
     def func_keys(self, func_ids: np.ndarray) -> np.ndarray:
         """func_event records, without names, for interned ids whose name record
         never arrived: what the interning map's keys tell (pid, line)."""

@@ -219,7 +219,10 @@ def test_trace_311_with_a_hook_is_not_told_calls_will_not_appear(tmp_path):
         target.stop()
         tracer.kill()
     assert tracer.returncode == 0, err
-    assert not [line for line in err.splitlines() if "warning:" in line], err
+    # (a sample taken before the stack layout was read, on a busy machine, is a
+    # counted warning of its own, not about calls)
+    assert not [line for line in err.splitlines() if "warning:" in line
+                and "samples_no_layout" not in line], err
     said = [line for line in err.splitlines() if f"process {target.pid} " in line]
     assert said == [
         f"scope-ebpf: process {target.pid} (CPython 3.11): calls only while it has a profile "
