@@ -196,6 +196,8 @@ probes = ["calls"]
     for s in by:  # flat: the second half of each daemon's life against its first
         half = len(s) // 2
         assert max(x["rss_mb"] for x in s[half:]) <= max(x["rss_mb"] for x in s[:half]) + 16, s
-        assert max(x["fds"] for x in s) <= s[0]["fds"] + 8, s
+        # (each short-lived target holds an fd while it runs: the count moves with
+        # them, and must not grow)
+        assert max(x["fds"] for x in s[half:]) <= max(x["fds"] for x in s[:half]) + 8, s
     # the kernel maps hold the living (200 + a few churning), not all ever seen
     assert figures["maps_max"].get("targets", 0) <= ALIVE, figures["maps_max"]
