@@ -236,9 +236,7 @@ class Session:
         """Adopt: trace the process of a kernel "start" row with ``probes``
         (on_adopt's answer). A process that has exited meanwhile keeps its rows."""
         pid = row["pid"]
-        self._ignored.pop(pid, None)
-        self._ignored_pids = None
-        self.program.unignore(pid)
+        self._unignore(pid)
         alive = self.program.confirm_target(pid, probe_mask(probes & self.opts.probes)
                                             | group_mask(group))
         info = self.adopted_info(row, binary, redact=True)
@@ -264,6 +262,12 @@ class Session:
         self._ignored_pids = None
         self._reap.add(pid)  # what the kernel interned of it goes after the snapshots
         self.adoption["ignored"] += 1
+
+    def _unignore(self, pid: int) -> None:
+        """Traced after all: off the kernel's ignored map and the row gate."""
+        self.program.unignore(pid)
+        if self._ignored.pop(pid, None) is not None:
+            self._ignored_pids = None
 
     def adopted_info(self, row: dict, binary: str | None = None,
                      redact: bool = False) -> procs.ProcInfo:
@@ -408,10 +412,8 @@ class Session:
             self.warn(f"process {pid} (CPython {procs.python_version(binary)}): {why}. "
                       "gc, sched and process data are recorded either way")
         self.program.add_target(pid, probe_mask(probes) | group_mask(group))
-        if self.opts.adopt and self._ignored.pop(pid, None) is not None:
-            self._ignored_pids = None
         if self.opts.adopt:
-            self.program.unignore(pid)
+            self._unignore(pid)
         adopted = {"new_binary": new_binary}
         if exec_ns is not None:
             adopted["adopt_ns"] = max(time.time_ns() - exec_ns, 0)
@@ -614,13 +616,8 @@ class Session:
     def _calls(self, calls: np.ndarray) -> None:
         """Decode call records (possibly a view into the ring: nothing keeps them)."""
         if self._ignored:  # before decoding: most rows of a busy ignored process
-            if self._ignored_pids is None:
-                self._ignored_pids = np.fromiter(self._ignored, np.int64, len(self._ignored))
-            drop = np.isin(calls["pid"], self._ignored_pids)
-            n = int(drop.sum())
-            if n:
-                self.adoption["discarded_rows.calls"] += n
-                self.adoption["discarded_rows"] += n
+            drop = self._discarded("calls", calls["pid"])
+            if drop is not None:
                 calls = calls[~drop]
         f = self.decoder.functions
         found = f.find(calls["func_id"])
@@ -957,18 +954,25 @@ class Session:
 
     def _gate(self, table: str, batch: pa.RecordBatch) -> pa.RecordBatch | None:
         """Rows of processes ignored after the kernel adopted them: dropped, counted."""
-        if self._ignored_pids is None:
-            self._ignored_pids = np.fromiter(self._ignored, np.int64, len(self._ignored))
         pids = batch.column("pid")
         if pids.null_count:
             pids = pids.fill_null(0)
-        drop = np.isin(pids.to_numpy(zero_copy_only=False), self._ignored_pids)
+        drop = self._discarded(table, pids.to_numpy(zero_copy_only=False))
+        if drop is None:
+            return batch
+        return batch.filter(pa.array(~drop)) if not drop.all() else None
+
+    def _discarded(self, table: str, pids: np.ndarray) -> np.ndarray | None:
+        """Which of these rows belong to ignored processes (counted), or None."""
+        if self._ignored_pids is None:
+            self._ignored_pids = np.fromiter(self._ignored, np.int64, len(self._ignored))
+        drop = np.isin(pids, self._ignored_pids)
         n = int(drop.sum())
         if not n:
-            return batch
+            return None
         self.adoption[f"discarded_rows.{table}"] += n
         self.adoption["discarded_rows"] += n
-        return batch.filter(pa.array(~drop)) if n < batch.num_rows else None
+        return drop
 
     # -- shutdown -----------------------------------------------------------
 
