@@ -16,9 +16,11 @@ _C = events.constants()
 
 
 def _text(raw: bytes) -> str | None:
-    """Probe strings are untrusted bytes: invalid UTF-8 becomes null."""
+    """A C string of a kernel record: up to its first NUL (what follows is the
+    ring buffer's stale bytes of earlier records, not zeroed by the kernel).
+    Probe strings are untrusted bytes: invalid UTF-8 becomes null."""
     try:
-        return raw.decode("utf-8")
+        return raw.split(b"\0", 1)[0].decode("utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -131,6 +133,11 @@ class Functions:
         if not len(self._ids):
             return np.ones(len(func_ids), bool)
         return np.where(known, self._keep[pos], True)
+
+    def pids_of(self, func_ids: np.ndarray) -> np.ndarray:
+        """The process of each of these function ids; -1 for an unknown id."""
+        pos, known = self.find(func_ids)
+        return np.where(known, self._pid[pos] if len(self._ids) else -1, -1)
 
     def ids_of(self, pids: set[int]) -> list[int]:
         """Function ids interned for these processes."""
@@ -369,9 +376,9 @@ class Decoder:
                 # a new thread starts with its creator's name; a rename carries the new one
                 row["tid"] = int(rec["other_pid"])
                 # (a rename's name is copied as is: what follows its NUL is not zeroed)
-                row["comm"] = _text(bytes(rec["comm"]).split(b"\0", 1)[0])
+                row["comm"] = _text(bytes(rec["comm"]))
             elif kind == "exec":  # (the kernel copies up to the NUL; after it: old bytes)
-                row["exe"] = _text(bytes(rec["filename"]).split(b"\0", 1)[0])
+                row["exe"] = _text(bytes(rec["filename"]))
             elif kind == "start":  # adopted by the kernel: what it saw of the process
                 cookie, argc = int(rec["other_pid"]), int(rec["argc"])
                 row.update(cookie=None if cookie == _C["NO_COOKIE"] else cookie,
@@ -388,9 +395,11 @@ def _strings(col: np.ndarray) -> pa.Array:
 
     Decoded once per distinct value: these columns repeat a few names."""
     uniq, inverse = np.unique(col, return_inverse=True)
-    texts = [_text(b) for b in uniq.tolist()]
-    return pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)), pa.array(
-        texts, pa.string()))
+    # raw values that differ only after their NUL are one string
+    texts: dict[str | None, int] = {}
+    index = np.array([texts.setdefault(_text(b), len(texts)) for b in uniq.tolist()], np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(index[inverse]), pa.array(
+        list(texts), pa.string()))
 
 
 def rows_to_batch(table: str, rows: list[dict]) -> pa.RecordBatch:

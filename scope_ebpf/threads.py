@@ -41,7 +41,8 @@ def hook_events(audit: np.ndarray) -> np.ndarray:
 def hook_name(event: bytes) -> str | None:
     """The thread name in a hook's audit event; None if it is not valid UTF-8."""
     try:
-        return event[len(HOOK_PREFIX):].decode("utf-8")
+        # up to the NUL: the ring buffer's stale bytes follow it
+        return event[len(HOOK_PREFIX):].split(b"\0", 1)[0].decode("utf-8")
     except UnicodeDecodeError:
         return None
 

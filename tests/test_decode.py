@@ -117,3 +117,21 @@ def test_exec_names_end_at_their_nul_and_adoptions_carry_what_the_kernel_saw():
     assert rows[1]["event"] == "start" and rows[1]["argv"] == ["python3", "app.py", "--x"]
     assert (rows[1]["cookie"], rows[1]["uid"], rows[1]["cgroup_id"]) == (3, 1000, 77)
     assert rows[2]["cookie"] is None and "argv" not in rows[2]  # adopted at another probe
+
+
+def test_strings_of_every_record_end_at_their_nul():
+    """The kernel copies a string up to its NUL into ring memory it does not
+    zero: what follows is an older record's bytes, never part of the name."""
+    d = Decoder(0)
+    d.functions.add(_funcs((0x101, b"f\0ld_name", b"s.py\0ong_file_name.py", 0),
+                           (0x201, b"g", b"s.py", 0)))
+    t = d.calls(_calls((0x101, 0), (0x201, 0))).to_pydict()
+    assert t["function"] == ["f", "g"] and t["file"] == ["s.py", "s.py"]
+    imp = np.zeros(3, events.dtypes()["import_event"])
+    imp["module"] = [b"json\0coder", b"json", b"os\0\xff\xfe"]
+    b = d.imports(imp)
+    assert b.column("module").to_pylist() == ["json", "json", "os"]
+    assert len(b.column("module").dictionary) == 2  # one string per distinct name
+    aud = np.zeros(2, events.dtypes()["audit_event"])
+    aud["event"] = [b"open\0ort", b"import"]
+    assert d.audit(aud).column("event").to_pylist() == ["open", "import"]

@@ -172,3 +172,19 @@ def test_specialised_instantiation_runs_every_init(version, sid, tmp_path):
     assert rows(out, "SELECT count(*) FROM calls WHERE function = 'make'") == [(1,)]
     _functions_account_for_every_call(out)
     assert session_count(out, "kernel.unsynced_frames") == 0
+
+
+def test_function_names_stay_exact_once_the_names_ring_wraps(sid, tmp_path):
+    """The kernel copies a name up to its NUL into ring memory it does not zero:
+    once the names ring has wrapped, a short file name sits on an older, longer
+    one. Every function keeps its own name and file, and exactly one call."""
+    out = _run("3.15", tmp_path, "manynames.py", "3000", opts=("--probes", "calls"))
+    long = "/tmp/scope-tests/a_file_name_long_enough_to_leave_bytes_behind_it_in_the_ring.py"
+    got = rows(out, """SELECT file, count(DISTINCT function), sum(calls) FROM functions
+                       WHERE regexp_matches(function, '^[ls][0-9]+$') GROUP BY file""")
+    # a name lost to a full ring (a stalled tracer) is counted; its function has none
+    lost = session_count(out, "kernel.funcs_lost")
+    assert {f for f, _n, _c in got} == {long, "s.py"}, got
+    named, calls = sum(n for _f, n, _c in got), sum(c for _f, _n, c in got)
+    assert named == calls and 6000 - lost <= named <= 6000, (got, lost)
+    assert lost or {(f, n) for f, n, _c in got} == {(long, 3000), ("s.py", 3000)}, got
