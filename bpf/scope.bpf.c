@@ -453,6 +453,7 @@ static __always_inline __u32 adopt(__u32 pid, __u32 mask, __u32 cookie, __u64 sp
         proc_rb.ringbuf_discard(e, BPF_RB_NO_WAKEUP);
         return 0;
     }
+    proc_budgets.delete(&pid);  /* an exited process's of this pid, not read yet */
     e->uid = bpf_get_current_uid_gid();
     e->cgroup_id = bpf_get_current_cgroup_id();
     e->argc = 0;
@@ -513,6 +514,16 @@ int on_start(struct pt_regs *ctx)
     return 0;
 }
 
+/* Restart a shadow stack whose frames are stale (probes detached, a budget
+ * skipped hits meanwhile): their calls' returns will not be matched, and they
+ * are counted nowhere else. */
+static __always_inline void frames_reset(struct thread_stack *st)
+{
+    if (st->depth)
+        stat_add_n(STAT_FRAMES_RESET, st->depth < SCOPE_MAX_DEPTH ? st->depth : SCOPE_MAX_DEPTH);
+    st->depth = 0;
+}
+
 static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
                                                      struct probe_spec *sp, __u32 generation,
                                                      __u32 mask)
@@ -523,13 +534,14 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
     if (st && st->pid == pid) {
         if (!(mask & PROBE_CALLS)) {
             /* no longer traced for calls (the daemon ignored or retargeted it):
-             * a thread's stack must not keep it traced */
+             * a thread's stack must not keep it traced (its frames go by
+             * decision, uncounted) */
             stacks.delete(&tid);
             return 0;
         }
         if (st->generation != generation) {
             /* Probes were detached meanwhile: the frames it holds are stale. */
-            st->depth = 0;
+            frames_reset(st);
             st->generation = generation;
         }
         return st;
@@ -621,6 +633,8 @@ static __always_inline struct fstat *fstat_of(__u32 func_id)
     fs = fstats.lookup(&func_id);
     if (fs)
         fs->min_ns = ~0ULL;
+    else
+        stat_add(STAT_FSTAT_FAILED);
     return fs;
 }
 
@@ -937,8 +951,8 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
         return 0;
     stat_add(STAT_RETURNS);
     if (st->generation != stack_generation(ctl, &bc)) {
-        st->depth = 0;  /* entered before the probes were last detached, or before
-                         * its budget last re-admitted it */
+        frames_reset(st);  /* entered before the probes were last detached, or before
+                            * its budget last re-admitted it */
         st->generation = stack_generation(ctl, &bc);
     }
     depth = st->depth;
@@ -1059,7 +1073,7 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
     if (!st || budgets_block(&bc, now) || breaker_blocks(ctl.b, ctl.c, now))
         return 0;
     if (st->generation != stack_generation(&ctl, &bc)) {
-        st->depth = 0;  /* its budget re-admitted it just now */
+        frames_reset(st);  /* its budget re-admitted it just now */
         st->generation = stack_generation(&ctl, &bc);
     }
     stat_add(STAT_ENTRIES);
@@ -1551,6 +1565,7 @@ TRACEPOINT_PROBE(task, task_newtask)
         return 0;
     }
     targets.update(&child, mask);  /* with the parent's probe sets */
+    proc_budgets.delete(&child);   /* (an exited process's of this pid) */
     proc_event(PROC_FORK, pid, tid, child);
     return 0;
 }
@@ -1632,7 +1647,8 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         stack_offs.delete(&pid);
 #endif
     if (tid == pid) {
-        proc_budgets.delete(&pid);
+        /* (its proc_budgets entry stays: user space reads its last trips,
+         * then deletes it; a new process of this pid starts afresh) */
         proc_event(PROC_EXIT, pid, tid, 0);
         /* Its pid may be reused by anyone: and exe mode adopts processes for
          * as long as it runs, so the set must not fill with the dead. */

@@ -11,6 +11,7 @@ duration, records every counter in ``session`` and closes the Parquet files.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -695,7 +696,8 @@ class Session:
         """Write the aggregates accumulated since the last snapshot. A function
         whose name has not arrived yet (interned after the names were drained)
         waits for the next one; at the final snapshot, names that never came
-        (a full names buffer, counted) are taken from the kernel's key."""
+        (a full names buffer, counted) are taken from the kernel's key. So do
+        the functions of a process the daemon has not decided on yet."""
         self._last_snapshot = now
         f = self.decoder.functions
         totals = aggregates.read(self.program)
@@ -703,8 +705,10 @@ class Session:
         known = f.find(totals.ids)[1]
         if final and not known.all():
             f.add(self.program.func_keys(totals.ids[~known]))  # known by pid and line
-        elif not known.all():
-            totals = totals.hold(self._totals, known)
+            known[:] = True
+        ready = known & self._decided(f.pids_of(totals.ids))
+        if not ready.all():
+            totals = totals.hold(self._totals, ready)
         delta = totals.since(self._totals)
         batch = None
         if len(totals.ids) or len(self._totals.ids) or self._user_dropped:  # (stacks only: none)
@@ -720,6 +724,16 @@ class Session:
         if self._reap_next:
             self._forget(self._reap_next)
         self._reap_next, self._reap = self._reap, set()
+
+    def _decided(self, pids: np.ndarray) -> np.ndarray | bool:
+        """Adopt: which of these processes user space has decided on (traced or
+        ignored). One the kernel adopted after the last drain of process events
+        has aggregates already: they wait for its decision, as its rows do."""
+        if self.on_adopt is None:
+            return True
+        decided = np.fromiter(itertools.chain(self.targets, self._ignored), np.int64,
+                              len(self.targets) + len(self._ignored))
+        return np.isin(pids, decided)
 
     def _forget(self, pids: set[int]) -> None:
         """Exited processes' last calls are in the totals just written: drop what

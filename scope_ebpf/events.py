@@ -98,7 +98,8 @@ STAT_NAMES = (
     "paths_lost", "samples", "samples_lost", "sample_stacks_lost", "samples_truncated",
     "samples_no_thread", "samples_no_layout", "samples_empty", "tstate_walks",
     "offcpu_stacks", "offcpu_unwalked", "event_stacks", "offcpu_rate_skipped",
-    "adopted", "adopt_lost", "budget_skipped", "budget_sampled",
+    "adopted", "adopt_lost", "budget_skipped", "budget_sampled", "fstat_failed",
+    "frames_reset",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -110,6 +111,10 @@ LOSSES = {
     "budget_skipped": "probe hits ignored while a selector's or process's breaker was open",
     "unsynced_frames": "call rows lost: calls whose return was never seen (counted in "
                        "functions)",
+    "frames_reset": "calls lost, not counted in functions: open when their thread's shadow "
+                    "stack restarted (breaker re-attached, budget re-admitted)",
+    "fstat_failed": "calls not counted in functions: the kernel could not allocate their "
+                    "function's aggregates",
     "threads_untraced": "threads not traced: thread map full",
     "functions_uninterned": "calls not attributed to a function: function map full",
     "funcs_lost": "function names lost: names ring buffer full",

@@ -36,6 +36,13 @@ def wait_status(cfg: Path, what: str, pred, timeout: float = 120) -> dict:
     pytest.fail(f"the daemon's status never showed {what}: {st}")
 
 
+def losses(root: Path) -> dict[str, int]:
+    """The session's non-zero kernel counters: what an assertion on exact
+    counts shows when it fails."""
+    return dict(query(root, "SELECT key, count FROM session WHERE key LIKE 'kernel.%' "
+                            "AND count > 0"))
+
+
 def churn_config(root: Path) -> str:
     return f"""
 host = "churn"
@@ -122,7 +129,7 @@ def test_churn_selected_processes_are_traced_from_their_first_instruction(sid, t
     for pid, (kind, calls) in selected.items():
         if kind != "3.15":
             continue
-        assert counts.get((pid, "/tmp/scope-tests/churn.py", "f")) == calls, pid
+        assert counts.get((pid, "/tmp/scope-tests/churn.py", "f")) == calls, (pid, losses(root))
         assert counts.get((pid, "/tmp/scope-tests/churn.py", "<module>")) == 1, pid
         assert counts.get((pid, "<frozen importlib._bootstrap>", "<module>")) == 1, pid
 
@@ -194,7 +201,7 @@ process_breaker_rate = 10000000
 
     g = dict(query(root, f"""SELECT pid, sum(calls) FROM functions WHERE function = 'g'
         AND pid IN ({pid['one-calm']}, {pid['two-calm']}) GROUP BY pid"""))
-    assert g == {pid["one-calm"]: 300, pid["two-calm"]: 300}, g
+    assert g == {pid["one-calm"]: 300, pid["two-calm"]: 300}, (g, losses(root))
     trips = query(root, "SELECT selector, pid, state FROM breaker")
     assert (1, pid["one-hot"], "open") in trips, trips
     assert (3, None, "open") in trips, trips

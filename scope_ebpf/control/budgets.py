@@ -57,6 +57,7 @@ class Budgets:
         self.rates: dict[int, Rates] = {}
         self.trips: dict[int, int] = {}           # group -> its trips (and its processes')
         self._proc_trips: dict[int, int] = {}     # pid -> ...
+        self._gone: set[int] = set()              # exited: dropped after the next poll
         self.totals = {"trips": 0, "skipped": 0, "sampled": 0}
 
     def configure(self, rates: dict[int, Rates]) -> None:
@@ -88,10 +89,13 @@ class Budgets:
 
     def poll(self) -> list[dict]:
         """Trips since the last poll, as breaker rows (selector, and the pid for a
-        process's own budget; a process gone before the poll counts as its
-        selector's); updates ``totals``."""
-        if not self.rates:
-            return []
+        process's own budget, exited ones' too); updates ``totals``."""
+        try:
+            return self._poll() if self.rates else []
+        finally:
+            self._drop_gone()
+
+    def _poll(self) -> list[dict]:
         _keys, values, n = self.program.maps["budgets"].dump()
         totals = {"trips": 0, "skipped": 0, "sampled": 0}
         grew: dict[int, int] = {}
@@ -133,8 +137,17 @@ class Budgets:
                           "re-admitted by the kernel after 1 s"}
 
     def forget(self, pids: set[int]) -> None:
-        for pid in pids:
+        """Exited processes: their kernel budgets go once the next poll has read
+        their last trips (the kernel keeps them past the exit for that)."""
+        self._gone |= pids
+
+    def _drop_gone(self) -> None:
+        if not self._gone:
+            return
+        self.program.maps["proc_budgets"].delete_many([u32(pid) for pid in self._gone])
+        for pid in self._gone:
             self._proc_trips.pop(pid, None)
+        self._gone = set()
 
 
 def _limit(rate: float, window_s: float) -> int:
