@@ -15,6 +15,12 @@
 #ifndef FUNCS_RB_PAGES
 #define FUNCS_RB_PAGES 256
 #endif
+#ifndef MAX_SPILL
+#define MAX_SPILL 4096
+#endif
+#ifndef PATHS_RB_PAGES
+#define PATHS_RB_PAGES 64
+#endif
 #ifndef SCHED_RB_PAGES
 #define SCHED_RB_PAGES 256
 #endif
@@ -97,7 +103,7 @@ BPF_ARRAY(zero_stack, struct thread_stack, 1);
 /* call paths already announced on paths_rb: least recently used forgotten first,
  * and announced again when seen again (the controller keeps one row per path) */
 BPF_TABLE("lru_hash", __u64, __u8, paths, MAX_PATHS);
-BPF_RINGBUF_OUTPUT(paths_rb, 64);
+BPF_RINGBUF_OUTPUT(paths_rb, PATHS_RB_PAGES);
 BPF_HASH(gc_states, __u32, struct gc_state, MAX_THREADS);
 BPF_HASH(offcpu, __u32, struct offcpu_state, MAX_THREADS);
 BPF_HASH(gil_waits, __u32, __u32, MAX_THREADS);       /* tid -> 1 inside the GIL's wait */
@@ -111,6 +117,9 @@ BPF_ARRAY(budgets, struct budget, MAX_GROUPS);        /* group -> a selector's b
 BPF_HASH(proc_budgets, __u32, struct budget, MAX_TARGETS); /* pid -> its own budget */
 BPF_HASH(tids, __u32, __u32, MAX_THREADS);            /* --tid / --thread-name selection */
 BPF_F_TABLE("percpu_hash", __u32, struct fstat, fstats, MAX_FUNCS, BPF_F_NO_PREALLOC);
+/* A function's aggregates when its per-CPU ones could not be allocated (see
+ * fstat_of): preallocated, shared by the CPUs, updated atomically. */
+BPF_HASH(fstats_spill, __u32, struct fstat, MAX_SPILL);
 BPF_PERCPU_ARRAY(zero_fstat, struct fstat, 1);        /* template for new fstats entries */
 
 static __always_inline void stat_add(__u32 idx)
@@ -156,6 +165,8 @@ static __always_inline void flush_calls(struct call_batch *b)
             struct fstat *fs = fstats.lookup(&fid);
             if (fs)
                 fs->lost++;
+            else if ((fs = fstats_spill.lookup(&fid)))
+                __sync_fetch_and_add(&fs->lost, 1);
         }
     }
     b->count = 0;
@@ -617,41 +628,88 @@ static __always_inline __u32 log2_bucket(__u64 v)
     return r < SCOPE_HIST_BUCKETS ? r : SCOPE_HIST_BUCKETS - 1;
 }
 
-/* This CPU's aggregates of a function, created on first use (min_ns
- * starts at "none": a function may be counted before any call completes). */
-static __always_inline struct fstat *fstat_of(__u32 func_id)
+/* Where a call is counted: this CPU's aggregates of its function, or its
+ * shared spill entry (``shared``: updated atomically). */
+struct fref {
+    struct fstat *fs;
+    __u32 shared;
+};
+
+#define FADD(r, field, n) do {                              \
+        if ((r)->shared)                                    \
+            __sync_fetch_and_add(&(r)->fs->field, (n));     \
+        else                                                \
+            (r)->fs->field += (n);                          \
+    } while (0)
+
+/* A function's aggregates, created on first use (min_ns starts at "none": a
+ * function may be counted before any call completes). Per-CPU memory is
+ * allocated without waiting: a burst of new functions on a busy host can find
+ * none (measured: 34 calls in one budgets test), and the call goes to the
+ * preallocated spill map instead of being lost. 0 only when that is full. */
+static __always_inline int fstat_of(__u32 func_id, struct fref *r)
 {
-    struct fstat *fs = fstats.lookup(&func_id);
     __u32 zero = 0;
 
-    if (fs)
-        return fs;
     struct fstat *tmpl = zero_fstat.lookup(&zero);
+
+    r->shared = 0;
+#ifdef SPILL_EVERY
+    /* tests: every SPILL_EVERY-th function as if per-CPU memory were short */
+    if (!((func_id >> 8) % SPILL_EVERY))
+        goto spill;
+#endif
+    r->fs = fstats.lookup(&func_id);
+    if (r->fs)
+        return 1;
     if (!tmpl)
         return 0;
-    fstats.insert(&func_id, tmpl);
-    fs = fstats.lookup(&func_id);
-    if (fs)
-        fs->min_ns = ~0ULL;
-    else
+    fstats.insert(&func_id, tmpl);  /* (or another CPU was first: fresh here too) */
+    r->fs = fstats.lookup(&func_id);
+    if (r->fs) {
+        r->fs->min_ns = ~0ULL;
+        return 1;
+    }
+spill:
+    r->shared = 1;
+    r->fs = fstats_spill.lookup(&func_id);
+    if (r->fs)
+        return 1;
+    if (!tmpl)
+        return 0;
+    fstats_spill.insert(&func_id, tmpl);  /* (another CPU may be first: fine) */
+    r->fs = fstats_spill.lookup(&func_id);
+    if (!r->fs) {
         stat_add(STAT_FSTAT_FAILED);
-    return fs;
+        return 0;
+    }
+    stat_add(STAT_FSTAT_SPILLED);
+    /* min_ns of a fresh entry: "none" (racy with another CPU's first call:
+     * at worst that call's duration is not the minimum) */
+    if (!r->fs->count)
+        r->fs->min_ns = ~0ULL;
+    return 1;
 }
 
 /* Exact aggregates: every completed call, whatever happens to its row. */
-static __always_inline void count_call(struct fstat *fs, __u64 duration, __u64 self_ns,
+static __always_inline void count_call(struct fref *r, __u64 duration, __u64 self_ns,
                                        __u64 self_off_ns, __u64 self_gil_ns)
 {
-    fs->count++;
-    fs->total_ns += duration;
-    fs->self_ns += self_ns;
-    fs->self_offcpu_ns += self_off_ns;
-    fs->self_gil_ns += self_gil_ns;
-    if (duration < fs->min_ns)
+    struct fstat *fs = r->fs;
+
+    FADD(r, count, 1);
+    FADD(r, total_ns, duration);
+    FADD(r, self_ns, self_ns);
+    FADD(r, self_offcpu_ns, self_off_ns);
+    FADD(r, self_gil_ns, self_gil_ns);
+    /* (not atomic in a spill entry: two threads on two CPUs completing the
+     * same function at once may leave one's extreme out). 0 is "none" too: the
+     * kernel zeroes the other CPUs' values of a per-CPU entry one CPU creates. */
+    if (duration < fs->min_ns || !fs->min_ns)
         fs->min_ns = duration;
     if (duration > fs->max_ns)
         fs->max_ns = duration;
-    fs->hist[log2_bucket(duration) & (SCOPE_HIST_BUCKETS - 1)]++;
+    FADD(r, hist[log2_bucket(duration) & (SCOPE_HIST_BUCKETS - 1)], 1);
 }
 
 /* A row guard over GUARD_WINDOW_NS windows: once ``limit`` rows went in t of
@@ -895,11 +953,11 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
         f->self_gil_ns = 0;
     } else if (fn.k != NOT_A_CALL) {
         /* No frame to time it with: counted now, at entry, as lost. */
-        struct fstat *fs = fstat_of(fn.id);
+        struct fref r;
         stat_add(STAT_DEEP);
-        if (fs) {
-            fs->count++;
-            fs->lost++;
+        if (fstat_of(fn.id, &r)) {
+            FADD(&r, count, 1);
+            FADD(&r, lost, 1);
         }
     }
     st->depth = depth + 1;
@@ -908,12 +966,12 @@ static __always_inline void push_call(struct thread_stack *st, struct func_info 
 /* A call that started but whose return never came (counted, as lost). */
 static __always_inline void unsynced(struct frame *f)
 {
-    struct fstat *fs = fstat_of(f->func_id);
+    struct fref r;
 
     stat_add(STAT_UNSYNCED);
-    if (fs && f->k != NOT_A_CALL) {
-        fs->count++;
-        fs->lost++;
+    if (f->k != NOT_A_CALL && fstat_of(f->func_id, &r)) {
+        FADD(&r, count, 1);
+        FADD(&r, lost, 1);
     }
 }
 
@@ -1023,13 +1081,14 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
         p->child_ns += duration;
         p->off_ns += off_ns;
     }
-    struct fstat *fs = fstat_of(func_id);
-    if (fs)
-        count_call(fs, duration, self_ns, self_off_ns, self_gil_ns);
+    struct fref r;
+    int counted = fstat_of(func_id, &r);
+    if (counted)
+        count_call(&r, duration, self_ns, self_off_ns, self_gil_ns);
     weight = row_weight(k, tid, duration, now, ctl, &bc);
     if (!weight) {
-        if (fs)
-            fs->dropped++;
+        if (counted)
+            FADD(&r, dropped, 1);
         return 0;
     }
     *b = stage();  /* looked up only for a call that becomes a row */

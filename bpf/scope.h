@@ -95,9 +95,10 @@
 #define STAT_BUDGET_SKIPPED 42   /* function probe hits ignored: their selector's or
                                    process's own breaker was open (daemon budgets) */
 #define STAT_BUDGET_SAMPLED 43   /* calls skipped by a selector's or process's row guard */
-#define STAT_FSTAT_FAILED 44     /* calls whose aggregates the kernel could not allocate */
+#define STAT_FSTAT_FAILED 44     /* calls not counted: no aggregates allocated, spill full */
 #define STAT_FRAMES_RESET 45    /* shadow frames dropped uncounted: their stack restarted */
-#define STAT_COUNT 46
+#define STAT_FSTAT_SPILLED 46   /* functions counted in the spill map (per-CPU memory short) */
+#define STAT_COUNT 47
 #define SCOPE_OFFCPU_WALK_NS 1000000 /* a thread that blocks earns one walk of its stack a ms, */
 #define SCOPE_OFFCPU_BURST 16        /* up to this many saved (the rest: no stack, counted) */
 

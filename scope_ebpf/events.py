@@ -99,7 +99,7 @@ STAT_NAMES = (
     "samples_no_thread", "samples_no_layout", "samples_empty", "tstate_walks",
     "offcpu_stacks", "offcpu_unwalked", "event_stacks", "offcpu_rate_skipped",
     "adopted", "adopt_lost", "budget_skipped", "budget_sampled", "fstat_failed",
-    "frames_reset",
+    "frames_reset", "fstats_spilled",
 )
 
 # Kernel counters of data that was lost (not dropped by a filter or sampling
@@ -114,7 +114,7 @@ LOSSES = {
     "frames_reset": "calls lost, not counted in functions: open when their thread's shadow "
                     "stack restarted (breaker re-attached, budget re-admitted)",
     "fstat_failed": "calls not counted in functions: the kernel could not allocate their "
-                    "function's aggregates",
+                    "function's aggregates, and its spill map was full",
     "threads_untraced": "threads not traced: thread map full",
     "functions_uninterned": "calls not attributed to a function: function map full",
     "funcs_lost": "function names lost: names ring buffer full",

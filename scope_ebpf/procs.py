@@ -113,7 +113,9 @@ def info(pid: int, binary: str | None = None, redactor=None,
     try:
         p = psutil.Process(pid)
         with p.oneshot():
-            exe = _safe(p.exe)
+            # (psutil says "" when the link is gone: a process exiting, or one
+            # read at the wrong moment; unknown, not an executable named "")
+            exe = _safe(p.exe) or None
             cmd = _safe(p.cmdline)
             ppid = _safe(p.ppid)
             uids = _safe(p.uids)

@@ -64,6 +64,7 @@ class Limits:
     calls_rb_pages: int = 2048  # 8 MiB: ~170k calls, about 170 ms at 1M calls/s
     sched_rb_pages: int = 256
     funcs_rb_pages: int = 256   # 1 MiB: ~1,900 new function names between two drains
+    paths_rb_pages: int = 64    # 256 KiB: ~6,500 new call paths between two drains
     max_threads: int = 4096
     max_funcs: int = 65536
     max_targets: int = 1024
@@ -105,7 +106,7 @@ TRACEPOINTS = (*SCHED_TRACEPOINTS, "task:task_newtask", "task:task_rename",
                "sched:sched_process_exit")
 MAPS = (*RINGS, "targets", "ignored", "specs", "frame_offs", "funcs", "stacks", "exited_stacks",
         "stats", "tracer_pid", "budgets", "proc_budgets",
-        "config", "breaker", "tids", "fstats")
+        "config", "breaker", "tids", "fstats", "fstats_spill")
 
 # struct func_key is private to scope.bpf.c (the controller writes verdicts by
 # key); struct thread_stack is in scope.h: the controller reads stacks at stop.
@@ -266,7 +267,9 @@ class Program:
         the interning map is keyed by pid, so it would fill with the dead."""
         self.maps["funcs"].delete_many([_FUNC_KEY.pack(name, file, pid, line)
                                         for _fid, (name, file, pid, line) in keys])
-        self.maps["fstats"].delete_many([u32(fid) for fid, _key in keys])
+        ids = [u32(fid) for fid, _key in keys]
+        self.maps["fstats"].delete_many(ids)
+        self.maps["fstats_spill"].delete_many(ids)
 
     def functions_of(self, pids: set[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
         """(id, kernel key) of every function the kernel interned for these
@@ -315,16 +318,26 @@ class Program:
         return int(np.frombuffer(raw, "<u8").sum()) if raw else 0
 
     def fstats(self) -> tuple[np.ndarray, np.ndarray]:
-        """(function ids, (n, cpus) struct fstat records) of the per-CPU aggregates."""
+        """(function ids, (n, cpus + 1) struct fstat records): the per-CPU
+        aggregates, and last the spill map's (functions whose per-CPU memory
+        could not be allocated; zeros for the others)."""
         dt = events.dtypes()["fstat"]
         m = self.maps["fstats"]
         cpus = possible_cpus()
         keys, values, n = m.dump()
-        if not n:
-            return np.zeros(0, np.uint32), np.zeros((0, cpus), dt)
-        ids = np.frombuffer(keys, "<u4", count=n).copy()
-        recs = np.ndarray((n, cpus), dt, values, 0, (m.value_size, m.cpu_size)).copy()
-        return ids, recs
+        ids = np.frombuffer(keys, "<u4", count=n)
+        recs = np.ndarray((n, cpus), dt, values, 0, (m.value_size, m.cpu_size)) if n else \
+            np.zeros((0, cpus), dt)
+        sm = self.maps["fstats_spill"]
+        skeys, svalues, sn = sm.dump()
+        sids = np.frombuffer(skeys, "<u4", count=sn)
+        all_ids = np.union1d(ids, sids).astype(np.uint32)
+        out = np.zeros((len(all_ids), cpus + 1), dt)
+        out[np.searchsorted(all_ids, ids), :cpus] = recs
+        if sn:
+            out[np.searchsorted(all_ids, sids), cpus] = np.ndarray(
+                (sn,), dt, svalues, 0, (sm.value_size,))
+        return all_ids, out
 
     def open_frames(self, exited: bool = False) -> list[tuple[int, int, int, int, int, int]]:
         """(pid, tid, depth, start_ns, func_id, stack_id) of every call not yet
@@ -391,6 +404,7 @@ def start_loading(limits: Limits | None = None) -> tuple:
         f"-DCALLS_RB_PAGES={limits.calls_rb_pages}",
         f"-DSCHED_RB_PAGES={limits.sched_rb_pages}",
         f"-DFUNCS_RB_PAGES={limits.funcs_rb_pages}",
+        f"-DPATHS_RB_PAGES={limits.paths_rb_pages}",
         f"-DMAX_THREADS={limits.max_threads}",
         f"-DMAX_FUNCS={limits.max_funcs}",
         f"-DMAX_TARGETS={limits.max_targets}",
@@ -399,6 +413,9 @@ def start_loading(limits: Limits | None = None) -> tuple:
     ]
     if limits.stacks:
         cflags.append("-DSCOPE_STACKS")
+    spill = os.environ.get("SCOPE_EBPF_SPILL_EVERY")  # tests: see fstat_of in scope.bpf.c
+    if spill:
+        cflags.append(f"-DSPILL_EVERY={int(spill)}")
     # uprobe_multi links need the programs loaded for them (and perf links then refuse them)
     attach_type = BPF_TRACE_UPROBE_MULTI if uprobe_multi_supported() else -1
     key = (*cflags, attach_type)

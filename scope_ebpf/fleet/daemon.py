@@ -73,7 +73,8 @@ class Daemon:
         self.watched: dict[str, str] = {}  # executable -> its interpreter file (with probes)
         self._not_python: set[tuple[int, int]] = set()  # exec'd files without probes
         self._awaiting: dict[int, tuple[float, int]] = {}  # watched execs: since, exec ts_ns
-        self._adopted_now: set[int] = set()  # decided in this poll (before their exec rows)
+        # decided in this poll (before their exec rows): pid -> the adoption's time
+        self._adopted_now: dict[int, int] = {}
         self._waker: tuple[Session, select.epoll] | None = None  # proc_rb, for _wait
         self._polled_at = 0.0
         self._stop = False
@@ -114,9 +115,10 @@ class Daemon:
             # the sampling plan reads every function's aggregates: a host's worth
             # each second, not ten times (the kernel's row guards act meanwhile)
             control_interval=1.0,
-            # a Python start-up interns ~1,000 functions: a few starting at once
+            # a Python start-up interns ~1,000 functions and ~2,000 call paths:
+            # a few starting at once (the churn test lost 14,000 paths in 256 KiB)
             limits=Limits(max_targets=cfg.max_targets, max_threads=cfg.max_threads,
-                          funcs_rb_pages=1024))
+                          funcs_rb_pages=1024, paths_rb_pages=512))
         s = Session(opts, status=self.status)
         try:
             s.open()
@@ -231,6 +233,8 @@ class Daemon:
 
     def _on_exec(self, pid: int, filename: str, ts_ns: int) -> None:
         self._pending.pop(pid, None)
+        if ts_ns <= self._adopted_now.get(pid, -1):
+            return  # an exec before its adoption (chroot's): decided on what it ran
         if not self._traced(pid) and self._entry_watched(pid):
             # the kernel adopts it at its first instruction: _on_adopt decides
             # (in this poll already, or in a later one)
@@ -290,7 +294,7 @@ class Daemon:
         """The kernel adopted a process (see Session.on_adopt): confirm or ignore."""
         s, pid = self.session, row["pid"]
         self._awaiting.pop(pid, None)
-        self._adopted_now.add(pid)
+        self._adopted_now[pid] = row["ts_ns"]
         info = s.adopted_info(row)
         probes = self.cfg.probes_for(info) if info.parent_pid != os.getpid() else frozenset()
         if not probes:
@@ -342,7 +346,9 @@ class Daemon:
         if not traced and not self.cfg.exe_may_match(exe):
             return True
         info = procs.info(pid, addresses=False)
-        if info.exe is None:
+        if info.exe is None or traced and info.cmdline is None:
+            # gone or exiting (an exec'd process has both): a traced one is kept
+            # as it is, not retargeted on what could not be read
             return True
         probes = self.cfg.probes_for(info) if info.parent_pid != os.getpid() else frozenset()
         if after_exec and traced and probes != self.matched[pid]:
