@@ -264,6 +264,10 @@ class Session:
         self._reap.add(pid)  # what the kernel interned of it goes after the snapshots
         self.adoption["ignored"] += 1
 
+    def ignored(self, pid: int) -> bool:
+        """Adopt: whether ``pid`` was ignored and its rows may still come."""
+        return pid in self._ignored
+
     def _unignore(self, pid: int) -> None:
         """Traced after all: off the kernel's ignored map and the row gate."""
         self.program.unignore(pid)

@@ -275,7 +275,7 @@ class Daemon:
             if now - since < AWAIT_ADOPTION_S:
                 continue
             del self._awaiting[pid]
-            if self._traced(pid) or pid in self.session._ignored:
+            if self._traced(pid) or self.session.ignored(pid):
                 continue
             if procs.alive(pid):
                 self.session.adoption["exec_adopted_late"] += 1
