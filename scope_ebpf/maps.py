@@ -140,15 +140,16 @@ class Map:
         are gone already are skipped."""
         i = 0
         attr = ctypes.create_string_buffer(_BATCH_ATTR.size)
+        # one buffer, walked by offset: a batch stops at each key that is gone
+        buf = ctypes.create_string_buffer(b"".join(k.ljust(self.key_size, b"\0")
+                                                   for k in keys))
         while i < len(keys):
-            chunk = keys[i:i + 4096]
-            buf = ctypes.create_string_buffer(b"".join(k.ljust(self.key_size, b"\0")
-                                                       for k in chunk))
-            _BATCH_ATTR.pack_into(attr, 0, 0, 0, ctypes.addressof(buf), 0, len(chunk),
-                                  self.fd, 0, 0)
+            n = min(len(keys) - i, 4096)
+            _BATCH_ATTR.pack_into(attr, 0, 0, 0, ctypes.addressof(buf) + i * self.key_size, 0,
+                                  n, self.fd, 0, 0)
             try:
                 bpf_syscall(_DELETE_BATCH, attr)
-                i += len(chunk)
+                i += n
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise

@@ -267,9 +267,14 @@ class Program:
         the interning map is keyed by pid, so it would fill with the dead."""
         self.maps["funcs"].delete_many([_FUNC_KEY.pack(name, file, pid, line)
                                         for _fid, (name, file, pid, line) in keys])
-        ids = [u32(fid) for fid, _key in keys]
-        self.maps["fstats"].delete_many(ids)
-        self.maps["fstats_spill"].delete_many(ids)
+        self.maps["fstats"].delete_many([u32(fid) for fid, _key in keys])
+        # the spill map holds few, if any: only those (each key it lacks would
+        # cost the batch a syscall)
+        skeys, _values, n = self.maps["fstats_spill"].dump()
+        if n:
+            spilled = set(np.frombuffer(skeys, "<u4", count=n).tolist())
+            self.maps["fstats_spill"].delete_many([u32(fid) for fid, _key in keys
+                                                   if fid in spilled])
 
     def functions_of(self, pids: set[int]) -> list[tuple[int, tuple[int, int, int, int]]]:
         """(id, kernel key) of every function the kernel interned for these
