@@ -525,14 +525,17 @@ int on_start(struct pt_regs *ctx)
     return 0;
 }
 
-/* Restart a shadow stack whose frames are stale (probes detached, a budget
- * skipped hits meanwhile): their calls' returns will not be matched, and they
- * are counted nowhere else. */
-static __always_inline void frames_reset(struct thread_stack *st)
+/* A shadow stack built before ``generation`` (probes detached meanwhile, or a
+ * budget skipped hits and re-admitted) restarts empty: its frames' returns
+ * will not be matched, and they are counted nowhere else (frames_reset). */
+static __always_inline void restart_if_stale(struct thread_stack *st, __u32 generation)
 {
+    if (st->generation == generation)
+        return;
     if (st->depth)
         stat_add_n(STAT_FRAMES_RESET, st->depth < SCOPE_MAX_DEPTH ? st->depth : SCOPE_MAX_DEPTH);
     st->depth = 0;
+    st->generation = generation;
 }
 
 static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
@@ -550,11 +553,7 @@ static __always_inline struct thread_stack *stack_of(__u32 tid, __u32 pid,
             stacks.delete(&tid);
             return 0;
         }
-        if (st->generation != generation) {
-            /* Probes were detached meanwhile: the frames it holds are stale. */
-            frames_reset(st);
-            st->generation = generation;
-        }
+        restart_if_stale(st, generation);
         return st;
     }
     if (!(is_target(pid, sp) & PROBE_CALLS))
@@ -642,8 +641,8 @@ struct fref {
             (r)->fs->field += (n);                          \
     } while (0)
 
-/* A function's aggregates, created on first use (min_ns starts at "none": a
- * function may be counted before any call completes). Per-CPU memory is
+/* A function's aggregates, created on first use (zeroed: min_ns 0 is "none",
+ * as in the values the kernel zeroes for the other CPUs). Per-CPU memory is
  * allocated without waiting: a burst of new functions on a busy host can find
  * none (measured: 34 calls in one budgets test), and the call goes to the
  * preallocated spill map instead of being lost. 0 only when that is full. */
@@ -664,12 +663,10 @@ static __always_inline int fstat_of(__u32 func_id, struct fref *r)
         return 1;
     if (!tmpl)
         return 0;
-    fstats.insert(&func_id, tmpl);  /* (or another CPU was first: fresh here too) */
+    fstats.insert(&func_id, tmpl);  /* (or another CPU was first) */
     r->fs = fstats.lookup(&func_id);
-    if (r->fs) {
-        r->fs->min_ns = ~0ULL;
+    if (r->fs)
         return 1;
-    }
 spill:
     r->shared = 1;
     r->fs = fstats_spill.lookup(&func_id);
@@ -684,10 +681,6 @@ spill:
         return 0;
     }
     stat_add(STAT_FSTAT_SPILLED);
-    /* min_ns of a fresh entry: "none" (racy with another CPU's first call:
-     * at worst that call's duration is not the minimum) */
-    if (!r->fs->count)
-        r->fs->min_ns = ~0ULL;
     return 1;
 }
 
@@ -703,8 +696,7 @@ static __always_inline void count_call(struct fref *r, __u64 duration, __u64 sel
     FADD(r, self_offcpu_ns, self_off_ns);
     FADD(r, self_gil_ns, self_gil_ns);
     /* (not atomic in a spill entry: two threads on two CPUs completing the
-     * same function at once may leave one's extreme out). 0 is "none" too: the
-     * kernel zeroes the other CPUs' values of a per-CPU entry one CPU creates. */
+     * same function at once may leave one's extreme out). min_ns 0: none yet. */
     if (duration < fs->min_ns || !fs->min_ns)
         fs->min_ns = duration;
     if (duration > fs->max_ns)
@@ -1008,11 +1000,7 @@ static __always_inline struct call_event *pop_call(__u64 now, __u32 tid, __u32 p
     if (budgets_block(&bc, now) || breaker_blocks(ctl->b, ctl->c, now))
         return 0;
     stat_add(STAT_RETURNS);
-    if (st->generation != stack_generation(ctl, &bc)) {
-        frames_reset(st);  /* entered before the probes were last detached, or before
-                            * its budget last re-admitted it */
-        st->generation = stack_generation(ctl, &bc);
-    }
+    restart_if_stale(st, stack_generation(ctl, &bc));
     depth = st->depth;
     if (depth == 0) {
         stat_add(STAT_UNMATCHED);
@@ -1131,10 +1119,7 @@ static __always_inline struct thread_stack *entering(struct probe_spec *sp, __u3
      * detaches everything) counts only what they admit */
     if (!st || budgets_block(&bc, now) || breaker_blocks(ctl.b, ctl.c, now))
         return 0;
-    if (st->generation != stack_generation(&ctl, &bc)) {
-        frames_reset(st);  /* its budget re-admitted it just now */
-        st->generation = stack_generation(&ctl, &bc);
-    }
+    restart_if_stale(st, stack_generation(&ctl, &bc));  /* (re-admitted just now) */
     stat_add(STAT_ENTRIES);
     return st;
 }

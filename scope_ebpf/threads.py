@@ -18,6 +18,7 @@ import numpy as np
 
 from . import procs
 from .control.matchers import Matcher
+from .decode import _text
 
 # The audit event the 3.11 ``run`` hook raises in each new thread: this prefix,
 # then the thread's name (hook/sitecustomize.py). Not an audit row.
@@ -40,11 +41,7 @@ def hook_events(audit: np.ndarray) -> np.ndarray:
 
 def hook_name(event: bytes) -> str | None:
     """The thread name in a hook's audit event; None if it is not valid UTF-8."""
-    try:
-        # up to the NUL: the ring buffer's stale bytes follow it
-        return event[len(HOOK_PREFIX):].split(b"\0", 1)[0].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return _text(event[len(HOOK_PREFIX):])
 
 
 def _py_sets_os_name(version: str | None) -> bool:

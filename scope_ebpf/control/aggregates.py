@@ -90,16 +90,13 @@ class Delta:
     self_gil_ns: np.ndarray
 
 
-_NO_MIN = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # min_ns of an entry with no completed call
-
-
 def read(program) -> Totals:
     """Sum the per-CPU values of the kernel's fstats map (and its spill map's)."""
     ids, a = program.fstats()  # a: (functions, cpus + 1)
     if not len(ids):
         return Totals.empty()
-    # a CPU's value of a function another CPU created starts zeroed: 0 is "none"
-    timed = (a["count"] > 0) & (a["min_ns"] != _NO_MIN) & (a["min_ns"] != 0)
+    # min_ns 0: no completed call in that CPU's value (entries start zeroed)
+    timed = (a["count"] > 0) & (a["min_ns"] != 0)
     order = np.argsort(ids)
     big = np.iinfo(np.int64).max
     mins = np.where(timed, a["min_ns"], big).astype(np.int64).min(axis=1)
