@@ -352,6 +352,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _counted_gc(root: Path) -> bool:
+    """Closed counters parts hold two snapshots or more, with the kernel's gc
+    count above 0."""
+    parts = [str(p) for p in root.glob("counters/**/*.parquet")]
+    if not parts:
+        return False
+    (snaps, gcs), = duckdb.connect().execute(
+        "SELECT count(DISTINCT ts_ns), max(count) FILTER (key = 'kernel.gc') "
+        "FROM read_parquet(?, union_by_name=true)", [parts]).fetchall()
+    return snaps >= 2 and (gcs or 0) > 0
+
+
 def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     root = tmp_path / "root"
     text = gc_config(root, "killed", "scope-kill").replace("[[select]]",
@@ -360,7 +372,11 @@ def test_sigkill_keeps_closed_files_and_restart_cleans_up(tmp_path):
     target = subprocess.Popen([PY311, TARGET, "scope-kill", "1.0", "1", "10"])
     try:
         with running(tmp_path, cfg) as d:
-            time.sleep(3.5)  # a few rotations
+            # a few rotations, the target's collections among their counters (a
+            # handshake: how soon that is depends on the machine's load)
+            deadline = time.monotonic() + 120
+            while not _counted_gc(root) and time.monotonic() < deadline:
+                time.sleep(0.2)
             killed_ns = time.time_ns()
             d.proc.kill()
             d.proc.wait(timeout=10)
