@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import PY311, SCOPE, attached, pyenv_python, rows, scope
+from conftest import PY311, SCOPE, attached, pyenv_python, rows, scope, session_count
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(not shutil.which("unshare"), reason="no unshare(1)")]
@@ -109,5 +109,6 @@ def test_samples_have_stacks(python: str, tmp_path: Path) -> None:
     assert got[0][1] >= 100, got
     nostack = rows(out, f"SELECT count(*) FROM samples WHERE tid = {t.worker} "
                    "AND stack_id IS NULL")[0][0]
-    # (taken between the target's adding and its layout's: kernel.samples_no_layout)
-    assert nostack <= got[0][1] // 50, (nostack, got[0][1])
+    # each one taken between the target's adding and its layout's, and counted so
+    # (kernel.samples_no_layout): how many depends on the machine's load, not a ratio
+    assert nostack <= session_count(out, "kernel.samples_no_layout"), (nostack, got[0][1])
